@@ -1,0 +1,191 @@
+"""Neural-network building blocks shared by advisors and the expert.
+
+The convolution is CGCNN's gated graph convolution (Xie & Grossman, PRL 120, 145301),
+written over an edge list with scatter sums so batches of any size run as one graph.
+Parameter names (``embedding``, ``convs.K.fc_full``, ``bn1``, ``bn2``) follow the original
+CGCNN code, so its published checkpoints load directly (see ``adex.advisors.cgcnn``).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+from torch import nn
+
+from adex.graphs import FeaturizerSettings, GraphBatch, element_table
+from adex.scatter import scatter_max, scatter_mean, scatter_softmax, scatter_sum
+
+CrystalPooling = Literal["mean", "sum", "max", "attention"]
+
+
+class GaussianExpansion(nn.Module):
+    """Distances [n_edges] (Å) -> Gaussian features [n_edges, n_gaussians].
+
+    ``exp(-(d - mu_k)^2 / width^2)`` with centres ``mu_k = 0, step, ..., cutoff``.
+    """
+
+    def __init__(self, cutoff: float, step: float, width: float):
+        super().__init__()
+        n = int(round(cutoff / step)) + 1
+        self.register_buffer("centers", torch.arange(n, dtype=torch.float32) * step)
+        self.width = float(width)
+
+    def forward(self, distance: torch.Tensor) -> torch.Tensor:
+        return torch.exp(-((distance.unsqueeze(-1) - self.centers) ** 2) / self.width**2)
+
+
+class ElementEmbedding(nn.Module):
+    """Atomic numbers [n_atoms] -> learned features [n_atoms, width].
+
+    The fixed element table (e.g. CGCNN's 92-d one-hot) is a buffer, so it is saved
+    inside every checkpoint together with the learned projection.
+    """
+
+    def __init__(self, table_name: str, width: int):
+        super().__init__()
+        table, _ = element_table(table_name)
+        self.register_buffer("table", torch.tensor(table))
+        self.embedding = nn.Linear(table.shape[1], width)
+
+    def forward(self, atomic_numbers: torch.Tensor) -> torch.Tensor:
+        return self.embedding(self.table.index_select(0, atomic_numbers))
+
+
+class CGCNNConv(nn.Module):
+    """Gated convolution: ``x_i <- softplus(x_i + BN(sum_j sigmoid(f_ij) * softplus(c_ij)))``
+    with ``[f_ij, c_ij] = BN(W [x_i, x_j, e_ij])``.
+
+    Args:
+        width: node feature width F.
+        edge_width: edge feature width G.
+    Shapes: x [n_atoms, F], edge_index [2, n_edges], edge_attr [n_edges, G] -> [n_atoms, F].
+    """
+
+    def __init__(self, width: int, edge_width: int):
+        super().__init__()
+        self.fc_full = nn.Linear(2 * width + edge_width, 2 * width)
+        self.bn1 = nn.BatchNorm1d(2 * width)
+        self.bn2 = nn.BatchNorm1d(width)
+        self.sigmoid = nn.Sigmoid()
+        self.softplus1 = nn.Softplus()
+        self.softplus2 = nn.Softplus()
+
+    def forward(self, x: torch.Tensor, edge_index: torch.Tensor, edge_attr: torch.Tensor) -> torch.Tensor:
+        receiver, sender = edge_index[0], edge_index[1]
+        gated = self.bn1(self.fc_full(torch.cat([x.index_select(0, receiver), x.index_select(0, sender), edge_attr], dim=1)))
+        filt, core = gated.chunk(2, dim=1)
+        messages = self.sigmoid(filt) * self.softplus1(core)
+        summed = self.bn2(scatter_sum(messages, receiver, x.shape[0]))
+        return self.softplus2(x + summed)
+
+
+class Pooling(nn.Module):
+    """Per-atom [n_atoms, F] -> per-crystal [B, F] by mean, sum, max or attention.
+
+    ``attention``: weights ``softmax_i(w . x_i)`` within each crystal, then a weighted sum.
+    """
+
+    def __init__(self, kind: CrystalPooling, width: int):
+        super().__init__()
+        if kind not in ("mean", "sum", "max", "attention"):
+            raise ValueError(f"unknown pooling {kind!r}")
+        self.kind = kind
+        self.gate = nn.Linear(width, 1) if kind == "attention" else None
+
+    def forward(self, x: torch.Tensor, node_graph: torch.Tensor, num_graphs: int) -> torch.Tensor:
+        if self.kind == "mean":
+            return scatter_mean(x, node_graph, num_graphs)
+        if self.kind == "sum":
+            return scatter_sum(x, node_graph, num_graphs)
+        if self.kind == "max":
+            return scatter_max(x, node_graph, num_graphs)
+        weights = scatter_softmax(self.gate(x), node_graph, num_graphs)
+        return scatter_sum(weights * x, node_graph, num_graphs)
+
+
+@dataclass
+class BackboneConfig:
+    """CGCNN-style backbone. Attributes: ``atom_fea_len`` node width F; ``n_conv`` number
+    of gated convolutions; ``pooling`` crystal readout (mean, sum, max, attention)."""
+
+    atom_fea_len: int = 64
+    n_conv: int = 3
+    pooling: CrystalPooling = "mean"
+
+    def __post_init__(self) -> None:
+        if self.atom_fea_len < 1 or self.n_conv < 0:
+            raise ValueError("atom_fea_len must be >= 1 and n_conv >= 0")
+
+
+class Backbone(nn.Module):
+    """Element embedding + Gaussian distances + ``n_conv`` gated convolutions + pooling.
+
+    ``forward(batch)`` returns ``(atom_embedding [n_atoms, F], crystal_embedding [B, F])``.
+    """
+
+    def __init__(self, featurizer: FeaturizerSettings, config: BackboneConfig):
+        super().__init__()
+        self.featurizer = featurizer
+        self.config = config
+        width = config.atom_fea_len
+        self.embedding = ElementEmbedding(featurizer.element_embedding, width)
+        self.gaussian = GaussianExpansion(featurizer.cutoff, featurizer.gaussian_step, featurizer.gaussian_width)
+        self.convs = nn.ModuleList(CGCNNConv(width, featurizer.n_gaussians) for _ in range(config.n_conv))
+        self.pooling = Pooling(config.pooling, width)
+
+    @property
+    def width(self) -> int:
+        return self.config.atom_fea_len
+
+    def atom_features(self, batch: GraphBatch) -> torch.Tensor:
+        """Per-atom embeddings after all convolutions: [n_atoms, F]."""
+        x = self.embedding(batch.atomic_numbers)
+        edge_attr = self.gaussian(batch.edge_distance)
+        for conv in self.convs:
+            x = conv(x, batch.edge_index, edge_attr)
+        return x
+
+    def forward(self, batch: GraphBatch) -> tuple[torch.Tensor, torch.Tensor]:
+        atoms = self.atom_features(batch)
+        return atoms, self.pooling(atoms, batch.node_graph, batch.num_graphs)
+
+
+class MLPHead(nn.Module):
+    """Crystal embedding [B, F] -> scalar [B] (normalised units).
+
+    CGCNN's head: ``conv_to_fc`` (F -> h), softplus, ``n_h - 1`` hidden layers, ``fc_out``.
+    """
+
+    def __init__(self, in_width: int, hidden: int = 128, n_hidden: int = 1, dropout: float = 0.0):
+        super().__init__()
+        self.conv_to_fc = nn.Linear(in_width, hidden)
+        self.conv_to_fc_softplus = nn.Softplus()
+        self.fcs = nn.ModuleList(nn.Linear(hidden, hidden) for _ in range(max(n_hidden - 1, 0)))
+        self.softpluses = nn.ModuleList(nn.Softplus() for _ in range(max(n_hidden - 1, 0)))
+        self.dropout = nn.Dropout(dropout)
+        self.fc_out = nn.Linear(hidden, 1)
+
+    def forward(self, crystal: torch.Tensor) -> torch.Tensor:
+        h = self.dropout(self.conv_to_fc_softplus(self.conv_to_fc(crystal)))
+        for fc, act in zip(self.fcs, self.softpluses):
+            h = self.dropout(act(fc(h)))
+        return self.fc_out(h).squeeze(-1)
+
+
+class Normalizer(nn.Module):
+    """Target scaling ``(y - mean) / std``; mean and std are buffers saved with the model."""
+
+    def __init__(self, mean: float = 0.0, std: float = 1.0):
+        super().__init__()
+        self.register_buffer("mean", torch.tensor(float(mean)))
+        self.register_buffer("std", torch.tensor(float(std) if std > 0 else 1.0))
+
+    def norm(self, y: torch.Tensor) -> torch.Tensor:
+        return (y - self.mean) / self.std
+
+    def denorm(self, z: torch.Tensor) -> torch.Tensor:
+        return z * self.std + self.mean
+
+    def to_dict(self) -> dict:
+        return {"mean": float(self.mean), "std": float(self.std)}
