@@ -1,0 +1,81 @@
+"""Saving models to, and loading them from, the registry without pickle.
+
+A stored model is two files, as in matgl's ``model.json`` + state:
+
+* ``model.json``: the architecture (class, featurizer settings, hyperparameters,
+  target and unit) needed to rebuild the module;
+* ``weights.safetensors``: every parameter and buffer (element table, normaliser mean
+  and std included). safetensors holds raw tensors only, so loading never runs code.
+
+Loading verifies the sha256 of both files (the registry does), rebuilds the module,
+loads the tensors strictly and checks that the element table stored in the weights is
+the one this installation would use for the same featurizer settings.
+"""
+from __future__ import annotations
+
+import json
+from typing import Callable
+
+import torch
+from safetensors.torch import load as load_safetensors
+from safetensors.torch import save as save_safetensors
+from torch import nn
+
+from adex.errors import RegistryError
+
+WEIGHTS = "weights.safetensors"
+ARCHITECTURE = "model.json"
+
+_BUILDERS: dict[str, Callable[[dict], nn.Module]] = {}
+
+
+def register_builder(name: str, builder: Callable[[dict], nn.Module]) -> None:
+    _BUILDERS[name] = builder
+
+
+def _builder(name: str) -> Callable[[dict], nn.Module]:
+    if not _BUILDERS:
+        from adex.advisors.model import Advisor
+
+        register_builder("advisor", Advisor.from_architecture)
+        try:
+            from adex.expert.model import Expert
+
+            register_builder("expert", Expert.from_architecture)
+        except ImportError:  # pragma: no cover - expert module optional during bootstrap
+            pass
+    if name not in _BUILDERS:
+        raise RegistryError(f"stored model class {name!r} is unknown to this adex version")
+    return _BUILDERS[name]
+
+
+def model_files(model: nn.Module) -> dict[str, bytes]:
+    """The two files that describe ``model`` (architecture JSON + safetensors weights)."""
+    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    return {
+        ARCHITECTURE: json.dumps(model.architecture(), indent=2, sort_keys=True).encode(),
+        WEIGHTS: save_safetensors(state),
+    }
+
+
+def load_model(entry) -> nn.Module:
+    """Rebuild the model stored in registry ``entry`` (hash-verified), in eval mode."""
+    arch = json.loads(entry.read_file(ARCHITECTURE))
+    model = _builder(arch.get("class", ""))(arch)
+    try:
+        state = load_safetensors(entry.read_file(WEIGHTS))
+    except Exception as exc:  # malformed header etc. (hash already checked)
+        raise RegistryError(f"{entry.ref}: unreadable weights ({exc})") from None
+    expected = model.state_dict()
+    for key, tensor in state.items():
+        if key.endswith("embedding.table") and key in expected and not torch.equal(expected[key], tensor):
+            raise RegistryError(
+                f"{entry.ref}: its element table differs from this installation's "
+                f"{arch['featurizer']['element_embedding']!r} table; the checkpoint would be misread"
+            )
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as exc:
+        raise RegistryError(f"{entry.ref}: weights do not match model.json ({str(exc).splitlines()[0]})") from None
+    model.eval()
+    return model

@@ -1,0 +1,176 @@
+"""``adex predict``: vacancy formation enthalpies from the command line.
+
+* one site: ``adex predict --structure host.cif --site 12`` (or ``--site-label O2``,
+  ``--frac 0.5 0.5 0``);
+* every symmetry-distinct vacancy: ``--all-sites``;
+* a table: ``--input table.csv`` (columns ``structure``, ``site``; paths relative to the
+  table's folder; other columns carried through) -> ``--output`` CSV with ``dH_pred_eV``
+  (or ``--format json``). Each host is read and featurized once.
+
+Without ``--expert`` the shipped default expert is used (its reference is printed).
+Hosts with elements absent from the expert's training data get a warning on stderr.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import sys
+import warnings
+from pathlib import Path
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser("predict", help="predict vacancy formation enthalpies (eV)",
+                              description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--expert", help="expert reference (default: the shipped builtin::expert/vacancy)")
+    p.add_argument("--structure", help="host structure file (CIF, POSCAR, extxyz, ...)")
+    where = p.add_mutually_exclusive_group()
+    where.add_argument("--site", type=int, action="append", help="0-based atom index in the file (repeatable)")
+    where.add_argument("--site-label", help="CIF _atom_site_label of the atom, e.g. O2")
+    where.add_argument("--frac", type=float, nargs=3, metavar=("X", "Y", "Z"), help="fractional coordinates of the atom")
+    where.add_argument("--all-sites", action="store_true", help="every symmetry-distinct vacancy of the host")
+    p.add_argument("--input", help="CSV table with columns structure, site")
+    p.add_argument("--output", help="output file (default: stdout)")
+    p.add_argument("--format", choices=("table", "csv", "json"), help="output format (default: table on a terminal, else csv)")
+    p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--registry", help="user registry root (default: $ADEX_HOME/registry)")
+    p.set_defaults(func=cmd_predict)
+
+
+def _emit(rows: list[dict], columns: list[str], args: argparse.Namespace, title: str) -> None:
+    fmt = args.format or ("table" if (args.output is None and sys.stdout.isatty()) else "csv")
+    if fmt == "json":
+        text = json.dumps({"expert": title, "predictions": rows}, indent=2) + "\n"
+    elif fmt == "csv":
+        import io
+
+        buffer = io.StringIO()
+        writer = csv.DictWriter(buffer, fieldnames=columns, lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(rows)
+        text = buffer.getvalue()
+    else:
+        from rich.console import Console
+        from rich.table import Table
+
+        table = Table(title=f"vacancy formation enthalpy, expert {title}")
+        for column in columns:
+            table.add_column(column, justify="right" if column == "dH_pred_eV" else "left")
+        for row in rows:
+            table.add_row(*(f"{row[c]:.3f}" if c == "dH_pred_eV" else str(row.get(c, "")) for c in columns))
+        if args.output:
+            with open(args.output, "w") as handle:
+                Console(file=handle, width=120).print(table)
+        else:
+            Console().print(table)
+        return
+    if args.output:
+        from adex.fileio import atomic_write_text
+
+        atomic_write_text(Path(args.output), text)
+    else:
+        sys.stdout.write(text)
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    from adex.cli_common import open_registry_from
+    from adex.errors import AdexError, StructureError
+    from adex.expert.predict import DEFAULT_EXPERT, featurize_host_sites, load_expert, predict_packed
+    from adex.expert.data import PackedVacancies
+    from adex.io import read_structure
+    from adex.progress import console
+
+    if bool(args.structure) == bool(args.input):
+        raise AdexError("give either --structure FILE (with --site, --site-label, --frac or --all-sites) or --input TABLE.csv")
+    con = console()
+    from adex.expert.predict import ElementWarning
+    from adex.registry import ShadowWarning
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # third-party deprecation noise (spglib, pymatgen)
+        warnings.simplefilter("always", ElementWarning)
+        warnings.simplefilter("always", ShadowWarning)
+        warnings.showwarning = lambda message, category, *a, **k: con.print(f"[yellow]warning:[/] {message}")
+        expert = load_expert(args.expert or DEFAULT_EXPERT, open_registry_from(args))
+        con.print(f"expert: {expert.entry.ref}" + (f" (advisors: {', '.join(e.ref for e, _ in expert.advisors)})" if expert.advisors else ""))
+        if args.structure:
+            return _predict_structure(args, expert, con)
+        return _predict_table(args, expert, con)
+
+
+def _predict_structure(args, expert, con) -> int:
+    from adex.errors import AdexError
+    from adex.expert.predict import featurize_host_sites, predict_packed
+    from adex.io import read_structure
+    from adex.supercell import distinct_sites, site_from_frac, site_from_label
+
+    host = read_structure(args.structure)
+    if args.all_sites:
+        infos = distinct_sites(host, expert.model.supercell.get("symprec", 0.01))
+        sites = [info.index for info in infos]
+    elif args.site_label:
+        sites = [site_from_label(args.structure, args.site_label)]
+    elif args.frac:
+        sites = [site_from_frac(host, args.frac)]
+    elif args.site:
+        sites = list(args.site)
+    else:
+        raise AdexError("which vacancy? give --site N, --site-label L, --frac X Y Z or --all-sites")
+    packed = featurize_host_sites(expert, host, sites, Path(args.structure).name)
+    pred = predict_packed(expert, packed, args.batch_size)
+    rows = [
+        {"site": s, "element": packed.info[k, 0], "wyckoff": packed.info[k, 1], "dH_pred_eV": round(float(pred[k]), 4)}
+        for k, s in enumerate(sites)
+    ]
+    _emit(rows, ["site", "element", "wyckoff", "dH_pred_eV"], args, expert.entry.ref)
+    return 0
+
+
+def _predict_table(args, expert, con) -> int:
+    import numpy as np
+
+    from adex.errors import AdexError, StructureError
+    from adex.expert.data import PackedVacancies
+    from adex.expert.predict import featurize_host_sites, predict_packed
+    from adex.io import read_structure
+    from adex.progress import progress_bar
+
+    table_path = Path(args.input)
+    if not table_path.is_file():
+        raise AdexError(f"{table_path}: no such file")
+    with open(table_path, newline="") as handle:
+        reader = csv.DictReader(handle)
+        columns = list(reader.fieldnames or [])
+        rows = list(reader)
+    missing = [c for c in ("structure", "site") if c not in columns]
+    if missing:
+        raise AdexError(f"{table_path}: missing column {missing[0]!r} (need 'structure' and 'site')")
+    by_host: dict[str, list[int]] = {}
+    for line, row in enumerate(rows, start=2):
+        try:
+            row["_site"] = int(row["site"])
+        except ValueError:
+            raise AdexError(f"{table_path}:{line}: site {row['site']!r} is not an integer atom index") from None
+        path = Path(row["structure"])
+        row["_path"] = str(path if path.is_absolute() else table_path.parent / path)
+        by_host.setdefault(row["_path"], []).append(row["_site"])
+    parts, keys = [], []
+    with progress_bar() as progress:
+        task = progress.add_task("hosts", total=len(by_host))
+        for path, sites in by_host.items():
+            unique = sorted(set(sites))
+            host = read_structure(path)
+            parts.append(featurize_host_sites(expert, host, unique, Path(path).name))
+            keys.extend((path, s) for s in unique)
+            progress.advance(task)
+    packed = PackedVacancies.concatenate(parts)
+    pred = predict_packed(expert, packed, args.batch_size)
+    lookup = {key: float(p) for key, p in zip(keys, pred)}
+    out_rows = []
+    for row in rows:
+        value = lookup[(row.pop("_path"), row.pop("_site"))]
+        out_rows.append({**row, "dH_pred_eV": round(value, 4)})
+    _emit(out_rows, columns + ["dH_pred_eV"], args, expert.entry.ref)
+    con.print(f"{len(out_rows)} vacancies in {len(by_host)} hosts" + (f" -> {args.output}" if args.output else ""))
+    return 0

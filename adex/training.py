@@ -1,0 +1,233 @@
+"""One training loop for advisors and the expert.
+
+A *dataset* here is anything with ``__len__`` and ``batch(indices) -> batch`` where the
+batch has ``.target`` (FloatTensor [B], real units) and a ``.to(device)``; a *model*
+maps a batch to normalised predictions [B] and owns a ``normalizer``
+(:class:`adex.nn.Normalizer`). Early stopping keeps the weights of the epoch with the
+lowest validation MAE.
+"""
+from __future__ import annotations
+
+import copy
+import math
+import random
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Literal, Protocol
+
+import numpy as np
+import torch
+from torch import nn
+
+
+class BatchSource(Protocol):
+    def __len__(self) -> int: ...
+
+    def batch(self, indices): ...
+
+
+@dataclass
+class TrainingConfig:
+    """Optimisation settings (all overridable with ``--set training.KEY=VALUE``).
+
+    Attributes:
+        epochs: maximum number of epochs.
+        batch_size: crystals (or vacancies) per step.
+        lr: AdamW learning rate.
+        weight_decay: AdamW weight decay.
+        loss: ``l1`` (MAE), ``mse`` or ``huber`` on normalised targets.
+        scheduler: ``cosine`` (to 0 over ``epochs``), ``plateau`` (halve after
+            ``patience // 3`` flat epochs) or ``none``.
+        patience: stop after this many epochs without a better validation MAE.
+        val_fraction, test_fraction: random split fractions (fixed ``seed``).
+        seed: seeds the split, the initial weights and the batch order.
+        limit: use only this many samples (smoke runs), drawn with ``seed``.
+        threads: torch CPU threads (None: torch's default).
+        max_minutes: stop after this wall time (the best epoch so far is kept).
+        device: ``cpu``, ``cuda`` or ``auto``.
+    """
+
+    epochs: int = 100
+    batch_size: int = 128
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    loss: Literal["l1", "mse", "huber"] = "l1"
+    scheduler: Literal["cosine", "plateau", "none"] = "cosine"
+    patience: int = 30
+    val_fraction: float = 0.1
+    test_fraction: float = 0.1
+    seed: int = 0
+    limit: int | None = None
+    threads: int | None = None
+    max_minutes: float | None = None
+    device: str = "cpu"
+
+    def __post_init__(self) -> None:
+        if self.epochs < 1 or self.batch_size < 1 or self.lr <= 0:
+            raise ValueError("epochs and batch_size must be >= 1 and lr > 0")
+        if not (0 <= self.val_fraction < 1 and 0 <= self.test_fraction < 1 and self.val_fraction + self.test_fraction < 1):
+            raise ValueError("val_fraction and test_fraction must be in [0, 1) and sum below 1")
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python, numpy and torch (weights, dropout, batch order)."""
+    random.seed(seed)
+    np.random.seed(seed % (2**32))
+    torch.manual_seed(seed)
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        from adex.errors import ConfigError
+
+        raise ConfigError("training.device: cuda requested but no GPU is available")
+    return torch.device(name)
+
+
+def split_indices(n: int, val_fraction: float, test_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Random train/val/test index arrays with a fixed seed (each non-empty if n >= 3)."""
+    order = np.random.default_rng(seed).permutation(n)
+    n_test = int(round(n * test_fraction)) if test_fraction > 0 else 0
+    n_val = int(round(n * val_fraction)) if val_fraction > 0 else 0
+    if n >= 3:
+        n_test = max(n_test, 1 if test_fraction > 0 else 0)
+        n_val = max(n_val, 1 if val_fraction > 0 else 0)
+    test, val, train = order[:n_test], order[n_test : n_test + n_val], order[n_test + n_val :]
+    return np.sort(train), np.sort(val), np.sort(test)
+
+
+def _loss_fn(name: str) -> nn.Module:
+    return {"l1": nn.L1Loss(), "mse": nn.MSELoss(), "huber": nn.HuberLoss(delta=1.0)}[name]
+
+
+@torch.no_grad()
+def predict(model: nn.Module, data: BatchSource, batch_size: int = 512, device: torch.device | str = "cpu") -> np.ndarray:
+    """Predictions in real units for every sample of ``data``: float64 [len(data)]."""
+    model.eval()
+    out = []
+    for start in range(0, len(data), batch_size):
+        batch = data.batch(np.arange(start, min(start + batch_size, len(data)))).to(device)
+        out.append(model.normalizer.denorm(model(batch)).double().cpu().numpy())
+    return np.concatenate(out) if out else np.zeros(0)
+
+
+def regression_metrics(pred: np.ndarray, target: np.ndarray) -> dict[str, float]:
+    """MAE, RMSE, R^2 and count (units of the target)."""
+    err = pred - target
+    ss_tot = float(((target - target.mean()) ** 2).sum()) if len(target) else 0.0
+    return {
+        "mae": float(np.abs(err).mean()) if len(err) else math.nan,
+        "rmse": float(np.sqrt((err**2).mean())) if len(err) else math.nan,
+        "r2": float(1 - (err**2).sum() / ss_tot) if ss_tot > 0 else math.nan,
+        "n": int(len(err)),
+    }
+
+
+@dataclass
+class FitResult:
+    best_epoch: int
+    best_val_mae: float
+    epochs_run: int
+    seconds: float
+    history: list[dict] = field(default_factory=list)
+    stopped_because: str = "epochs"
+
+
+def fit(
+    model: nn.Module,
+    train: BatchSource,
+    val: BatchSource | None,
+    config: TrainingConfig,
+    description: str = "training",
+    on_epoch: Callable[[int, nn.Module], None] | None = None,
+    parameters: Callable[[], list] | None = None,
+) -> FitResult:
+    """Train ``model`` in place; on return it holds the best-validation weights.
+
+    Args:
+        on_epoch: called at the start of each epoch with (epoch, model), e.g. to unfreeze
+            layers on a schedule (``parameters`` then re-reads the trainable set).
+        parameters: trainable parameters (default: those with ``requires_grad``).
+    """
+    from adex.progress import progress_bar
+
+    device = resolve_device(config.device)
+    model.to(device)
+    loss_fn = _loss_fn(config.loss)
+    rng = np.random.default_rng(config.seed)
+
+    def make_optimizer():
+        params = parameters() if parameters else [p for p in model.parameters() if p.requires_grad]
+        return torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
+
+    optimizer = make_optimizer()
+    n_trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+    def lr_at(epoch: int) -> float:
+        if config.scheduler == "cosine":
+            return config.lr * 0.5 * (1 + math.cos(math.pi * epoch / config.epochs))
+        return optimizer.param_groups[0]["lr"]
+
+    best_state = copy.deepcopy(model.state_dict())
+    best_val, best_epoch, flat = math.inf, -1, 0
+    history: list[dict] = []
+    start = time.perf_counter()
+    stopped = "epochs"
+    with progress_bar(info=True) as progress:
+        task = progress.add_task(description, total=config.epochs, info="")
+        for epoch in range(config.epochs):
+            if on_epoch is not None:
+                on_epoch(epoch, model)
+                now_trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+                if now_trainable != n_trainable:
+                    lr_now = optimizer.param_groups[0]["lr"]
+                    optimizer = make_optimizer()
+                    for group in optimizer.param_groups:
+                        group["lr"] = lr_now
+                    n_trainable = now_trainable
+            for group in optimizer.param_groups:
+                group["lr"] = lr_at(epoch)
+            model.train()
+            order = rng.permutation(len(train))
+            total_loss, total_n = 0.0, 0
+            for s in range(0, len(order), config.batch_size):
+                idx = np.sort(order[s : s + config.batch_size])
+                if len(idx) < 2 and len(order) > 1:  # BatchNorm needs more than one sample
+                    continue
+                batch = train.batch(idx).to(device)
+                loss = loss_fn(model(batch), model.normalizer.norm(batch.target))
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+                total_loss += loss.item() * len(idx)
+                total_n += len(idx)
+            train_loss = total_loss / max(total_n, 1)
+            if val is not None and len(val):
+                val_pred = predict(model, val, device=device)
+                val_mae = float(np.abs(val_pred - val.batch(np.arange(len(val))).target.numpy()).mean())
+            else:
+                val_mae = train_loss * float(model.normalizer.std)
+            if config.scheduler == "plateau" and flat and flat % max(config.patience // 3, 1) == 0:
+                for group in optimizer.param_groups:
+                    group["lr"] *= 0.5
+            if val_mae < best_val:
+                best_val, best_epoch, flat = val_mae, epoch, 0
+                best_state = copy.deepcopy(model.state_dict())
+            else:
+                flat += 1
+            elapsed = time.perf_counter() - start
+            history.append({"epoch": epoch, "train_loss": train_loss, "val_mae": val_mae, "lr": optimizer.param_groups[0]["lr"], "seconds": elapsed})
+            info = f"loss {train_loss:.4f}  val MAE {val_mae:.4f}  best {best_val:.4f} (epoch {best_epoch})"
+            progress.update(task, advance=1, info=info)
+            if not progress.console.is_terminal and not progress.disable:  # logs: one line per epoch
+                progress.console.print(f"{description} epoch {epoch + 1}/{config.epochs} ({elapsed:.0f} s): {info}")
+            if flat >= config.patience:
+                stopped = f"early stopping (no better val MAE in {config.patience} epochs)"
+                break
+            if config.max_minutes is not None and elapsed > 60 * config.max_minutes:
+                stopped = f"time limit ({config.max_minutes} min)"
+                break
+    model.load_state_dict(best_state)
+    return FitResult(best_epoch, best_val, len(history), time.perf_counter() - start, history, stopped)

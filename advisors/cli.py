@@ -1,0 +1,112 @@
+"""``adex advisor train|embed|predict``."""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from adex.cli_common import add_training_options, open_registry_from, training_overrides
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser("advisor", help="train advisors, export their embeddings and predictions")
+    parser.set_defaults(func=lambda args: (parser.print_help(), 1)[1])
+    sub = parser.add_subparsers(dest="advisor_command", metavar="SUBCOMMAND")
+
+    p = sub.add_parser("train", help="train an advisor (configs/advisors/NAME.yaml) and register it",
+                       description="Train an advisor, e.g. `adex advisor train eform --epochs 2 --limit 200`.")
+    p.add_argument("name", help="shipped config name (bandgap, eform) or a YAML path")
+    add_training_options(p)
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("embed", help="write per-crystal and per-atom embeddings (npz)")
+    p.add_argument("ref", help="advisor reference, e.g. eform, eform:3, eform@best")
+    p.add_argument("structures", nargs="+", help="structure files (CIF, POSCAR, extxyz, ...)")
+    p.add_argument("-o", "--output", required=True, help="output .npz file")
+    p.add_argument("--registry", help="user registry root")
+    p.set_defaults(func=cmd_embed)
+
+    p = sub.add_parser("predict", help="predict the advisor's property for structures")
+    p.add_argument("ref")
+    p.add_argument("structures", nargs="+")
+    p.add_argument("--format", choices=("table", "csv", "json"), default="table")
+    p.add_argument("--registry", help="user registry root")
+    p.set_defaults(func=cmd_predict)
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from adex.advisors.model import AdvisorConfig
+    from adex.advisors.train import train_advisor
+    from adex.config import load_config
+    from adex.progress import console
+
+    config = load_config(AdvisorConfig, "advisors", args.config or args.name, training_overrides(args))
+    registry = None if args.no_register else open_registry_from(args)
+    run = train_advisor(config, data=args.data, out=args.out, registry=registry, register=not args.no_register,
+                        aliases=tuple(args.tag))
+    m = run.metrics
+    con = console()
+    test = m["test"] or m["val"]
+    con.print(f"[bold]advisor {config.name}[/]: test MAE {test['mae']:.4f} {m['unit']} (RMSE {test['rmse']:.4f}, n={test['n']}); "
+              f"best epoch {m['best_epoch']} of {m['epochs_run']} ({m['stopped_because']}); "
+              f"train {m['train_seconds']:.0f} s, featurize {m['featurize_seconds']:.1f} s")
+    con.print(f"run folder: {run.run_dir}")
+    if run.entry is not None:
+        con.print(f"registered: {run.entry.ref}")
+    return 0
+
+
+def _load(args: argparse.Namespace):
+    from adex.checkpoint import load_model
+
+    entry = open_registry_from(args).resolve(args.ref, kind="advisor")
+    model = load_model(entry)
+    return entry, model
+
+
+def _read_all(paths: list[str]):
+    from adex.io import read_structure
+
+    return [read_structure(p) for p in paths]
+
+
+def cmd_embed(args: argparse.Namespace) -> int:
+    from adex.advisors.embed import embed_structures
+    from adex.progress import console
+
+    entry, model = _load(args)
+    emb = embed_structures(model, _read_all(args.structures), list(args.structures))
+    emb.save(args.output)
+    console().print(f"{entry.ref}: embeddings of {len(emb.ids)} structures -> {args.output} "
+                    f"(crystal {emb.crystal.shape}, atom {emb.atom.shape})")
+    return 0
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    from adex.advisors.embed import embed_structures
+
+    entry, model = _load(args)
+    emb = embed_structures(model, _read_all(args.structures), list(args.structures))
+    target = model.target
+    rows = [{"structure": i, target: float(p), "unit": emb.unit} for i, p in zip(emb.ids, emb.prediction)]
+    if args.format == "json":
+        json.dump({"model": entry.ref, "predictions": rows}, sys.stdout, indent=2)
+        print()
+    elif args.format == "csv":
+        print(f"structure,{target}_{emb.unit.replace('/', '_per_')}")
+        for row in rows:
+            print(f"{row['structure']},{row[target]:.6g}")
+    else:
+        from rich.table import Table
+
+        from adex.progress import console
+
+        table = Table(title=f"{entry.ref}: {target} ({emb.unit})")
+        table.add_column("structure")
+        table.add_column(f"{target} ({emb.unit})", justify="right")
+        for row in rows:
+            table.add_row(row["structure"], f"{row[target]:.4f}")
+        from rich.console import Console
+
+        Console().print(table)
+    return 0

@@ -1,0 +1,166 @@
+"""Training an advisor: featurize (cached), split, fit, evaluate, save the run, register.
+
+A run folder (``$ADEX_HOME/runs/advisor-<name>-<time>/`` unless ``--out``) receives the
+resolved ``config.yaml``, ``metrics.json``, ``history.csv``, ``test_predictions.csv``
+and two plots (``learning_curve.png``, ``parity.png``). The model goes into the
+registry as ``advisor/<name>`` with a card recording everything needed to reload it.
+"""
+from __future__ import annotations
+
+import datetime as _dt
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from adex.advisors.model import Advisor, AdvisorConfig
+from adex.config import dump_yaml, to_dict
+from adex.datasets import load_dataset
+from adex.fileio import atomic_write_json, atomic_write_text
+from adex.graphs import element_table_sha256
+from adex.paths import runs_dir
+from adex.training import fit, predict, regression_metrics, seed_everything, split_indices
+
+
+@dataclass
+class AdvisorRun:
+    model: Advisor
+    metrics: dict
+    run_dir: Path
+    entry: object | None  # registry Entry when registered
+
+
+def new_run_dir(prefix: str, out: str | os.PathLike | None = None) -> Path:
+    """A fresh run folder under ``out`` or ``$ADEX_HOME/runs``."""
+    stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S-%f")
+    path = Path(out) if out else runs_dir() / f"{prefix}-{stamp}"
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def write_history(run_dir: Path, history: list[dict]) -> None:
+    if not history:
+        return
+    keys = list(history[0])
+    lines = [",".join(keys)] + [",".join(f"{row[k]:.6g}" if isinstance(row[k], float) else str(row[k]) for k in keys) for row in history]
+    atomic_write_text(run_dir / "history.csv", "\n".join(lines) + "\n")
+
+
+def plot_run(run_dir: Path, history: list[dict], pred: np.ndarray, target: np.ndarray, label: str, unit: str) -> None:
+    """``learning_curve.png`` (loss and val MAE per epoch) and ``parity.png`` (test set)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    if history:
+        fig, ax = plt.subplots(figsize=(5, 3.5))
+        epochs = [h["epoch"] for h in history]
+        ax.plot(epochs, [h["val_mae"] for h in history], label=f"validation MAE ({unit})")
+        ax.set_xlabel("epoch")
+        ax.set_ylabel(f"MAE ({unit})")
+        ax.set_yscale("log")
+        ax.set_title(label)
+        ax.legend()
+        fig.tight_layout()
+        fig.savefig(run_dir / "learning_curve.png", dpi=120)
+        plt.close(fig)
+    if len(pred):
+        fig, ax = plt.subplots(figsize=(4, 4))
+        ax.scatter(target, pred, s=4, alpha=0.5)
+        lo, hi = float(min(target.min(), pred.min())), float(max(target.max(), pred.max()))
+        ax.plot([lo, hi], [lo, hi], "k--", lw=0.8)
+        mae = float(np.abs(pred - target).mean())
+        ax.set_xlabel(f"DFT ({unit})")
+        ax.set_ylabel(f"predicted ({unit})")
+        ax.set_title(f"{label}: test MAE {mae:.3f} {unit}")
+        fig.tight_layout()
+        fig.savefig(run_dir / "parity.png", dpi=120)
+        plt.close(fig)
+
+
+def train_advisor(
+    config: AdvisorConfig,
+    data: str | os.PathLike | None = None,
+    out: str | os.PathLike | None = None,
+    registry=None,
+    register: bool = True,
+    aliases: tuple[str, ...] = (),
+) -> AdvisorRun:
+    """Train one advisor end to end (see module docstring)."""
+    tc = config.training
+    if tc.threads:
+        torch.set_num_threads(tc.threads)
+    seed_everything(tc.seed)
+    t0 = time.perf_counter()
+    dataset = load_dataset(config.dataset, config.featurizer, data=data, limit=tc.limit, seed=tc.seed)
+    featurize_seconds = time.perf_counter() - t0
+    graphs = dataset.graphs
+    train_idx, val_idx, test_idx = split_indices(len(graphs), tc.val_fraction, tc.test_fraction, tc.seed)
+    train, val, test = graphs.subset(train_idx), graphs.subset(val_idx), graphs.subset(test_idx)
+    y = train.targets
+    model = Advisor(config.featurizer, config.model, dataset.target, dataset.unit, float(y.mean()), float(y.std()))
+    result = fit(model, train, val if len(val) else None, tc, description=f"advisor {config.name}")
+    model.eval()
+    metrics = {
+        split: regression_metrics(predict(model, part), part.targets) if len(part) else None
+        for split, part in (("train", train), ("val", val), ("test", test))
+    }
+    test_pred = predict(model, test) if len(test) else np.zeros(0)
+    metrics.update(
+        {
+            "unit": dataset.unit,
+            "best_epoch": result.best_epoch,
+            "epochs_run": result.epochs_run,
+            "stopped_because": result.stopped_because,
+            "train_seconds": round(result.seconds, 2),
+            "featurize_seconds": round(featurize_seconds, 2),
+            "seconds_per_epoch": round(result.seconds / max(result.epochs_run, 1), 3),
+            "torch_threads": torch.get_num_threads(),
+        }
+    )
+    run_dir = new_run_dir(f"advisor-{config.name}", out)
+    atomic_write_text(run_dir / "config.yaml", dump_yaml(config))
+    atomic_write_json(run_dir / "metrics.json", metrics)
+    write_history(run_dir, result.history)
+    atomic_write_text(
+        run_dir / "test_predictions.csv",
+        "id,target,prediction\n" + "".join(f"{i},{t:.6g},{p:.6g}\n" for i, t, p in zip(test.ids, test.targets, test_pred)),
+    )
+    plot_run(run_dir, result.history, test_pred, test.targets if len(test) else np.zeros(0), f"advisor {config.name}", dataset.unit)
+
+    entry = None
+    if register:
+        from adex.checkpoint import model_files
+        from adex.registry import open_registry
+
+        registry = registry or open_registry()
+        card = {
+            "description": f"{config.name} advisor: {dataset.target} ({dataset.unit}) from {config.dataset}",
+            "featurizer": config.featurizer.to_dict(),
+            "featurizer_fingerprint": config.featurizer.fingerprint(),
+            "element_embedding": {"name": config.featurizer.element_embedding, "sha256": element_table_sha256(config.featurizer.element_embedding)},
+            "target": {"name": dataset.target, "unit": dataset.unit, "normalizer": model.normalizer.to_dict()},
+            "embedding_width": model.embedding_width,
+            "config": to_dict(config),
+            "dataset": {
+                "name": config.dataset,
+                "fingerprint": dataset.fingerprint,
+                "n_structures": len(graphs),
+                "n_train": len(train),
+                "n_val": len(val),
+                "n_test": len(test),
+                "n_skipped": len(dataset.skipped),
+            },
+            "metrics": metrics,
+            "run_dir": str(run_dir),
+        }
+        test_mae = metrics["test"]["mae"] if metrics["test"] else metrics["val"]["mae"]
+        entry = registry.register(
+            "advisor", config.name, model_files(model), card, primary_metric=("test_mae", test_mae), aliases=list(aliases)
+        )
+        atomic_write_json(run_dir / "registered.json", {"ref": entry.ref})
+    return AdvisorRun(model, metrics, run_dir, entry)

@@ -1,0 +1,66 @@
+"""``adex expert train``."""
+from __future__ import annotations
+
+import argparse
+
+from adex.cli_common import add_training_options, open_registry_from, training_overrides
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser("expert", help="train the vacancy expert")
+    parser.set_defaults(func=lambda args: (parser.print_help(), 1)[1])
+    sub = parser.add_subparsers(dest="expert_command", metavar="SUBCOMMAND")
+    p = sub.add_parser("train", help="train an expert on the Witman vacancies and register it",
+                       description="e.g. `adex expert train --advisors bandgap,eform --split 1.00k0`")
+    p.add_argument("name", nargs="?", default="default", help="shipped config name or YAML path (default: default)")
+    p.add_argument("--advisors", help="comma-separated advisor refs, or 'none' for the scratch baseline")
+    p.add_argument("--split", help="published split, e.g. 1.00k0, 1.00k0_struct, CS_Ba (default: random split)")
+    p.add_argument("--init-from", help="advisor ref whose backbone initialises the expert's convolutions")
+    p.add_argument("--freeze", action="store_true", help="freeze the transferred modules")
+    p.add_argument("--unfreeze-every", type=int, help="unfreeze one more transferred module every N epochs")
+    p.add_argument("--pooling", help="vacancy, neighborhood, attention, mean, max or random")
+    add_training_options(p)
+    p.set_defaults(func=cmd_train)
+
+
+def expert_overrides(args: argparse.Namespace) -> list[str]:
+    overrides = training_overrides(args)
+    if args.advisors is not None:
+        refs = [] if args.advisors.strip().lower() in ("none", "") else [r.strip() for r in args.advisors.split(",") if r.strip()]
+        overrides.append(f"advisors=[{', '.join(refs)}]")
+    if args.split is not None:
+        overrides.append(f"split='{args.split}'")
+    if args.init_from is not None:
+        overrides.append(f"transfer.init_from={args.init_from}")
+    if args.freeze:
+        overrides.append("transfer.freeze=true")
+    if args.unfreeze_every is not None:
+        overrides.append(f"transfer.unfreeze_every={args.unfreeze_every}")
+    if args.pooling is not None:
+        overrides.append(f"model.pooling={args.pooling}")
+    return overrides
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from adex.config import load_config
+    from adex.expert.train import ExpertConfig, train_expert
+    from adex.progress import console
+
+    config = load_config(ExpertConfig, "expert", args.config or args.name, expert_overrides(args))
+    registry = open_registry_from(args)
+    run = train_expert(config, data=args.data, out=args.out, registry=registry, register=not args.no_register,
+                       aliases=tuple(args.tag))
+    m = run.metrics
+    con = console()
+    for split in ("test", "val"):
+        if m.get(split):
+            s = m[split]
+            con.print(f"[bold]expert {config.name}[/] {split} ({m['split'] if split == 'test' else 'validation'}): "
+                      f"MAE {s['mae']:.3f} eV, RMSE {s['rmse']:.3f} eV, n={s['n']}"
+                      + (f" (O {s['mae_O']:.3f}, metal {s['mae_metal']:.3f})" if "mae_O" in s and "mae_metal" in s else ""))
+    con.print(f"best epoch {m['best_epoch']} of {m['epochs_run']} ({m['stopped_because']}); train {m['train_seconds']:.0f} s "
+              f"({m['seconds_per_epoch']:.2f} s/epoch), graphs {m['featurize_seconds']:.1f} s, advisors {m['advisor_seconds']:.1f} s")
+    con.print(f"run folder: {run.run_dir}")
+    if run.entry is not None:
+        con.print(f"registered: {run.entry.ref}  (parents: {', '.join(run.entry.parents) or 'none'})")
+    return 0

@@ -1,0 +1,440 @@
+"""Vacancy datasets for the expert: Witman et al. 2023 records, published splits,
+combined supercell graphs (cached), advisor features, and batching.
+
+Flow: ``(host Structure, site)`` -> :func:`adex.supercell.build_vacancy` (canonical
+primitive host, supercell, site removed) -> :func:`adex.supercell.build_vacancy_graph`
+(one graph, pristine + defected nodes) -> :class:`PackedVacancies` (flat arrays, the
+cache format) -> :class:`VacancyBatch` (torch, global indices).
+"""
+from __future__ import annotations
+
+import csv
+import hashlib
+import os
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+from pymatgen.core import Lattice, Structure
+
+from adex.errors import AdexError, DataError, StructureError
+from adex.graphs import CrystalGraph, Featurizer, FeaturizerSettings, GraphBatch, PackedGraphs, _ranges
+from adex.paths import cache_dir
+
+GRAPH_FORMAT_VERSION = "vacancy-graph-1"  # bump when the graph construction changes
+
+
+# --------------------------------------------------------------------------- records
+
+
+@dataclass(frozen=True)
+class VacancyRecord:
+    """One labelled vacancy of the Witman set: the host CIF has the vacated atom at index 0."""
+
+    id: str
+    host: str
+    site_label: str
+    element: str
+    path: Path
+    dH_eV: float
+
+
+def read_witman(root: Path) -> list[VacancyRecord]:
+    """Rows of ``vacancies.csv`` with their CIF paths (1,481 in the shipped set)."""
+    with open(root / "vacancies.csv", newline="") as handle:
+        return [
+            VacancyRecord(r["id"], r["host"], r["site_label"], r["element"], root / "structures" / f"{r['id']}.cif", float(r["dH_eV"]))
+            for r in csv.DictReader(handle)
+        ]
+
+
+def published_splits(root: Path) -> list[str]:
+    """Names of the published splits, e.g. ``1.00k0``, ``1.00k0_struct``, ``CS_Ba``."""
+    names = sorted(p.name[len("train_") : -len(".csv")] for p in (root / "splits").glob("train_*.csv"))
+    return [n for n in names if (root / "splits" / f"hold_{n}.csv").is_file()]
+
+
+def read_split(root: Path, name: str) -> tuple[list[str], list[str]]:
+    """(train ids, holdout ids) of published split ``name``."""
+    train, hold = root / "splits" / f"train_{name}.csv", root / "splits" / f"hold_{name}.csv"
+    if not train.is_file() or not hold.is_file():
+        known = published_splits(root)
+        raise DataError(f"unknown split {name!r} (e.g. {', '.join(known[:6])} ... {len(known)} in all)")
+
+    def ids(path: Path) -> list[str]:
+        with open(path, newline="") as handle:
+            return [row[0].strip() for row in csv.reader(handle) if row and row[0].strip()]
+
+    return ids(train), ids(hold)
+
+
+# --------------------------------------------------------------------------- packed data
+
+
+@dataclass
+class PackedVacancies:
+    """Many vacancy graphs in flat arrays (cache format). Vacancy ``b`` owns graph ``b``
+    of ``graphs`` and primitive atoms ``prim_ptr[b]:prim_ptr[b+1]``.
+
+    Attributes:
+        graphs: combined graphs (nodes: pristine then defected), ids, targets (eV).
+        node_role: int8 [N] 0 pristine, 1 defected.
+        node_primitive: int64 [N] local index of each node's primitive host atom.
+        vacancy_node: int64 [B] local index of the vacated pristine node.
+        hood_node: int64 [H] local node indices of each vacancy's neighbourhood;
+            ``hood_ptr`` int64 [B+1]; ``hood_kind`` int8 [H] 0 vacated node, 1 pristine
+            neighbour, 2 defected former neighbour.
+        prim_lattice: float64 [B, 3, 3] Å; prim_numbers int64 [P]; prim_frac float64 [P, 3];
+            prim_ptr int64 [B+1]: the canonical primitive hosts (advisors run on them).
+        info: str [B, 3] (element, wyckoff label, supercell size) for reports.
+    """
+
+    graphs: PackedGraphs
+    node_role: np.ndarray
+    node_primitive: np.ndarray
+    vacancy_node: np.ndarray
+    hood_node: np.ndarray
+    hood_ptr: np.ndarray
+    hood_kind: np.ndarray
+    prim_lattice: np.ndarray
+    prim_numbers: np.ndarray
+    prim_frac: np.ndarray
+    prim_ptr: np.ndarray
+    info: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.graphs)
+
+    @property
+    def ids(self) -> np.ndarray:
+        return self.graphs.ids
+
+    @property
+    def targets(self) -> np.ndarray | None:
+        return self.graphs.targets
+
+    def primitive_structure(self, b: int) -> Structure:
+        sl = slice(self.prim_ptr[b], self.prim_ptr[b + 1])
+        return Structure(Lattice(self.prim_lattice[b]), self.prim_numbers[sl].tolist(), self.prim_frac[sl])
+
+    @classmethod
+    def concatenate(cls, parts: Sequence["PackedVacancies"]) -> "PackedVacancies":
+        node_off = np.cumsum([0] + [p.graphs.node_ptr[-1] for p in parts])
+        edge_off = np.cumsum([0] + [p.graphs.edge_ptr[-1] for p in parts])
+        hood_off = np.cumsum([0] + [p.hood_ptr[-1] for p in parts])
+        prim_off = np.cumsum([0] + [p.prim_ptr[-1] for p in parts])
+        targets = [p.graphs.targets for p in parts]
+        graphs = PackedGraphs(
+            atomic_numbers=np.concatenate([p.graphs.atomic_numbers for p in parts]),
+            edge_index=np.concatenate([p.graphs.edge_index for p in parts], axis=1),
+            edge_distance=np.concatenate([p.graphs.edge_distance for p in parts]),
+            node_ptr=np.concatenate([[0]] + [p.graphs.node_ptr[1:] + o for p, o in zip(parts, node_off)]).astype(np.int64),
+            edge_ptr=np.concatenate([[0]] + [p.graphs.edge_ptr[1:] + o for p, o in zip(parts, edge_off)]).astype(np.int64),
+            ids=np.concatenate([p.graphs.ids for p in parts]),
+            targets=None if any(t is None for t in targets) else np.concatenate(targets),
+        )
+        return cls(
+            graphs=graphs,
+            node_role=np.concatenate([p.node_role for p in parts]),
+            node_primitive=np.concatenate([p.node_primitive for p in parts]),
+            vacancy_node=np.concatenate([p.vacancy_node for p in parts]),
+            hood_node=np.concatenate([p.hood_node for p in parts]),
+            hood_ptr=np.concatenate([[0]] + [p.hood_ptr[1:] + o for p, o in zip(parts, hood_off)]).astype(np.int64),
+            hood_kind=np.concatenate([p.hood_kind for p in parts]),
+            prim_lattice=np.concatenate([p.prim_lattice for p in parts]),
+            prim_numbers=np.concatenate([p.prim_numbers for p in parts]),
+            prim_frac=np.concatenate([p.prim_frac for p in parts]),
+            prim_ptr=np.concatenate([[0]] + [p.prim_ptr[1:] + o for p, o in zip(parts, prim_off)]).astype(np.int64),
+            info=np.concatenate([p.info for p in parts]),
+        )
+
+    def subset(self, indices: Sequence[int]) -> "PackedVacancies":
+        idx = np.asarray(indices, dtype=np.int64)
+        node_sel = _ranges(self.graphs.node_ptr[idx], self.graphs.node_ptr[idx + 1] - self.graphs.node_ptr[idx])
+        n_hood = self.hood_ptr[idx + 1] - self.hood_ptr[idx]
+        n_prim = self.prim_ptr[idx + 1] - self.prim_ptr[idx]
+        hood_sel = _ranges(self.hood_ptr[idx], n_hood)
+        prim_sel = _ranges(self.prim_ptr[idx], n_prim)
+        return PackedVacancies(
+            graphs=self.graphs.subset(idx),
+            node_role=self.node_role[node_sel],
+            node_primitive=self.node_primitive[node_sel],
+            vacancy_node=self.vacancy_node[idx],
+            hood_node=self.hood_node[hood_sel],
+            hood_ptr=np.r_[0, np.cumsum(n_hood)].astype(np.int64),
+            hood_kind=self.hood_kind[hood_sel],
+            prim_lattice=self.prim_lattice[idx],
+            prim_numbers=self.prim_numbers[prim_sel],
+            prim_frac=self.prim_frac[prim_sel],
+            prim_ptr=np.r_[0, np.cumsum(n_prim)].astype(np.int64),
+            info=self.info[idx],
+        )
+
+    _ARRAYS = ("node_role", "node_primitive", "vacancy_node", "hood_node", "hood_ptr", "hood_kind",
+               "prim_lattice", "prim_numbers", "prim_frac", "prim_ptr", "info")
+
+    def save(self, path: Path) -> None:
+        from io import BytesIO
+
+        from adex.fileio import atomic_write_bytes
+
+        buffer = BytesIO()
+        g = self.graphs
+        arrays = {f"graphs_{k}": getattr(g, k) for k in ("atomic_numbers", "edge_index", "edge_distance", "node_ptr", "edge_ptr")}
+        arrays["graphs_ids"] = np.asarray(g.ids, dtype=str)
+        if g.targets is not None:
+            arrays["graphs_targets"] = g.targets
+        arrays.update({k: getattr(self, k) for k in self._ARRAYS})
+        arrays["info"] = np.asarray(self.info, dtype=str)
+        np.savez(buffer, **arrays)
+        atomic_write_bytes(path, buffer.getvalue())
+
+    @classmethod
+    def load(cls, path: Path) -> "PackedVacancies":
+        with np.load(path, allow_pickle=False) as d:
+            graphs = PackedGraphs(
+                d["graphs_atomic_numbers"], d["graphs_edge_index"], d["graphs_edge_distance"], d["graphs_node_ptr"],
+                d["graphs_edge_ptr"], d["graphs_ids"], d["graphs_targets"] if "graphs_targets" in d.files else None,
+            )
+            return cls(graphs=graphs, **{k: d[k] for k in cls._ARRAYS})
+
+
+def pack_vacancy(graph, vac, vacancy_id: str, target: float | None) -> PackedVacancies:
+    """One :class:`adex.supercell.VacancyGraph` (+ its supercell) as PackedVacancies."""
+    prim = vac.canonical.primitive
+    n_nodes = len(graph.atomic_numbers)
+    hood = np.concatenate([[graph.vacancy_node], graph.vacancy_neighbors, graph.former_neighbors_defected]).astype(np.int64)
+    kind = np.concatenate([[0], np.full(len(graph.vacancy_neighbors), 1), np.full(len(graph.former_neighbors_defected), 2)]).astype(np.int8)
+    crystal = CrystalGraph(graph.atomic_numbers.astype(np.int64), graph.edge_index.astype(np.int64),
+                           graph.edge_distance.astype(np.float32), np.zeros((0, 3), np.int16))
+    graphs = PackedGraphs.from_graphs([crystal], [vacancy_id], None if target is None else [target])
+    can = vac.canonical
+    return PackedVacancies(
+        graphs=graphs,
+        node_role=graph.node_role.astype(np.int8),
+        node_primitive=graph.node_primitive.astype(np.int64),
+        vacancy_node=np.array([graph.vacancy_node], dtype=np.int64),
+        hood_node=hood,
+        hood_ptr=np.array([0, len(hood)], dtype=np.int64),
+        hood_kind=kind,
+        prim_lattice=prim.lattice.matrix[None].astype(np.float64),
+        prim_numbers=np.array([s.specie.Z for s in prim], dtype=np.int64),
+        prim_frac=prim.frac_coords.astype(np.float64),
+        prim_ptr=np.array([0, len(prim)], dtype=np.int64),
+        info=np.array([[can.element, can.wyckoff, str(n_nodes)]], dtype=str),
+    )
+
+
+def featurize_vacancy(host: Structure, site: int, vacancy_id: str, target: float | None,
+                      featurizer: Featurizer, supercell_settings) -> PackedVacancies:
+    """Supercell + combined graph of one vacancy, packed."""
+    from adex.supercell import build_vacancy, build_vacancy_graph
+
+    vac = build_vacancy(host, site, supercell_settings)
+    return pack_vacancy(build_vacancy_graph(vac, featurizer), vac, vacancy_id, target)
+
+
+def _featurize_records_chunk(args) -> list[tuple[str, PackedVacancies | str]]:
+    settings, supercell_dict, items = args
+    from adex.io import read_structure
+    from adex.supercell import SupercellSettings
+
+    featurizer = Featurizer(FeaturizerSettings(**settings))
+    sc = SupercellSettings(**supercell_dict)
+    out = []
+    for vacancy_id, path, element, target in items:
+        try:
+            host = read_structure(path)
+            if host[0].specie.symbol != element:
+                raise StructureError(f"{path}: atom 0 is {host[0].specie}, vacancies.csv says {element}")
+            out.append((vacancy_id, featurize_vacancy(host, 0, vacancy_id, target, featurizer, sc)))
+        except AdexError as exc:
+            out.append((vacancy_id, str(exc)))
+    return out
+
+
+def load_witman(
+    featurizer_settings: FeaturizerSettings,
+    supercell_settings,
+    data: str | os.PathLike | None = None,
+    limit: int | None = None,
+    ids: Sequence[str] | None = None,
+    workers: int | None = None,
+    use_cache: bool = True,
+) -> PackedVacancies:
+    """The Witman vacancies as combined supercell graphs (cached on disk).
+
+    ``ids`` restricts to those vacancies (in that order); ``limit`` keeps the first N.
+    """
+    from adex.datasets import dataset_root, fingerprint_files
+    from adex.fileio import atomic_write_json
+    from adex.progress import progress_bar
+
+    root = dataset_root("witman2023_vacancies", data)
+    records = read_witman(root)
+    if ids is not None:
+        by_id = {r.id: r for r in records}
+        unknown = [i for i in ids if i not in by_id]
+        if unknown:
+            raise DataError(f"vacancy id {unknown[0]!r} not in {root / 'vacancies.csv'}")
+        records = [by_id[i] for i in ids]
+    if limit is not None:
+        records = records[:limit]
+    inputs = fingerprint_files([root / "vacancies.csv", root / "structures"])
+    key_text = "|".join([GRAPH_FORMAT_VERSION, inputs, featurizer_settings.fingerprint(),
+                         repr(sorted(supercell_settings.to_dict().items())), ",".join(r.id for r in records)])
+    key = hashlib.sha256(key_text.encode()).hexdigest()
+    path = cache_dir() / "vacancies" / f"witman-{key[:24]}.npz"
+    if use_cache and path.is_file():
+        return PackedVacancies.load(path)
+    items = [(r.id, str(r.path), r.element, r.dH_eV) for r in records]
+    chunks = [(featurizer_settings.to_dict(), supercell_settings.to_dict(), items[i : i + 32]) for i in range(0, len(items), 32)]
+    workers = workers or (min(os.cpu_count() or 1, 8) if len(items) > 64 else 1)
+    results: dict[str, PackedVacancies] = {}
+    errors: dict[str, str] = {}
+    with progress_bar() as progress:
+        task = progress.add_task("supercell graphs (witman2023)", total=len(items))
+        mapper = ProcessPoolExecutor(workers).map if workers > 1 else map
+        for chunk_result in mapper(_featurize_records_chunk, chunks):
+            for vid, value in chunk_result:
+                (errors.__setitem__(vid, value) if isinstance(value, str) else results.__setitem__(vid, value))
+            progress.advance(task, len(chunk_result))
+    if errors:
+        first = next(iter(errors.items()))
+        raise DataError(f"{len(errors)} vacancies could not be featurized (first: {first[0]}: {first[1]})")
+    packed = PackedVacancies.concatenate([results[r.id] for r in records])
+    if use_cache:
+        packed.save(path)
+    return packed
+
+
+# --------------------------------------------------------------------------- advisor features
+
+
+@dataclass
+class AdvisorFeatures:
+    """Frozen-advisor embeddings of each vacancy's primitive host.
+
+    Attributes:
+        ref: exact registry reference of the advisor.
+        atom: float32 [P, d] per primitive atom (aligned with ``PackedVacancies.prim_*``).
+        crystal: float32 [B, d] per vacancy host.
+    """
+
+    ref: str
+    atom: np.ndarray
+    crystal: np.ndarray
+
+    @property
+    def width(self) -> int:
+        return int(self.atom.shape[1])
+
+    def subset(self, packed: PackedVacancies, indices: Sequence[int]) -> "AdvisorFeatures":
+        idx = np.asarray(indices, dtype=np.int64)
+        sel = _ranges(packed.prim_ptr[idx], packed.prim_ptr[idx + 1] - packed.prim_ptr[idx])
+        return AdvisorFeatures(self.ref, self.atom[sel], self.crystal[idx])
+
+
+def compute_advisor_features(advisor, ref: str, packed: PackedVacancies) -> AdvisorFeatures:
+    """Run a (frozen) advisor on every vacancy's primitive host, once."""
+    from adex.advisors.embed import run_advisor
+
+    featurizer = Featurizer(advisor.featurizer_settings)
+    graphs = PackedGraphs.from_graphs(
+        [featurizer.featurize(packed.primitive_structure(b), str(packed.ids[b])) for b in range(len(packed))],
+        list(packed.ids),
+    )
+    emb = run_advisor(advisor, graphs)
+    return AdvisorFeatures(ref, emb.atom.astype(np.float32), emb.crystal.astype(np.float32))
+
+
+# --------------------------------------------------------------------------- batches
+
+
+@dataclass
+class VacancyBatch(GraphBatch):
+    """A batch of combined vacancy graphs (global indices).
+
+    Extra attributes: node_role LongTensor [N]; node_flags FloatTensor [N, 3]
+    (vacated node, pristine neighbour, defected former neighbour); vacancy_node
+    LongTensor [B]; hood_node LongTensor [H] and hood_graph LongTensor [H];
+    advisor_features list of FloatTensor [N, 2 d_a], one per advisor.
+    """
+
+    node_role: torch.Tensor | None = None
+    node_flags: torch.Tensor | None = None
+    vacancy_node: torch.Tensor | None = None
+    hood_node: torch.Tensor | None = None
+    hood_graph: torch.Tensor | None = None
+    advisor_features: list = field(default_factory=list)
+
+    def to(self, device) -> "VacancyBatch":
+        moved = {}
+        for name in self.__dataclass_fields__:
+            value = getattr(self, name)
+            if isinstance(value, torch.Tensor):
+                value = value.to(device)
+            elif name == "advisor_features":
+                value = [v.to(device) for v in value]
+            moved[name] = value
+        return VacancyBatch(**moved)
+
+
+class VacancyDataset:
+    """PackedVacancies + advisor features; ``batch(indices) -> VacancyBatch``."""
+
+    def __init__(self, packed: PackedVacancies, advisors: Sequence[AdvisorFeatures] = ()):
+        self.packed = packed
+        self.advisors = list(advisors)
+
+    def __len__(self) -> int:
+        return len(self.packed)
+
+    @property
+    def ids(self) -> np.ndarray:
+        return self.packed.ids
+
+    @property
+    def targets(self) -> np.ndarray | None:
+        return self.packed.targets
+
+    def subset(self, indices: Sequence[int]) -> "VacancyDataset":
+        return VacancyDataset(self.packed.subset(indices), [a.subset(self.packed, indices) for a in self.advisors])
+
+    def batch(self, indices: Sequence[int]) -> VacancyBatch:
+        p = self.packed
+        idx = np.asarray(indices, dtype=np.int64)
+        base = p.graphs.batch(idx)
+        n_nodes = p.graphs.node_ptr[idx + 1] - p.graphs.node_ptr[idx]
+        node_sel = _ranges(p.graphs.node_ptr[idx], n_nodes)
+        node_offset = np.cumsum(n_nodes) - n_nodes
+        n_hood = p.hood_ptr[idx + 1] - p.hood_ptr[idx]
+        hood_sel = _ranges(p.hood_ptr[idx], n_hood)
+        hood_graph = np.repeat(np.arange(len(idx)), n_hood)
+        hood_node = p.hood_node[hood_sel] + node_offset[hood_graph]
+        vacancy_node = p.vacancy_node[idx] + node_offset
+        flags = np.zeros((len(node_sel), 3), dtype=np.float32)
+        flags[hood_node, p.hood_kind[hood_sel]] = 1.0
+        node_graph = base.node_graph.numpy()
+        advisor_features = []
+        if self.advisors:
+            prim_global = p.prim_ptr[idx][node_graph] + p.node_primitive[node_sel]
+            for feats in self.advisors:
+                advisor_features.append(torch.from_numpy(np.concatenate([feats.atom[prim_global], feats.crystal[idx][node_graph]], axis=1)))
+        return VacancyBatch(
+            atomic_numbers=base.atomic_numbers,
+            edge_index=base.edge_index,
+            edge_distance=base.edge_distance,
+            node_graph=base.node_graph,
+            num_graphs=base.num_graphs,
+            target=base.target,
+            node_role=torch.from_numpy(p.node_role[node_sel].astype(np.int64)),
+            node_flags=torch.from_numpy(flags),
+            vacancy_node=torch.from_numpy(vacancy_node),
+            hood_node=torch.from_numpy(hood_node),
+            hood_graph=torch.from_numpy(hood_graph),
+            advisor_features=advisor_features,
+        )

@@ -1,0 +1,228 @@
+"""The expert: a defect GNN on the combined pristine + defected supercell graph.
+
+Inputs per vacancy (see :class:`adex.expert.data.VacancyBatch`): the pristine supercell's
+nodes (role 0) and the defected supercell's nodes (role 1), bonds within each, and
+correspondence edges (distance 0) between every defected atom and its pristine twin.
+The vacated pristine node and its neighbourhood are flagged.
+
+Advisors enter through adapters: for advisor ``a`` with width ``d_a``, the per-atom
+embedding of each node's host atom and the host's crystal embedding (both computed on
+the pristine primitive host, frozen, cached) are concatenated ``[2 d_a]`` and mapped by
+one ``Linear(2 d_a -> adapter_width)``. Any advisor width fits.
+
+Readout (``pooling``):
+
+* ``vacancy``: the vacated pristine node;
+* ``neighborhood``: mean over the vacated node, its pristine neighbours and their
+  defected twins;
+* ``attention``: learned softmax weights over that neighbourhood;
+* ``mean`` / ``max``: over all nodes of the combined graph;
+* ``random``: one random node per vacancy while training, the average of per-node
+  predictions at evaluation (the expectation of the training readout).
+
+Because the supercell is built from the canonical primitive host, every readout is
+invariant to the input cell and to the choice among symmetry-equivalent sites.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+import torch
+from torch import nn
+
+from adex.graphs import FeaturizerSettings
+from adex.nn import CGCNNConv, ElementEmbedding, GaussianExpansion, MLPHead, Normalizer
+from adex.scatter import scatter_max, scatter_mean, scatter_softmax, scatter_sum
+
+ExpertPooling = Literal["vacancy", "neighborhood", "attention", "mean", "max", "random"]
+POOLINGS: tuple[str, ...] = ("vacancy", "neighborhood", "attention", "mean", "max", "random")
+
+
+@dataclass
+class ExpertModelConfig:
+    """Architecture of the expert.
+
+    Attributes:
+        atom_fea_len: node width F.
+        n_conv: gated convolutions over the combined graph.
+        pooling: readout, one of ``POOLINGS``.
+        adapter_width: output width of each advisor adapter.
+        head_hidden, head_layers: MLP head.
+        dropout: dropout in the head (and on adapter outputs).
+    """
+
+    atom_fea_len: int = 64
+    n_conv: int = 3
+    pooling: ExpertPooling = "attention"
+    adapter_width: int = 16
+    head_hidden: int = 128
+    head_layers: int = 2
+    dropout: float = 0.1
+
+
+@dataclass
+class AdvisorSlot:
+    """An advisor as the expert sees it: registry ref (exact version) and width."""
+
+    ref: str
+    width: int
+    weights_sha256: str = ""
+
+
+class Expert(nn.Module):
+    """dGNN-style vacancy model. ``forward(batch)`` -> normalised dH [B];
+    ``predict(batch)`` -> dH [B] in eV."""
+
+    N_FLAGS = 3  # is vacated node, is pristine neighbour of it, is defected former neighbour
+
+    def __init__(
+        self,
+        featurizer: FeaturizerSettings,
+        config: ExpertModelConfig,
+        advisors: list[AdvisorSlot] | None = None,
+        mean: float = 0.0,
+        std: float = 1.0,
+        supercell: dict | None = None,
+        training_elements: list[str] | None = None,
+    ):
+        super().__init__()
+        self.training_elements = sorted(training_elements or [])
+        self.featurizer_settings = featurizer
+        self.config = config
+        self.advisors = list(advisors or [])
+        self.supercell = dict(supercell or {})
+        width = config.atom_fea_len
+        self.embedding = ElementEmbedding(featurizer.element_embedding, width)
+        self.role_embedding = nn.Embedding(2, width)
+        self.flag_embedding = nn.Linear(self.N_FLAGS, width, bias=False)
+        self.adapters = nn.ModuleList(nn.Linear(2 * slot.width, config.adapter_width) for slot in self.advisors)
+        self.adapter_dropout = nn.Dropout(config.dropout)
+        if self.advisors:
+            self.mix = nn.Linear(width + config.adapter_width * len(self.advisors), width)
+        self.gaussian = GaussianExpansion(featurizer.cutoff, featurizer.gaussian_step, featurizer.gaussian_width)
+        self.convs = nn.ModuleList(CGCNNConv(width, featurizer.n_gaussians) for _ in range(config.n_conv))
+        if config.pooling not in POOLINGS:
+            raise ValueError(f"unknown expert pooling {config.pooling!r} (choose from {POOLINGS})")
+        self.gate = nn.Linear(width, 1) if config.pooling == "attention" else None
+        self.head = MLPHead(width, config.head_hidden, config.head_layers, config.dropout)
+        self.normalizer = Normalizer(mean, std)
+        self.frozen_modules: list[nn.Module] = []
+
+    def train(self, mode: bool = True) -> "Expert":
+        """As ``nn.Module.train``, but frozen (transferred) modules stay in eval mode,
+        so their batch-norm statistics are not updated either."""
+        super().train(mode)
+        for module in self.frozen_modules:
+            module.eval()
+        return self
+
+    # ---------------------------------------------------------------- forward
+    def node_features(self, batch) -> torch.Tensor:
+        """Initial node features [n_nodes, F]: element + role + flags (+ adapted advisors)."""
+        x = self.embedding(batch.atomic_numbers) + self.role_embedding(batch.node_role) + self.flag_embedding(batch.node_flags)
+        if self.advisors:
+            adapted = [self.adapter_dropout(adapter(feat)) for adapter, feat in zip(self.adapters, batch.advisor_features)]
+            x = self.mix(torch.cat([x, *adapted], dim=1))
+        return x
+
+    def node_embeddings(self, batch) -> torch.Tensor:
+        """Node embeddings after the convolutions: [n_nodes, F]."""
+        x = self.node_features(batch)
+        edge_attr = self.gaussian(batch.edge_distance)
+        for conv in self.convs:
+            x = conv(x, batch.edge_index, edge_attr)
+        return x
+
+    def readout(self, x: torch.Tensor, batch) -> torch.Tensor:
+        """Per-vacancy embedding [B, F] (``random`` is handled in :meth:`forward`)."""
+        kind, B = self.config.pooling, batch.num_graphs
+        if kind == "vacancy":
+            return x.index_select(0, batch.vacancy_node)
+        if kind == "mean":
+            return scatter_mean(x, batch.node_graph, B)
+        if kind == "max":
+            return scatter_max(x, batch.node_graph, B)
+        hood = x.index_select(0, batch.hood_node)
+        if kind == "neighborhood":
+            return scatter_mean(hood, batch.hood_graph, B)
+        weights = scatter_softmax(self.gate(hood), batch.hood_graph, B)
+        return scatter_sum(weights * hood, batch.hood_graph, B)
+
+    def forward(self, batch) -> torch.Tensor:
+        x = self.node_embeddings(batch)
+        if self.config.pooling != "random":
+            return self.head(self.readout(x, batch))
+        if self.training:
+            counts = torch.bincount(batch.node_graph, minlength=batch.num_graphs)
+            starts = torch.cumsum(counts, 0) - counts
+            pick = starts + (torch.rand(batch.num_graphs, device=x.device) * counts).long().clamp(max=counts.max() - 1)
+            return self.head(x.index_select(0, pick))
+        return scatter_mean(self.head(x), batch.node_graph, batch.num_graphs)
+
+    @torch.no_grad()
+    def predict(self, batch) -> torch.Tensor:
+        return self.normalizer.denorm(self.forward(batch))
+
+    # ---------------------------------------------------------------- transfer learning
+    def init_from_backbone(self, backbone) -> list[str]:
+        """Copy an advisor backbone's element embedding and convolutions into the expert.
+
+        The advisor's Gaussian basis must start like the expert's (same step and width,
+        expert cutoff <= advisor cutoff): the expert's edge columns are then a prefix of
+        the advisor's. Widths must match. Returns the names of the copied tensors.
+        """
+        from adex.errors import ConfigError
+
+        a, e = backbone.featurizer, self.featurizer_settings
+        if (a.gaussian_step, a.gaussian_width, a.element_embedding) != (e.gaussian_step, e.gaussian_width, e.element_embedding) or e.cutoff > a.cutoff:
+            raise ConfigError(
+                "init-from: advisor and expert featurizers are incompatible (need equal gaussian_step, gaussian_width, "
+                f"element_embedding and expert cutoff <= advisor cutoff; advisor {a.to_dict()}, expert {e.to_dict()})"
+            )
+        if backbone.width != self.config.atom_fea_len:
+            raise ConfigError(f"init-from: advisor width {backbone.width} != expert atom_fea_len {self.config.atom_fea_len}")
+        copied = []
+        with torch.no_grad():
+            self.embedding.embedding.load_state_dict(backbone.embedding.embedding.state_dict())
+            copied.append("embedding")
+            n_edge = e.n_gaussians
+            for k, (mine, theirs) in enumerate(zip(self.convs, backbone.convs)):
+                width = self.config.atom_fea_len
+                mine.fc_full.weight.copy_(theirs.fc_full.weight[:, : 2 * width + n_edge])
+                mine.fc_full.bias.copy_(theirs.fc_full.bias)
+                mine.bn1.load_state_dict(theirs.bn1.state_dict())
+                mine.bn2.load_state_dict(theirs.bn2.state_dict())
+                copied.append(f"convs.{k}")
+        return copied
+
+    def transferable_modules(self) -> list[nn.Module]:
+        """Modules initialised by :meth:`init_from_backbone`, in input-to-output order."""
+        return [self.embedding, *self.convs]
+
+    # ---------------------------------------------------------------- serialisation
+    def architecture(self) -> dict:
+        from adex.config import to_dict
+
+        return {
+            "class": "expert",
+            "featurizer": self.featurizer_settings.to_dict(),
+            "model": to_dict(self.config),
+            "advisors": [{"ref": s.ref, "width": s.width, "weights_sha256": s.weights_sha256} for s in self.advisors],
+            "supercell": self.supercell,
+            "training_elements": self.training_elements,
+            "target": "vacancy_formation_enthalpy",
+            "unit": "eV",
+        }
+
+    @classmethod
+    def from_architecture(cls, arch: dict) -> "Expert":
+        from adex.config import build_dataclass
+
+        return cls(
+            FeaturizerSettings.from_dict(arch["featurizer"]),
+            build_dataclass(ExpertModelConfig, arch["model"], "model"),
+            [AdvisorSlot(a["ref"], int(a["width"]), a.get("weights_sha256", "")) for a in arch.get("advisors", [])],
+            supercell=arch.get("supercell", {}),
+            training_elements=arch.get("training_elements", []),
+        )

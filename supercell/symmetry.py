@@ -1,0 +1,286 @@
+"""Canonical primitive cells and crystallographic orbits (spglib).
+
+:func:`canonical_host` replaces (host cell, vacated site) by (standardized primitive
+cell, lowest-index primitive atom of the vacated site's orbit). Two inputs describing
+the same crystal and symmetry-equivalent vacancies therefore map to the same primitive
+cell and the same representative atom, whatever cell, origin or atom order they were
+given in.
+
+spglib conventions used (checked against the positions in :func:`_primitive_map`):
+``dataset.mapping_to_primitive[i]`` is the index, in the primitive cell returned by
+``spglib.standardize_cell(cell, to_primitive=True, no_idealize=False)``, of input atom
+``i``; ``std_mapping_to_primitive`` does the same for the atoms of the standardized
+*conventional* cell (``std_positions``), not for the input.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import spglib
+from pymatgen.core import Lattice, Structure
+
+from adex.errors import StructureError
+
+__all__ = ["CanonicalVacancy", "HostSymmetry", "SiteInfo", "analyze_host", "canonical_host", "distinct_sites", "check_site"]
+
+
+@dataclass(frozen=True)
+class HostSymmetry:
+    """Symmetry analysis of a host cell (everything :func:`canonical_host` needs).
+
+    Attributes:
+        primitive: standardized primitive cell (spglib, idealized), atoms sorted by
+            (Z, fractional x, y, z); symmetrized positions.
+        input_to_primitive: int64 [n_input], primitive atom of each input atom.
+        orbit: int64 [n_prim], lowest primitive index of each primitive atom's orbit.
+        wyckoff: list[str] [n_prim], Wyckoff letter of each primitive atom.
+        multiplicity: int64 [n_prim], Wyckoff multiplicity (conventional cell).
+        space_group: international symbol, e.g. ``"Fm-3m"``.
+        space_group_number: 1..230.
+    """
+
+    primitive: Structure
+    input_to_primitive: np.ndarray
+    orbit: np.ndarray
+    wyckoff: list[str]
+    multiplicity: np.ndarray
+    space_group: str
+    space_group_number: int
+
+
+@dataclass(frozen=True)
+class CanonicalVacancy:
+    """A vacancy expressed on the canonical primitive cell of its host.
+
+    Attributes:
+        primitive: standardized primitive cell of the host (see :class:`HostSymmetry`).
+        site: index in ``primitive`` of the vacated atom's orbit representative.
+        element: element symbol of the vacated atom.
+        wyckoff: Wyckoff label with multiplicity, e.g. ``"4a"``.
+        multiplicity: Wyckoff multiplicity (conventional cell), e.g. 4.
+        input_site: the site index as given (in the input structure).
+        input_to_primitive: int64 [n_input], primitive atom of each input atom.
+        space_group: international symbol of the host.
+        space_group_number: 1..230.
+    """
+
+    primitive: Structure
+    site: int
+    element: str
+    wyckoff: str
+    multiplicity: int
+    input_site: int
+    input_to_primitive: np.ndarray
+    space_group: str
+    space_group_number: int
+
+
+@dataclass(frozen=True)
+class SiteInfo:
+    """One symmetry-distinct site (orbit) of a host cell.
+
+    Attributes:
+        index: lowest input-site index of the orbit (site indices of the structure given).
+        element: element symbol.
+        wyckoff: Wyckoff label with multiplicity, e.g. ``"4a"``.
+        multiplicity: Wyckoff multiplicity (conventional cell).
+        members: int64 [k], all input-site indices of the orbit, ascending.
+    """
+
+    index: int
+    element: str
+    wyckoff: str
+    multiplicity: int
+    members: np.ndarray
+
+    @property
+    def count(self) -> int:
+        """Number of atoms of the orbit in the input cell."""
+        return int(len(self.members))
+
+
+def check_site(structure: Structure, site: int) -> int:
+    """Validate a site index of ``structure``; returns it as ``int``.
+
+    Raises:
+        StructureError: ``"site 57 out of range: host has 20 atoms (0..19)"``.
+    """
+    n = len(structure)
+    if isinstance(site, (bool, np.bool_)) or not isinstance(site, (int, np.integer)):
+        raise StructureError(f"site {site!r} is not an integer atom index")
+    if not 0 <= int(site) < n:
+        raise StructureError(f"site {site} out of range: host has {n} atoms (0..{n - 1})")
+    return int(site)
+
+
+def _cell(structure: Structure) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    if not structure.is_ordered:
+        raise StructureError("host has disordered sites (partial occupancy); adex needs an ordered structure")
+    numbers = np.array([site.specie.Z for site in structure], dtype=np.intc)
+    return structure.lattice.matrix.copy(), structure.frac_coords.copy(), numbers
+
+
+def _dataset(cell, symprec: float, what: str):
+    try:
+        dataset = spglib.get_symmetry_dataset(cell, symprec=symprec)
+    except Exception as exc:  # spglib >= 2.5 may raise instead of returning None
+        dataset, message = None, str(exc)
+    else:
+        message = spglib.get_error_message() if dataset is None else ""
+    if dataset is None:
+        raise StructureError(
+            f"{what}: spglib symmetry search failed at symprec={symprec} ({message or 'no dataset'}); "
+            "check for overlapping atoms or try another symprec"
+        )
+    return dataset
+
+
+def _primitive_map(cell, dataset, prim_lattice, prim_pos, prim_types, symprec: float) -> np.ndarray:
+    """Input atom -> standardized primitive atom, from ``mapping_to_primitive``, verified
+    by positions: every input atom must lie nearest to its mapped primitive atom (same
+    element) once carried into the standardized frame (``x_s = P x + p``)."""
+    lattice, frac, numbers = cell
+    mapping = np.asarray(dataset.mapping_to_primitive, dtype=np.int64)
+    if mapping.shape != (len(numbers),) or mapping.min() < 0 or mapping.max() >= len(prim_types):
+        raise StructureError(f"spglib returned an invalid primitive mapping (symprec={symprec})")
+    std_frac = frac @ np.asarray(dataset.transformation_matrix).T + np.asarray(dataset.origin_shift)
+    prim_frac = std_frac @ np.asarray(dataset.std_lattice) @ np.linalg.inv(prim_lattice)
+    delta = prim_frac[:, None, :] - prim_pos[None, :, :]
+    delta -= np.round(delta)
+    dist = np.linalg.norm(delta @ prim_lattice, axis=-1)  # [n_input, n_prim], Å
+    dist[numbers[:, None] != prim_types[None, :]] = np.inf
+    nearest = dist.argmin(axis=1)
+    if not np.array_equal(nearest, mapping):
+        bad = int(np.flatnonzero(nearest != mapping)[0])
+        raise StructureError(
+            f"spglib primitive cell does not match the input positions at atom {bad} "
+            f"(symprec={symprec}); try another symprec"
+        )
+    return mapping
+
+
+def _standardize(cell, symprec: float, what: str):
+    """(dataset, standardized primitive cell, input -> primitive atom map) of one cell."""
+    dataset = _dataset(cell, symprec, what)
+    try:
+        standardized = spglib.standardize_cell(cell, to_primitive=True, no_idealize=False, symprec=symprec)
+    except Exception:
+        standardized = None
+    if standardized is None:
+        raise StructureError(f"{what}: spglib could not build the primitive cell at symprec={symprec}")
+    prim_lattice, prim_pos, prim_types = (np.asarray(x) for x in standardized)
+    prim_pos = prim_pos - np.floor(prim_pos)
+    n_prim, n_atoms = len(prim_types), len(cell[2])
+    if n_atoms % n_prim:
+        raise StructureError(f"{what}: primitive cell of {n_prim} atoms does not divide the {n_atoms}-atom cell")
+    mapping = _primitive_map(cell, dataset, prim_lattice, prim_pos, prim_types, symprec)
+    return dataset, (prim_lattice, prim_pos, prim_types.astype(np.intc)), mapping
+
+
+def analyze_host(structure: Structure, symprec: float = 0.01) -> HostSymmetry:
+    """Standardized primitive cell, input->primitive map, orbits and Wyckoff positions.
+
+    Near a tolerance edge, spglib can find a higher symmetry in the idealized primitive
+    cell than in the input; the standardization is then repeated on the primitive cell
+    (at most a few times) until its space group is stable, so that the result is the
+    same whichever of the equivalent inputs is given.
+
+    Raises:
+        StructureError: disordered host, spglib failure or inconsistent spglib output.
+    """
+    if len(structure) == 0:
+        raise StructureError("host has no atoms")
+    cell = _cell(structure)
+    dataset, prim_cell, mapping = _standardize(cell, symprec, "host")
+    for _ in range(4):
+        prim_dataset = _dataset(prim_cell, symprec, "primitive cell")
+        if prim_dataset.number == dataset.number and len(prim_dataset.mapping_to_primitive) == len(prim_cell[2]) \
+                and len(set(prim_dataset.mapping_to_primitive)) == len(prim_cell[2]):
+            break
+        dataset, next_cell, next_mapping = _standardize(prim_cell, symprec, "primitive cell")
+        mapping = next_mapping[mapping]
+        prim_cell = next_cell
+    else:
+        raise StructureError(
+            f"host: space group not stable under standardization at symprec={symprec}; try another symprec"
+        )
+    prim_lattice, prim_pos, prim_types = prim_cell
+    n_prim = len(prim_types)
+
+    # canonical atom order of the primitive cell: (Z, x, y, z), coordinates in [0, 1)
+    rounded = np.round(prim_pos, 6) % 1.0
+    order = np.lexsort((rounded[:, 2], rounded[:, 1], rounded[:, 0], prim_types))
+    rank = np.empty(n_prim, dtype=np.int64)
+    rank[order] = np.arange(n_prim)
+    prim_pos, prim_types = prim_pos[order], prim_types[order]
+    mapping = rank[mapping]
+    prim_cell = (prim_lattice, prim_pos, prim_types)
+    prim_dataset = _dataset(prim_cell, symprec, "primitive cell")
+
+    labels = np.asarray(prim_dataset.equivalent_atoms, dtype=np.int64)
+    orbit = np.full(n_prim, n_prim, dtype=np.int64)
+    np.minimum.at(orbit, labels, np.arange(n_prim))
+    orbit = orbit[labels]  # lowest primitive index of each atom's orbit
+    orbit_size = np.bincount(orbit, minlength=n_prim)[orbit]
+    cells_per_conventional = len(prim_dataset.std_types) // n_prim
+    primitive = Structure(Lattice(prim_lattice), prim_types.tolist(), prim_pos, coords_are_cartesian=False)
+    return HostSymmetry(
+        primitive=primitive,
+        input_to_primitive=mapping,
+        orbit=orbit,
+        wyckoff=list(prim_dataset.wyckoffs),
+        multiplicity=(orbit_size * cells_per_conventional).astype(np.int64),
+        space_group=str(prim_dataset.international),
+        space_group_number=int(prim_dataset.number),
+    )
+
+
+def canonical_host(structure: Structure, site: int, symprec: float = 0.01) -> CanonicalVacancy:
+    """Map a vacancy (host, site index) onto the host's canonical primitive cell.
+
+    Args:
+        structure: host cell; ``site`` indexes its atoms in their given order.
+        site: index of the vacated atom in ``structure``.
+        symprec: spglib distance tolerance, Å.
+    Raises:
+        StructureError: site out of range, disorder, or spglib failure.
+    """
+    site = check_site(structure, site)
+    sym = analyze_host(structure, symprec)
+    rep = int(sym.orbit[sym.input_to_primitive[site]])
+    return CanonicalVacancy(
+        primitive=sym.primitive,
+        site=rep,
+        element=sym.primitive[rep].specie.symbol,
+        wyckoff=f"{int(sym.multiplicity[rep])}{sym.wyckoff[rep]}",
+        multiplicity=int(sym.multiplicity[rep]),
+        input_site=site,
+        input_to_primitive=sym.input_to_primitive,
+        space_group=sym.space_group,
+        space_group_number=sym.space_group_number,
+    )
+
+
+def distinct_sites(structure: Structure, symprec: float = 0.01) -> list[SiteInfo]:
+    """One entry per symmetry-distinct site of ``structure``, ordered by the lowest
+    input index of each orbit (which is the entry's ``index``)."""
+    sym = analyze_host(structure, symprec)
+    input_orbit = sym.orbit[sym.input_to_primitive]  # [n_input], orbit id of each input atom
+    order = np.lexsort((np.arange(len(input_orbit)), input_orbit))
+    sorted_orbit = input_orbit[order]
+    starts = np.flatnonzero(np.r_[True, sorted_orbit[1:] != sorted_orbit[:-1]])
+    groups = np.split(order, starts[1:])
+    infos = []
+    for members in groups:  # one iteration per orbit, not per atom
+        prim = int(input_orbit[members[0]])
+        infos.append(
+            SiteInfo(
+                index=int(members[0]),
+                element=sym.primitive[prim].specie.symbol,
+                wyckoff=f"{int(sym.multiplicity[prim])}{sym.wyckoff[prim]}",
+                multiplicity=int(sym.multiplicity[prim]),
+                members=np.sort(members).astype(np.int64),
+            )
+        )
+    return sorted(infos, key=lambda info: info.index)

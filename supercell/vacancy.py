@@ -1,0 +1,164 @@
+"""Vacancy supercells built on the canonical primitive cell of the host."""
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+from pymatgen.core import Lattice, Structure
+
+from adex.errors import ConfigError
+from adex.supercell.lattice import (
+    DEFAULT_MAX_DETERMINANT,
+    find_supercell_matrix,
+    lattice_points_in_supercell,
+    min_image_distance,
+)
+from adex.supercell.symmetry import CanonicalVacancy, canonical_host
+
+__all__ = ["SupercellSettings", "VacancySupercell", "build_vacancy", "supercell_of"]
+
+
+@dataclass(frozen=True)
+class SupercellSettings:
+    """How a vacancy supercell is built; saved with every expert model.
+
+    Attributes:
+        min_image_distance: minimum distance between the vacancy and its periodic images
+            (shortest nonzero supercell lattice vector), Å.
+        symprec: spglib distance tolerance for the symmetry analysis, Å.
+    """
+
+    min_image_distance: float = 10.0
+    symprec: float = 0.01
+
+    def __post_init__(self) -> None:
+        if not (math.isfinite(self.min_image_distance) and self.min_image_distance >= 0):
+            raise ConfigError("supercell: min_image_distance must be a finite number >= 0 (Å)")
+        if not (math.isfinite(self.symprec) and self.symprec > 0):
+            raise ConfigError("supercell: symprec must be > 0 (Å)")
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "SupercellSettings":
+        from adex.config import build_dataclass
+
+        return build_dataclass(cls, data, "supercell")
+
+
+@dataclass(frozen=True)
+class VacancySupercell:
+    """A vacancy in a supercell of the host's canonical primitive cell.
+
+    Atom order of ``pristine``: primitive-atom major, ``index = p * n_cells + t`` for
+    primitive atom ``p`` and cell translation ``t`` (translation 0 is the origin cell).
+
+    Attributes:
+        canonical: the canonicalised vacancy (primitive cell, representative site, ...).
+        supercell_matrix: int64 [3, 3], rows = supercell vectors in the primitive basis.
+        pristine: the perfect supercell (``n_prist = n_prim * n_cells`` atoms).
+        vacancy_index: index in ``pristine`` of the vacated atom (the representative
+            primitive atom's copy in the origin cell).
+        defected: ``pristine`` without the vacated atom (``n_prist - 1`` atoms, same order).
+        defected_to_pristine: int64 [n_prist - 1], pristine index of each defected atom.
+        pristine_to_primitive: int64 [n_prist], primitive atom each pristine atom copies.
+        image_distance: shortest distance between the vacancy and its images, Å.
+        settings: the settings used.
+    """
+
+    canonical: CanonicalVacancy
+    supercell_matrix: np.ndarray
+    pristine: Structure
+    vacancy_index: int
+    defected: Structure
+    defected_to_pristine: np.ndarray
+    pristine_to_primitive: np.ndarray
+    image_distance: float
+    settings: SupercellSettings = field(default_factory=SupercellSettings)
+
+    @property
+    def n_cells(self) -> int:
+        """Number of primitive cells in the supercell (``|det supercell_matrix|``)."""
+        return len(self.pristine) // len(self.canonical.primitive)
+
+    @property
+    def vacancy_element(self) -> str:
+        return self.canonical.element
+
+
+def supercell_of(primitive: Structure, matrix: np.ndarray) -> tuple[Structure, np.ndarray]:
+    """Supercell ``matrix @ primitive.lattice`` with a documented, deterministic order.
+
+    Returns:
+        (supercell Structure, pristine_to_primitive int64 [n_prim * n_cells]); atom
+        ``p * n_cells + t`` is primitive atom ``p`` translated by cell ``t`` of
+        :func:`adex.supercell.lattice.lattice_points_in_supercell` (``t = 0``: origin);
+        fractional coordinates wrapped into [0, 1).
+    """
+    matrix = np.asarray(matrix, dtype=np.int64)
+    translations = lattice_points_in_supercell(matrix)  # [n_cells, 3], primitive basis
+    n_cells, n_prim = len(translations), len(primitive)
+    super_lattice = matrix @ primitive.lattice.matrix
+    prim_frac = primitive.frac_coords  # [n_prim, 3]
+    frac_prim_basis = (prim_frac[:, None, :] + translations[None, :, :]).reshape(-1, 3)
+    frac = frac_prim_basis @ np.linalg.inv(matrix.astype(float))
+    frac -= np.floor(frac)
+    frac[frac >= 1.0 - 1e-12] = 0.0
+    species = np.repeat(np.array([site.specie.symbol for site in primitive], dtype=object), n_cells)
+    structure = Structure(Lattice(super_lattice), species.tolist(), frac, coords_are_cartesian=False)
+    return structure, np.repeat(np.arange(n_prim, dtype=np.int64), n_cells)
+
+
+def build_vacancy(
+    host: Structure,
+    site: int,
+    settings: SupercellSettings | None = None,
+    max_det: int = DEFAULT_MAX_DETERMINANT,
+) -> VacancySupercell:
+    """Build the canonical vacancy supercell of (host, site).
+
+    The result depends only on the crystal and on the orbit of ``site`` (plus settings),
+    not on the host cell, origin or atom order given.
+
+    Args:
+        host: host structure; ``site`` indexes its atoms as given.
+        site: index of the vacated atom.
+        settings: supercell settings (default :class:`SupercellSettings`).
+        max_det: cap of the exact supercell search (primitive cells).
+    Raises:
+        StructureError: site out of range, disordered host, spglib failure.
+    """
+    settings = settings or SupercellSettings()
+    canonical = canonical_host(host, site, settings.symprec)
+    primitive = canonical.primitive
+    matrix = find_supercell_matrix(primitive.lattice, settings.min_image_distance, max_det=max_det)
+    pristine, pristine_to_primitive = supercell_of(primitive, matrix)
+    n_cells = len(pristine) // len(primitive)
+    vacancy_index = canonical.site * n_cells  # translation 0 = origin cell
+    keep = np.ones(len(pristine), dtype=bool)
+    keep[vacancy_index] = False
+    defected_to_pristine = np.flatnonzero(keep).astype(np.int64)
+    defected = Structure(
+        pristine.lattice,
+        _species(pristine)[keep].tolist(),
+        pristine.frac_coords[keep],
+        coords_are_cartesian=False,
+    )
+    return VacancySupercell(
+        canonical=canonical,
+        supercell_matrix=matrix,
+        pristine=pristine,
+        vacancy_index=int(vacancy_index),
+        defected=defected,
+        defected_to_pristine=defected_to_pristine,
+        pristine_to_primitive=pristine_to_primitive,
+        image_distance=min_image_distance(primitive.lattice, matrix),
+        settings=settings,
+    )
+
+
+def _species(structure: Structure) -> np.ndarray:
+    return np.array([site.specie.symbol for site in structure], dtype=object)
