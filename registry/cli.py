@@ -1,4 +1,4 @@
-"""``adex registry list|show|verify|tag|remove``.
+"""``adex registry list|show|verify|tag|remove|import-cgcnn``.
 
 Every subcommand takes ``--registry PATH`` to use another user store than
 ``$ADEX_HOME/registry``. Other modules can add registry subcommands to the parser
@@ -66,6 +66,19 @@ def register(subparsers: argparse._SubParsersAction) -> argparse._SubParsersActi
     p = sub.add_parser("remove", parents=common, help="delete one version (refused if others derive from it)")
     p.add_argument("ref")
     p.set_defaults(func=_warnings_to_stderr(cmd_remove))
+
+    p = sub.add_parser(
+        "import-cgcnn", parents=common, help="import original CGCNN pretrained checkpoints (*.pth.tar) as advisors",
+        description="Import txie-93/cgcnn pretrained checkpoints as advisors, e.g. `adex registry import-cgcnn "
+                    "formation-energy-per-atom.pth.tar --trust-pickle` registers advisor/cgcnn-formation-energy.",
+    )
+    source = p.add_mutually_exclusive_group(required=True)
+    source.add_argument("path", nargs="?", metavar="PATH", help="one CGCNN checkpoint (*.pth.tar)")
+    source.add_argument("--all", metavar="DIR", help="import every regression checkpoint in DIR (classifiers are skipped)")
+    p.add_argument("--name", help="advisor name (default: cgcnn-<property>, e.g. cgcnn-formation-energy)")
+    p.add_argument("--trust-pickle", action="store_true",
+                   help="allow reading the pickled checkpoint (unpickling can run code: only for trusted files)")
+    p.set_defaults(func=_warnings_to_stderr(cmd_import_cgcnn))
     return sub
 
 
@@ -155,6 +168,29 @@ def cmd_remove(args: argparse.Namespace) -> int:
     """``adex registry remove REF``."""
     entry = open_from_args(args).remove(args.ref)
     print(f"removed {entry.ref}")
+    return 0
+
+
+def cmd_import_cgcnn(args: argparse.Namespace) -> int:
+    """``adex registry import-cgcnn PATH|--all DIR [--name NAME] [--trust-pickle]``."""
+    from adex.advisors.cgcnn import import_cgcnn, import_cgcnn_dir  # model code: loaded only here
+    from adex.errors import RegistryError
+
+    registry = open_from_args(args)
+    if args.all:
+        if args.name:
+            raise RegistryError("--name names one checkpoint; it cannot be used with --all")
+        results = import_cgcnn_dir(args.all, registry=registry, trust_pickle=args.trust_pickle)
+    else:
+        from adex.advisors.cgcnn import ImportResult
+
+        results = [ImportResult(args.path, import_cgcnn(args.path, args.name, registry, args.trust_pickle))]
+    for result in results:
+        if result.entry is None:
+            print(f"skipped: {result.skipped}")
+        else:
+            target = result.entry.card["target"]
+            print(f"imported {result.path} -> {result.entry.ref} ({target['name']}, {target['unit']})")
     return 0
 
 
