@@ -24,7 +24,8 @@ from adex.errors import AdexError, DataError, StructureError
 from adex.graphs import CrystalGraph, Featurizer, FeaturizerSettings, GraphBatch, PackedGraphs, _ranges
 from adex.paths import cache_dir
 
-GRAPH_FORMAT_VERSION = "vacancy-graph-1"  # bump when the graph construction changes
+GRAPH_FORMAT_VERSION = "vacancy-graph-2"
+MAX_HOPS = 8  # hop distances from the vacancy neighbourhood are recorded up to this; farther = 127  # bump when the graph construction changes
 
 
 # --------------------------------------------------------------------------- records
@@ -90,6 +91,8 @@ class PackedVacancies:
         prim_lattice: float64 [B, 3, 3] Å; prim_numbers int64 [P]; prim_frac float64 [P, 3];
             prim_ptr int64 [B+1]: the canonical primitive hosts (advisors run on them).
         info: str [B, 3] (element, wyckoff label, supercell size) for reports.
+        node_hops: int8 [N] graph distance (messages' hops) from the neighbourhood nodes;
+            ``MAX_HOPS + 1`` or more means farther. Used by :meth:`prune`.
     """
 
     graphs: PackedGraphs
@@ -104,6 +107,7 @@ class PackedVacancies:
     prim_frac: np.ndarray
     prim_ptr: np.ndarray
     info: np.ndarray
+    node_hops: np.ndarray
 
     def __len__(self) -> int:
         return len(self.graphs)
@@ -149,6 +153,7 @@ class PackedVacancies:
             prim_frac=np.concatenate([p.prim_frac for p in parts]),
             prim_ptr=np.concatenate([[0]] + [p.prim_ptr[1:] + o for p, o in zip(parts, prim_off)]).astype(np.int64),
             info=np.concatenate([p.info for p in parts]),
+            node_hops=np.concatenate([p.node_hops for p in parts]),
         )
 
     def subset(self, indices: Sequence[int]) -> "PackedVacancies":
@@ -171,10 +176,58 @@ class PackedVacancies:
             prim_frac=self.prim_frac[prim_sel],
             prim_ptr=np.r_[0, np.cumsum(n_prim)].astype(np.int64),
             info=self.info[idx],
+            node_hops=self.node_hops[node_sel],
+        )
+
+    def prune(self, max_hops: int) -> "PackedVacancies":
+        """Keep only nodes within ``max_hops`` message-passing hops of each vacancy's
+        neighbourhood (and the edges among them).
+
+        With ``n_conv <= max_hops`` convolutions, the final embeddings of the
+        neighbourhood nodes are exactly those of the full supercell graph (a node at hop
+        distance d is exact up to layer ``max_hops - d``), so readouts over the
+        neighbourhood (vacancy, neighborhood, attention) are unchanged in eval mode while
+        the cost stops growing with the supercell size.
+        """
+        if max_hops > MAX_HOPS:
+            return self
+        g = self.graphs
+        keep = self.node_hops <= max_hops
+        n_graphs = len(g)
+        graph_of_node = np.repeat(np.arange(n_graphs), np.diff(g.node_ptr))
+        new_counts = np.bincount(graph_of_node[keep], minlength=n_graphs)
+        new_ptr = np.r_[0, np.cumsum(new_counts)].astype(np.int64)
+        new_global = np.cumsum(keep) - 1  # valid where keep
+        n_edges = np.diff(g.edge_ptr)
+        edge_graph = np.repeat(np.arange(n_graphs), n_edges)
+        old_global = g.edge_index + g.node_ptr[:-1][edge_graph]
+        edge_keep = keep[old_global[0]] & keep[old_global[1]]
+        new_edges = new_global[old_global[:, edge_keep]] - new_ptr[:-1][edge_graph[edge_keep]]
+        new_edge_counts = np.bincount(edge_graph[edge_keep], minlength=n_graphs)
+
+        def remap(local: np.ndarray, graph: np.ndarray) -> np.ndarray:
+            return new_global[local + g.node_ptr[:-1][graph]] - new_ptr[:-1][graph]
+
+        hood_graph = np.repeat(np.arange(n_graphs), np.diff(self.hood_ptr))
+        return PackedVacancies(
+            graphs=PackedGraphs(g.atomic_numbers[keep], new_edges.astype(np.int64), g.edge_distance[edge_keep], new_ptr,
+                                np.r_[0, np.cumsum(new_edge_counts)].astype(np.int64), g.ids, g.targets),
+            node_role=self.node_role[keep],
+            node_primitive=self.node_primitive[keep],
+            vacancy_node=remap(self.vacancy_node, np.arange(n_graphs)),
+            hood_node=remap(self.hood_node, hood_graph),
+            hood_ptr=self.hood_ptr,
+            hood_kind=self.hood_kind,
+            prim_lattice=self.prim_lattice,
+            prim_numbers=self.prim_numbers,
+            prim_frac=self.prim_frac,
+            prim_ptr=self.prim_ptr,
+            info=self.info,
+            node_hops=self.node_hops[keep],
         )
 
     _ARRAYS = ("node_role", "node_primitive", "vacancy_node", "hood_node", "hood_ptr", "hood_kind",
-               "prim_lattice", "prim_numbers", "prim_frac", "prim_ptr", "info")
+               "prim_lattice", "prim_numbers", "prim_frac", "prim_ptr", "info", "node_hops")
 
     def save(self, path: Path) -> None:
         from io import BytesIO
@@ -213,6 +266,7 @@ def pack_vacancy(graph, vac, vacancy_id: str, target: float | None) -> PackedVac
     graphs = PackedGraphs.from_graphs([crystal], [vacancy_id], None if target is None else [target])
     can = vac.canonical
     return PackedVacancies(
+        node_hops=hop_distances(graph.edge_index, hood, n_nodes),
         graphs=graphs,
         node_role=graph.node_role.astype(np.int8),
         node_primitive=graph.node_primitive.astype(np.int64),
@@ -226,6 +280,21 @@ def pack_vacancy(graph, vac, vacancy_id: str, target: float | None) -> PackedVac
         prim_ptr=np.array([0, len(prim)], dtype=np.int64),
         info=np.array([[can.element, can.wyckoff, str(n_nodes)]], dtype=str),
     )
+
+
+def hop_distances(edge_index: np.ndarray, sources: np.ndarray, n_nodes: int) -> np.ndarray:
+    """Hops from ``sources`` against the message direction (receiver -> sender): int8 [n_nodes],
+    ``MAX_HOPS + 1`` for nodes farther than ``MAX_HOPS``."""
+    dist = np.full(n_nodes, MAX_HOPS + 1, dtype=np.int8)
+    dist[sources] = 0
+    receiver, sender = edge_index
+    for hop in range(1, MAX_HOPS + 1):
+        reached = sender[dist[receiver] == hop - 1]
+        reached = reached[dist[reached] > hop]
+        if reached.size == 0:
+            break
+        dist[reached] = hop
+    return dist
 
 
 def featurize_vacancy(host: Structure, site: int, vacancy_id: str, target: float | None,

@@ -37,6 +37,7 @@ from adex.scatter import scatter_max, scatter_mean, scatter_softmax, scatter_sum
 
 ExpertPooling = Literal["vacancy", "neighborhood", "attention", "mean", "max", "random"]
 POOLINGS: tuple[str, ...] = ("vacancy", "neighborhood", "attention", "mean", "max", "random")
+LOCAL_POOLINGS: tuple[str, ...] = ("vacancy", "neighborhood", "attention")
 
 
 @dataclass
@@ -116,6 +117,18 @@ class Expert(nn.Module):
         for module in self.frozen_modules:
             module.eval()
         return self
+
+    @property
+    def receptive_hops(self) -> int | None:
+        """Hops of context the readout needs (``n_conv``) for the local readouts
+        (vacancy, neighborhood, attention), None for whole-graph ones. Graphs may be
+        pruned to this many hops around the vacancy without changing eval outputs."""
+        return self.config.n_conv if self.config.pooling in LOCAL_POOLINGS else None
+
+    def prepare(self, packed):
+        """The packed vacancy graphs this model needs: pruned to its receptive field."""
+        hops = self.receptive_hops
+        return packed if hops is None else packed.prune(hops)
 
     # ---------------------------------------------------------------- forward
     def node_features(self, batch) -> torch.Tensor:

@@ -74,4 +74,4 @@ def predict_packed(expert: LoadedExpert, packed: PackedVacancies, batch_size: in
     from adex.training import predict
 
     features = [compute_advisor_features(model, entry.ref, packed) for entry, model in expert.advisors]
-    return predict(expert.model, VacancyDataset(packed, features), batch_size=batch_size)
+    return predict(expert.model, VacancyDataset(expert.model.prepare(packed), features), batch_size=batch_size)

@@ -160,16 +160,15 @@ def train_expert(
     advisors = load_advisors(config.advisors, registry)
     features = [compute_advisor_features(model, entry.ref, packed) for entry, model in advisors]
     advisor_seconds = time.perf_counter() - t1
-    dataset = VacancyDataset(packed, features)
-    train, val, test = dataset.subset(train_idx), dataset.subset(val_idx), dataset.subset(test_idx)
-
-    y = train.targets
-    slots = [advisor_slot(entry, model) for entry, model in advisors]
     from pymatgen.core.periodic_table import Element
 
-    seen = np.unique(train.packed.graphs.atomic_numbers)
+    y = packed.targets[train_idx]
+    seen = np.unique(packed.subset(train_idx).graphs.atomic_numbers)
+    slots = [advisor_slot(entry, model) for entry, model in advisors]
     model = Expert(config.featurizer, config.model, slots, float(y.mean()), float(y.std()), config.supercell.to_dict(),
                    training_elements=[Element.from_Z(int(z)).symbol for z in seen])
+    dataset = VacancyDataset(model.prepare(packed), features)
+    train, val, test = dataset.subset(train_idx), dataset.subset(val_idx), dataset.subset(test_idx)
     parents = [entry.ref for entry, _ in advisors]
     on_epoch = None
     if config.transfer.init_from:
@@ -205,6 +204,7 @@ def train_expert(
         "seconds_per_epoch": round(result.seconds / max(result.epochs_run, 1), 3),
         "torch_threads": torch.get_num_threads(),
         "mean_nodes_per_vacancy": float(np.diff(packed.graphs.node_ptr).mean()),
+        "mean_nodes_per_vacancy_used": float(np.diff(dataset.packed.graphs.node_ptr).mean()),
     })
     run_dir = new_run_dir(f"expert-{config.name}", out)
     atomic_write_text(run_dir / "config.yaml", dump_yaml(config))
