@@ -39,7 +39,7 @@ from adex.supercell.lattice import (
     shortest_vector_length,
     successive_minima,
 )
-from adex.supercell.sites import cif_site_labels, site_from_frac, site_from_label
+from adex.supercell.sites import cif_site_labels, site_from_frac, site_from_label, sites_with_label
 from adex.supercell.symmetry import (
     CanonicalVacancy,
     HostSymmetry,
@@ -58,5 +58,5 @@ __all__ = [
     "analyze_host", "build_vacancy", "build_vacancy_graph", "canonical_host", "check_site", "cif_site_labels",
     "distinct_sites", "find_supercell_matrix", "lattice_points_in_supercell", "lll_reduce",
     "min_image_distance", "shortest_vector_length", "site_from_frac", "site_from_label",
-    "successive_minima", "supercell_of",
+    "sites_with_label", "successive_minima", "supercell_of",
 ]

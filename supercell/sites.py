@@ -16,7 +16,7 @@ from pymatgen.core import Structure
 
 from adex.errors import StructureError
 
-__all__ = ["cif_site_labels", "site_from_label", "site_from_frac"]
+__all__ = ["cif_site_labels", "site_from_frac", "site_from_label", "sites_with_label"]
 
 
 def cif_site_labels(path: str | os.PathLike) -> list[str]:
@@ -54,15 +54,13 @@ def cif_site_labels(path: str | os.PathLike) -> list[str]:
     return [labels[k] for k in np.asarray(kinds, dtype=np.int64)]
 
 
-def site_from_label(structure_path_or_labels: str | os.PathLike | Sequence[str], label: str) -> int:
-    """Index of the first atom (in file order) carrying CIF site label ``label``.
+def sites_with_label(structure_path_or_labels: str | os.PathLike | Sequence[str], label: str) -> np.ndarray:
+    """All atom indices (ascending, int64 [k], k >= 1) carrying CIF site label ``label``.
 
     Args:
         structure_path_or_labels: a CIF path, or the per-atom labels
             (e.g. from :func:`cif_site_labels`).
-        label: e.g. ``"O2"`` (exact match). Several atoms may share a label (the Witman
-            CIFs label symmetry-equivalent atoms alike); the lowest index is returned, which
-            gives the same vacancy after canonicalisation when they are equivalent.
+        label: e.g. ``"O2"`` (exact match).
     Raises:
         StructureError: unknown label (the message lists the known ones).
     """
@@ -72,12 +70,29 @@ def site_from_label(structure_path_or_labels: str | os.PathLike | Sequence[str],
     else:
         labels = [str(x) for x in structure_path_or_labels]
         where = "structure"
-    hits = np.flatnonzero(np.asarray(labels, dtype=object) == label)
+    hits = np.flatnonzero(np.asarray(labels, dtype=object) == label).astype(np.int64)
     if len(hits) == 0:
         known = list(dict.fromkeys(labels))
         shown = ", ".join(known[:20]) + (", ..." if len(known) > 20 else "")
         raise StructureError(f"{where}: no site labelled {label!r} (labels: {shown})")
-    return int(hits[0])
+    return hits
+
+
+def site_from_label(structure_path_or_labels: str | os.PathLike | Sequence[str], label: str) -> int:
+    """Index of the first atom (in file order) carrying CIF site label ``label``.
+
+    Several atoms may share a label, and they need not be symmetry-equivalent (in the
+    Witman CIFs, 35 of 199 hosts reuse labels across inequivalent atoms); the lowest index
+    is returned, which is the Witman convention (the vacated atom is written first). Use
+    :func:`sites_with_label` to see all of them.
+
+    Args:
+        structure_path_or_labels: a CIF path, or the per-atom labels.
+        label: e.g. ``"O2"`` (exact match).
+    Raises:
+        StructureError: unknown label (the message lists the known ones).
+    """
+    return int(sites_with_label(structure_path_or_labels, label)[0])
 
 
 def site_from_frac(structure: Structure, frac_coords: Sequence[float], tol: float = 1e-3) -> int:

@@ -114,9 +114,34 @@ def check_site(structure: Structure, site: int) -> int:
     return int(site)
 
 
-def _cell(structure: Structure) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+#: Closer atoms than this (Å) are reported as overlapping.
+OVERLAP_DISTANCE = 0.5
+
+
+def _cell(structure: Structure, symprec: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """spglib cell of an ordered structure, after checking that ``symprec`` is small
+    against the closest atom-atom distance (spglib can crash on huge tolerances)."""
     if not structure.is_ordered:
         raise StructureError("host has disordered sites (partial occupancy); adex needs an ordered structure")
+    if not (np.isfinite(symprec) and symprec > 0):
+        raise StructureError(f"symprec must be > 0 (Å), got {symprec!r}")
+    from adex.supercell.lattice import shortest_vector_length
+
+    closest = shortest_vector_length(structure.lattice.matrix)
+    pair = None
+    if len(structure) > 1:
+        distances = structure.distance_matrix  # minimum-image distances, Å
+        np.fill_diagonal(distances, np.inf)
+        i, j = np.unravel_index(np.argmin(distances), distances.shape)
+        if distances[i, j] < closest:
+            closest, pair = float(distances[i, j]), (int(min(i, j)), int(max(i, j)))
+    if pair is not None and closest < OVERLAP_DISTANCE:
+        raise StructureError(f"host: atoms {pair[0]} and {pair[1]} are only {closest:.3f} Å apart (overlapping atoms)")
+    if symprec >= 0.25 * closest:
+        raise StructureError(
+            f"symprec={symprec} Å is too large for this host (closest atoms {closest:.3f} Å apart); "
+            "use a tolerance well below the interatomic distances"
+        )
     numbers = np.array([site.specie.Z for site in structure], dtype=np.intc)
     return structure.lattice.matrix.copy(), structure.frac_coords.copy(), numbers
 
@@ -191,7 +216,7 @@ def analyze_host(structure: Structure, symprec: float = 0.01) -> HostSymmetry:
     """
     if len(structure) == 0:
         raise StructureError("host has no atoms")
-    cell = _cell(structure)
+    cell = _cell(structure, symprec)
     dataset, prim_cell, mapping = _standardize(cell, symprec, "host")
     for _ in range(4):
         prim_dataset = _dataset(prim_cell, symprec, "primitive cell")
@@ -215,10 +240,10 @@ def analyze_host(structure: Structure, symprec: float = 0.01) -> HostSymmetry:
     rank[order] = np.arange(n_prim)
     prim_pos, prim_types = prim_pos[order], prim_types[order]
     mapping = rank[mapping]
-    prim_cell = (prim_lattice, prim_pos, prim_types)
-    prim_dataset = _dataset(prim_cell, symprec, "primitive cell")
-
-    labels = np.asarray(prim_dataset.equivalent_atoms, dtype=np.int64)
+    # orbits and Wyckoff letters of the primitive cell (its own dataset), carried into the
+    # new order: ``labels`` are orbit ids (old indices), equal for equivalent atoms
+    labels = np.asarray(prim_dataset.equivalent_atoms, dtype=np.int64)[order]
+    wyckoff = [prim_dataset.wyckoffs[i] for i in order]
     orbit = np.full(n_prim, n_prim, dtype=np.int64)
     np.minimum.at(orbit, labels, np.arange(n_prim))
     orbit = orbit[labels]  # lowest primitive index of each atom's orbit
@@ -229,7 +254,7 @@ def analyze_host(structure: Structure, symprec: float = 0.01) -> HostSymmetry:
         primitive=primitive,
         input_to_primitive=mapping,
         orbit=orbit,
-        wyckoff=list(prim_dataset.wyckoffs),
+        wyckoff=wyckoff,
         multiplicity=(orbit_size * cells_per_conventional).astype(np.int64),
         space_group=str(prim_dataset.international),
         space_group_number=int(prim_dataset.number),

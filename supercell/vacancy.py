@@ -36,8 +36,8 @@ class SupercellSettings:
     def __post_init__(self) -> None:
         if not (math.isfinite(self.min_image_distance) and self.min_image_distance >= 0):
             raise ConfigError("supercell: min_image_distance must be a finite number >= 0 (Å)")
-        if not (math.isfinite(self.symprec) and self.symprec > 0):
-            raise ConfigError("supercell: symprec must be > 0 (Å)")
+        if not (math.isfinite(self.symprec) and 0 < self.symprec <= 1.0):
+            raise ConfigError("supercell: symprec must be in (0, 1] (Å)")
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
