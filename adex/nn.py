@@ -161,11 +161,14 @@ class Backbone(nn.Module):
 class MLPHead(nn.Module):
     """Crystal embedding [B, F] -> scalar [B] (normalised units).
 
-    CGCNN's head: ``conv_to_fc`` (F -> h), softplus, ``n_h - 1`` hidden layers, ``fc_out``.
+    CGCNN's head: [softplus], ``conv_to_fc`` (F -> h), softplus, ``n_h - 1`` hidden layers,
+    ``fc_out``. The original CGCNN applies a softplus to the pooled features before
+    ``conv_to_fc`` (``input_softplus=True``); adex's own advisors do not.
     """
 
-    def __init__(self, in_width: int, hidden: int = 128, n_hidden: int = 1, dropout: float = 0.0):
+    def __init__(self, in_width: int, hidden: int = 128, n_hidden: int = 1, dropout: float = 0.0, input_softplus: bool = False):
         super().__init__()
+        self.input_softplus = input_softplus
         self.conv_to_fc = nn.Linear(in_width, hidden)
         self.conv_to_fc_softplus = nn.Softplus()
         self.fcs = nn.ModuleList(nn.Linear(hidden, hidden) for _ in range(max(n_hidden - 1, 0)))
@@ -174,6 +177,8 @@ class MLPHead(nn.Module):
         self.fc_out = nn.Linear(hidden, 1)
 
     def forward(self, crystal: torch.Tensor) -> torch.Tensor:
+        if self.input_softplus:
+            crystal = self.conv_to_fc_softplus(crystal)
         h = self.dropout(self.conv_to_fc_softplus(self.conv_to_fc(crystal)))
         for fc, act in zip(self.fcs, self.softpluses):
             h = self.dropout(act(fc(h)))

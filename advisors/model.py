@@ -19,7 +19,8 @@ from adex.training import TrainingConfig
 class AdvisorModelConfig:
     """Architecture. ``atom_fea_len``: width F; ``n_conv``: convolutions; ``pooling``:
     mean | sum | max | attention; ``head_hidden`` / ``head_layers``: MLP head; ``dropout``
-    in the head."""
+    in the head; ``head_input_softplus``: softplus on the pooled features before the head
+    (as in the original CGCNN, used for imported checkpoints)."""
 
     atom_fea_len: int = 64
     n_conv: int = 3
@@ -27,6 +28,7 @@ class AdvisorModelConfig:
     head_hidden: int = 128
     head_layers: int = 1
     dropout: float = 0.0
+    head_input_softplus: bool = False
 
     def backbone(self) -> BackboneConfig:
         return BackboneConfig(atom_fea_len=self.atom_fea_len, n_conv=self.n_conv, pooling=self.pooling)  # type: ignore[arg-type]
@@ -57,7 +59,8 @@ class Advisor(nn.Module):
         self.target = target
         self.unit = unit
         self.backbone = Backbone(featurizer, config.backbone())
-        self.head = MLPHead(config.atom_fea_len, config.head_hidden, config.head_layers, config.dropout)
+        self.head = MLPHead(config.atom_fea_len, config.head_hidden, config.head_layers, config.dropout,
+                            config.head_input_softplus)
         self.normalizer = Normalizer(mean, std)
 
     @property
