@@ -46,7 +46,9 @@ class FeaturizerSettings:
         gaussian_step: spacing of the Gaussian distance basis centres (0 .. cutoff), Å.
         gaussian_width: width of each Gaussian, Å (CGCNN uses the step).
         element_embedding: name of the element feature table (``cgcnn92`` or ``magpie``).
-        tie_tolerance: distances within this of the last kept neighbour count as ties, Å.
+        tie_tolerance: distances within this of the last kept neighbour count as ties and
+            are kept too, Å. A negative value keeps exactly ``max_neighbors`` (CGCNN's rule,
+            used for imported CGCNN checkpoints).
     """
 
     cutoff: float = 8.0
