@@ -33,17 +33,14 @@ adex tensor is filled, then the state dict is loaded strictly):
   ``bn*.num_batches_tracked`` (they predate it); adex's are left at 0.
 * ``backbone.gaussian.centers`` is computed from the featurizer settings (0, 0.2, ... 8 Å;
   CGCNN uses ``exp(-(d - mu)^2 / step^2)``, the same basis).
-* Head: CGCNN computes ``fc_out(softplus(conv_to_fc(softplus(pooled))))``: note the
-  softplus *before* ``conv_to_fc``, which adex's :class:`~adex.nn.MLPHead`
-  (``fc_out(softplus(conv_to_fc(pooled)))``) does not have. The head is therefore mapped
-  exactly onto an MLPHead with one more layer, of width ``H = max(atom_fea_len,
-  h_fea_len)``: ``head.conv_to_fc`` is the identity (zero-padded to H), so its softplus
-  is CGCNN's leading softplus; CGCNN's ``conv_to_fc`` becomes ``head.fcs.0``, its
-  ``fcs.K`` become ``head.fcs.K+1`` and ``fc_out`` stays ``head.fc_out``, each zero-padded
-  to H. Padded units carry ``softplus(0)`` into zero weights, so the result is unchanged
-  (identity and zero weights add no rounding). For the published models (F=64, h=32,
-  n_h=1) the adex head is ``head_hidden=64, head_layers=2``. The crystal embedding (the pooled features the expert
-  reads) is CGCNN's own pooled vector.
+* Head: CGCNN computes ``softplus(conv_to_fc(softplus(pooled)))``, then ``n_h - 1`` layers
+  ``softplus(fcs.K(.))`` and ``fc_out``: note the softplus *before* ``conv_to_fc``, which
+  adex's :class:`~adex.nn.MLPHead` applies with ``input_softplus=True``
+  (``AdvisorModelConfig.head_input_softplus``). The head maps directly: ``head_hidden =
+  h_fea_len``, ``head_layers = n_h``, ``conv_to_fc`` -> ``head.conv_to_fc``, ``fcs.K`` ->
+  ``head.fcs.K``, ``fc_out`` -> ``head.fc_out``. For the published models (F=64, h=32,
+  n_h=1) the adex head is ``head_hidden=32, head_layers=1``. The crystal embedding (the
+  pooled features the expert reads) is CGCNN's own pooled vector, before the softplus.
 * ``normalizer`` -> ``normalizer.{mean,std}`` buffers.
 
 Featurizer: ``cutoff`` = ``args.radius`` (default 8 Å), ``max_neighbors`` =
@@ -301,28 +298,23 @@ def featurizer_settings(args: dict, arch: CGCNNArchitecture, source: str = "chec
 
 
 def model_config(arch: CGCNNArchitecture):
-    """AdvisorModelConfig holding CGCNN's network (head one layer deeper, see docstring)."""
+    """AdvisorModelConfig holding CGCNN's network (softplus before the head, see docstring)."""
     from adex.advisors.model import AdvisorModelConfig
 
     return AdvisorModelConfig(
         atom_fea_len=arch.atom_fea_len,
         n_conv=arch.n_conv,
         pooling="mean",
-        head_hidden=max(arch.atom_fea_len, arch.h_fea_len),
-        head_layers=arch.n_h + 1,
+        head_hidden=arch.h_fea_len,
+        head_layers=arch.n_h,
         dropout=0.0,
+        head_input_softplus=True,
     )
 
 
 _CONV_PARAMS = ("fc_full.weight", "fc_full.bias") + tuple(
     f"{bn}.{p}" for bn in ("bn1", "bn2") for p in ("weight", "bias", "running_mean", "running_var", "num_batches_tracked")
 )
-
-
-def _padded(src: torch.Tensor, shape: tuple[int, ...]) -> torch.Tensor:
-    out = torch.zeros(shape, dtype=torch.float32)
-    out[tuple(slice(0, n) for n in src.shape)] = src.to(torch.float32)
-    return out
 
 
 def convert_state_dict(state: dict, model, arch: CGCNNArchitecture, source: str = "checkpoint") -> tuple[dict, dict]:
@@ -346,8 +338,6 @@ def convert_state_dict(state: dict, model, arch: CGCNNArchitecture, source: str 
         out[adex_key] = value.to(target[adex_key].dtype).clone()
         mapping[cgcnn_key] = adex_key
 
-    hidden = model.config.head_hidden
-    width = arch.atom_fea_len
     for key, value in state.items():
         if not isinstance(value, torch.Tensor):
             raise RegistryError(f"{source}: state_dict[{key!r}] is not a tensor")
@@ -355,25 +345,12 @@ def convert_state_dict(state: dict, model, arch: CGCNNArchitecture, source: str 
             put(key, f"backbone.embedding.{key}", value)
         elif (m := re.fullmatch(r"convs\.(\d+)\.(.+)", key)) and m.group(2) in _CONV_PARAMS:
             put(key, f"backbone.{key}", value)
-        elif key == "conv_to_fc.weight":  # [h, F] -> head.fcs.0 [H, H]
-            put(key, "head.fcs.0.weight", _padded(value, (hidden, hidden)))
-        elif key == "conv_to_fc.bias":
-            put(key, "head.fcs.0.bias", _padded(value, (hidden,)))
-        elif m := re.fullmatch(r"fcs\.(\d+)\.(weight|bias)", key):
-            k, p = int(m.group(1)), m.group(2)
-            put(key, f"head.fcs.{k + 1}.{p}", _padded(value, (hidden, hidden) if p == "weight" else (hidden,)))
-        elif key == "fc_out.weight":  # [1, h] -> [1, H]
-            put(key, "head.fc_out.weight", _padded(value, (value.shape[0], hidden)))
-        elif key == "fc_out.bias":
-            put(key, "head.fc_out.bias", value)
+        elif re.fullmatch(r"(conv_to_fc|fcs\.\d+|fc_out)\.(weight|bias)", key):
+            put(key, f"head.{key}", value)
         else:
             raise RegistryError(f"{source}: unexpected tensor {key!r} in the CGCNN state dict (not imported)")
 
     # adex tensors CGCNN does not store
-    eye = torch.zeros(hidden, width)
-    eye[:width, :width] = torch.eye(width)
-    out["head.conv_to_fc.weight"] = eye  # identity: its softplus is CGCNN's softplus(pooled)
-    out["head.conv_to_fc.bias"] = torch.zeros(hidden)
     for key in ("backbone.embedding.table", "backbone.gaussian.centers"):
         out[key] = target[key].clone()  # adex's cgcnn92 table; Gaussian centres of the featurizer
     for key in target:
@@ -524,8 +501,9 @@ def prepare_import(
             "ignored": sorted(str(k) for k in checkpoint
                               if k not in ("state_dict", "normalizer", "args", "epoch", "best_mae_error")),
             "parameter_map": info["mapping"],
-            "head": "CGCNN's softplus before conv_to_fc is reproduced by an identity head.conv_to_fc; "
-                    "CGCNN conv_to_fc -> head.fcs.0, fcs.K -> head.fcs.K+1, fc_out -> head.fc_out (zero-padded)",
+            "head": "CGCNN's softplus before conv_to_fc is head_input_softplus=True; CGCNN conv_to_fc -> "
+                    "head.conv_to_fc, fcs.K -> head.fcs.K, fc_out -> head.fc_out (head_hidden=h_fea_len, "
+                    "head_layers=n_h)",
             "neighbours": "featurizer tie_tolerance=-1 keeps exactly the 12 nearest neighbours, as CGCNN "
                           "(adex's default keeps ties, which these weights were not trained for); CGCNN pads "
                           "atoms with < 12 neighbours within 8 A with fake neighbours, adex does not, so "

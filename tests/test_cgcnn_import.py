@@ -263,6 +263,11 @@ def test_import_registers_advisor_with_card(reg, checkpoint) -> None:
     mapping = card["cgcnn"]["parameter_map"]
     assert set(mapping) == set(checkpoint["state_dict"])
     assert len(set(mapping.values())) == len(mapping)
+    # direct head mapping: CGCNN's leading softplus is head_input_softplus, no extra layer
+    assert mapping["conv_to_fc.weight"] == "head.conv_to_fc.weight" and mapping["fc_out.bias"] == "head.fc_out.bias"
+    assert all(v == "backbone." + k for k, v in mapping.items() if k.startswith("convs."))
+    model_cfg = card["config"]["model"]
+    assert (model_cfg["head_hidden"], model_cfg["head_layers"], model_cfg["head_input_softplus"]) == (32, 1, True)
     json.dumps(card)  # plain JSON throughout
 
     other = import_cgcnn(PRETRAINED / "band-gap.pth.tar", registry=reg, trust_pickle=True)
@@ -335,23 +340,21 @@ def test_matches_dense_cgcnn(dense, imported, checkpoint) -> None:
     assert float(adex_predict(imported, [mgo])[0]) == pytest.approx(dense_predict(dense, checkpoint, mgo), rel=1e-4, abs=1e-5)
 
 
-def test_plain_mlphead_mapping_would_be_wrong(dense, checkpoint) -> None:
-    """Why the head is one layer deeper: adex's MLPHead has no softplus before conv_to_fc."""
-    from adex.advisors.cgcnn import CGCNN_INPUT_WIDTH, NO_TIES
-    from adex.advisors.model import Advisor, AdvisorModelConfig
-    from adex.graphs import FeaturizerSettings
+def test_head_without_input_softplus_would_be_wrong(dense, imported, checkpoint) -> None:
+    """Why head_input_softplus=True: the same weights without CGCNN's softplus before conv_to_fc
+    give a different prediction."""
+    import dataclasses
 
-    state = checkpoint["state_dict"]
-    naive = Advisor(FeaturizerSettings(tie_tolerance=NO_TIES), AdvisorModelConfig(64, 4, "mean", 32, 1), "y", "eV/atom",
-                    checkpoint["normalizer"]["mean"], checkpoint["normalizer"]["std"])
-    mapped = {("backbone.embedding." + k if k.startswith("embedding") else
-               "backbone." + k if k.startswith("convs") else "head." + k): v for k, v in state.items()}
-    full = naive.state_dict()
-    full.update(mapped)
-    naive.load_state_dict(full)
-    assert full["backbone.embedding.table"].shape[1] == CGCNN_INPUT_WIDTH
+    from adex.advisors.model import Advisor
+
+    assert imported.config.head_input_softplus and imported.head.input_softplus
+    plain = Advisor(imported.featurizer_settings, dataclasses.replace(imported.config, head_input_softplus=False),
+                    imported.target, imported.unit, checkpoint["normalizer"]["mean"], checkpoint["normalizer"]["std"])
+    plain.load_state_dict(imported.state_dict(), strict=True)  # same parameters, only the softplus differs
     structure = rattled_perovskite()
-    assert abs(float(adex_predict(naive.eval(), [structure])[0]) - dense_predict(dense, checkpoint, structure)) > 0.1
+    reference = dense_predict(dense, checkpoint, structure)
+    assert abs(float(adex_predict(imported, [structure])[0]) - reference) < 1e-5
+    assert abs(float(adex_predict(plain.eval(), [structure])[0]) - reference) > 0.1
 
 
 def test_sensible_on_materials_project(imported) -> None:
