@@ -62,8 +62,9 @@ def load_model(entry) -> nn.Module:
     """Rebuild the model stored in registry ``entry`` (hash-verified), in eval mode."""
     arch = json.loads(entry.read_file(ARCHITECTURE))
     model = _builder(arch.get("class", ""))(arch)
+    raw = entry.read_file(WEIGHTS)  # IntegrityError (tampered / truncated) propagates as is
     try:
-        state = load_safetensors(entry.read_file(WEIGHTS))
+        state = load_safetensors(raw)
     except Exception as exc:  # malformed header etc. (hash already checked)
         raise RegistryError(f"{entry.ref}: unreadable weights ({exc})") from None
     expected = model.state_dict()

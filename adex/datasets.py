@@ -58,7 +58,9 @@ def _mp_texts(root: Path, ids: list[str]) -> Iterator[tuple[str, str]]:
 
 def _folder_texts(root: Path, ids: list[str]) -> Iterator[tuple[str, str]]:
     for item in ids:
-        yield item, (root / "structures" / f"{item}.cif").read_text()
+        path = root / "structures" / f"{item}.cif"
+        if path.is_file():  # a listed but absent file is reported as skipped by the caller
+            yield item, path.read_text()
 
 
 DATASETS: dict[str, DatasetSpec] = {
@@ -212,7 +214,8 @@ def load_dataset(
         raise DataError(f"unknown advisor dataset {name!r} (known: {', '.join(sorted(DATASETS))})")
     root = dataset_root(name, data)
     inputs = fingerprint_files([root / r for r in spec.required])
-    key = hashlib.sha256(f"{name}|{inputs}|{settings.fingerprint()}|{limit}|{seed}".encode()).hexdigest()
+    selection = "all" if limit is None else f"{limit}|{seed}"
+    key = hashlib.sha256(f"{name}|{inputs}|{settings.fingerprint()}|{selection}".encode()).hexdigest()
     cache_path = cache_dir() / "graphs" / f"{name}-{key[:24]}.npz"
     skipped_path = cache_path.with_suffix(".skipped.json")
     if use_cache and cache_path.is_file():

@@ -117,10 +117,10 @@ def regression_metrics(pred: np.ndarray, target: np.ndarray) -> dict[str, float]
     """MAE, RMSE, R^2 and count (units of the target)."""
     err = pred - target
     ss_tot = float(((target - target.mean()) ** 2).sum()) if len(target) else 0.0
-    return {
-        "mae": float(np.abs(err).mean()) if len(err) else math.nan,
-        "rmse": float(np.sqrt((err**2).mean())) if len(err) else math.nan,
-        "r2": float(1 - (err**2).sum() / ss_tot) if ss_tot > 0 else math.nan,
+    return {  # None (JSON null) where undefined, never NaN
+        "mae": float(np.abs(err).mean()) if len(err) else None,
+        "rmse": float(np.sqrt((err**2).mean())) if len(err) else None,
+        "r2": float(1 - (err**2).sum() / ss_tot) if ss_tot > 0 else None,
         "n": int(len(err)),
     }
 

@@ -46,8 +46,10 @@ def cmd_train(args: argparse.Namespace) -> int:
                         aliases=tuple(args.tag))
     m = run.metrics
     con = console()
-    test = m["test"] or m["val"]
-    con.print(f"[bold]advisor {config.name}[/]: test MAE {test['mae']:.4f} {m['unit']} (RMSE {test['rmse']:.4f}, n={test['n']}); "
+    from adex.advisors.train import primary_scores
+
+    split, test = primary_scores(m)
+    con.print(f"[bold]advisor {config.name}[/]: {split} MAE {test['mae']:.4f} {m['unit']} (RMSE {test['rmse']:.4f}, n={test['n']}); "
               f"best epoch {m['best_epoch']} of {m['epochs_run']} ({m['stopped_because']}); "
               f"train {m['train_seconds']:.0f} s, featurize {m['featurize_seconds']:.1f} s")
     con.print(f"run folder: {run.run_dir}")

@@ -30,6 +30,16 @@ class AdvisorModelConfig:
     dropout: float = 0.0
     head_input_softplus: bool = False
 
+    def __post_init__(self) -> None:
+        from adex.errors import ConfigError
+
+        if self.pooling not in ("mean", "sum", "max", "attention"):
+            raise ConfigError(f"model.pooling: expected one of mean, sum, max, attention, got {self.pooling!r}")
+        if self.atom_fea_len < 1 or self.n_conv < 0 or self.head_hidden < 1 or self.head_layers < 1:
+            raise ConfigError("model: atom_fea_len, head_hidden and head_layers must be >= 1 and n_conv >= 0")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ConfigError(f"model.dropout: expected a value in [0, 1), got {self.dropout}")
+
     def backbone(self) -> BackboneConfig:
         return BackboneConfig(atom_fea_len=self.atom_fea_len, n_conv=self.n_conv, pooling=self.pooling)  # type: ignore[arg-type]
 

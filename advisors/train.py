@@ -41,6 +41,14 @@ def new_run_dir(prefix: str, out: str | os.PathLike | None = None) -> Path:
     return path
 
 
+def primary_scores(metrics: dict) -> tuple[str, dict]:
+    """(split name, metrics) of the most honest split available: test, else val, else train."""
+    for split in ("test", "val", "train"):
+        if metrics.get(split):
+            return split, metrics[split]
+    raise ValueError("no evaluated split")
+
+
 def write_history(run_dir: Path, history: list[dict]) -> None:
     if not history:
         return
@@ -158,9 +166,9 @@ def train_advisor(
             "metrics": metrics,
             "run_dir": str(run_dir),
         }
-        test_mae = metrics["test"]["mae"] if metrics["test"] else metrics["val"]["mae"]
+        split, scores = primary_scores(metrics)
         entry = registry.register(
-            "advisor", config.name, model_files(model), card, primary_metric=("test_mae", test_mae), aliases=list(aliases)
+            "advisor", config.name, model_files(model), card, primary_metric=(f"{split}_mae", scores["mae"]), aliases=list(aliases)
         )
         atomic_write_json(run_dir / "registered.json", {"ref": entry.ref})
     return AdvisorRun(model, metrics, run_dir, entry)

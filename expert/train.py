@@ -220,7 +220,9 @@ def train_expert(
     if register:
         from adex.checkpoint import model_files
 
-        primary = metrics["test"] or metrics["val"]
+        from adex.advisors.train import primary_scores
+
+        primary_split, primary = primary_scores(metrics)
         card = {
             "description": f"{config.name} expert: neutral vacancy formation enthalpy (eV), advisors: "
                            f"{', '.join(config.advisors) or 'none'}",
@@ -237,7 +239,7 @@ def train_expert(
             "run_dir": str(run_dir),
         }
         entry = registry.register("expert", config.name, model_files(model), card, parents=parents,
-                                  primary_metric=("test_mae" if metrics["test"] else "val_mae", primary["mae"]),
+                                  primary_metric=(f"{primary_split}_mae", primary["mae"]),
                                   aliases=list(aliases))
         atomic_write_json(run_dir / "registered.json", {"ref": entry.ref})
     return ExpertRun(model, metrics, run_dir, entry)

@@ -217,7 +217,15 @@ def analyze_host(structure: Structure, symprec: float = 0.01) -> HostSymmetry:
     if len(structure) == 0:
         raise StructureError("host has no atoms")
     cell = _cell(structure, symprec)
-    dataset, prim_cell, mapping = _standardize(cell, symprec, "host")
+    # spglib's result at a tolerance edge can depend on the atom order: give it the atoms
+    # in a canonical order (Z, then wrapped fractional coordinates) and map back after.
+    lattice, frac, numbers = cell
+    wrapped = np.round(frac % 1.0, 5) % 1.0
+    input_order = np.lexsort((wrapped[:, 2], wrapped[:, 1], wrapped[:, 0], numbers))
+    cell = (lattice, frac[input_order], numbers[input_order])
+    dataset, prim_cell, sorted_mapping = _standardize(cell, symprec, "host")
+    mapping = np.empty_like(sorted_mapping)
+    mapping[input_order] = sorted_mapping
     for _ in range(4):
         prim_dataset = _dataset(prim_cell, symprec, "primitive cell")
         if prim_dataset.number == dataset.number and len(prim_dataset.mapping_to_primitive) == len(prim_cell[2]) \
