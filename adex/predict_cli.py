@@ -91,7 +91,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
         warnings.simplefilter("ignore")  # third-party deprecation noise (spglib, pymatgen)
         warnings.simplefilter("always", ElementWarning)
         warnings.simplefilter("always", ShadowWarning)
-        warnings.showwarning = lambda message, category, *a, **k: con.print(f"[yellow]warning:[/] {message}")
+        warnings.showwarning = lambda message, category, *a, **k: print(f"warning: {message}", file=sys.stderr)
         expert = load_expert(args.expert or DEFAULT_EXPERT, open_registry_from(args))
         con.print(f"expert: {expert.entry.ref}" + (f" (advisors: {', '.join(e.ref for e, _ in expert.advisors)})" if expert.advisors else ""))
         if args.structure:
@@ -147,13 +147,17 @@ def _predict_table(args, expert, con) -> int:
     if missing:
         raise AdexError(f"{table_path}: missing column {missing[0]!r} (need 'structure' and 'site')")
     by_host: dict[str, list[int]] = {}
+    if not rows:
+        raise AdexError(f"{table_path}: no rows (need one row per vacancy: structure, site)")
     for line, row in enumerate(rows, start=2):
+        if not row.get("structure"):
+            raise AdexError(f"{table_path}:{line}: empty 'structure' field")
         try:
             row["_site"] = int(row["site"])
-        except ValueError:
-            raise AdexError(f"{table_path}:{line}: site {row['site']!r} is not an integer atom index") from None
-        path = Path(row["structure"])
-        row["_path"] = str(path if path.is_absolute() else table_path.parent / path)
+        except (TypeError, ValueError):
+            raise AdexError(f"{table_path}:{line}: site {row.get('site')!r} is not an integer atom index") from None
+        path = Path(row["structure"]).expanduser()
+        row["_path"] = str((path if path.is_absolute() else table_path.parent / path).resolve())
         by_host.setdefault(row["_path"], []).append(row["_site"])
     parts, keys = [], []
     with progress_bar() as progress:
