@@ -63,6 +63,11 @@ def register(subparsers: argparse._SubParsersAction) -> argparse._SubParsersActi
     p.add_argument("alias")
     p.set_defaults(func=_warnings_to_stderr(cmd_tag))
 
+    p = sub.add_parser("export", parents=common, help="copy a version into another store root (e.g. to ship it)")
+    p.add_argument("ref")
+    p.add_argument("dest", help="destination store root, e.g. registry/builtin of a source checkout")
+    p.set_defaults(func=_warnings_to_stderr(cmd_export))
+
     p = sub.add_parser("remove", parents=common, help="delete one version (refused if others derive from it)")
     p.add_argument("ref")
     p.set_defaults(func=_warnings_to_stderr(cmd_remove))
@@ -161,6 +166,13 @@ def cmd_tag(args: argparse.Namespace) -> int:
     """``adex registry tag REF ALIAS``."""
     entry = open_from_args(args).tag(args.ref, args.alias)
     print(f"tagged {entry.ref} as @{args.alias}")
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    """``adex registry export REF DEST_ROOT``."""
+    target = open_from_args(args).export(args.ref, args.dest)
+    print(f"exported to {target}")
     return 0
 
 

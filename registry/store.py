@@ -321,6 +321,35 @@ class Registry:
             atomic_write_json(base / ALIASES, current)
         return self._user.entry(kind, name, version)
 
+    def export(self, ref: str, dest_root: Path, card_notes: Mapping | None = None) -> Path:
+        """Copy the (verified) version ``ref`` into another store root, keeping its number.
+
+        Used to ship models in the built-in store (``registry/builtin``) or to move them
+        between machines. ``card_notes`` are merged into the copied card under ``notes``.
+        The copy is staged and renamed into place; an existing version is never replaced.
+        """
+        entry = self.resolve(ref)
+        entry.verify()
+        target = Path(dest_root) / entry.kind / entry.name / "versions" / str(entry.version)
+        if target.exists():
+            raise RegistryError(f"{target} exists already; versions are immutable")
+        target.parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=".staging-", dir=target.parent))
+        try:
+            os.chmod(staging, 0o755)
+            for filename in entry.files:
+                shutil.copy2(entry.path / filename, staging / filename)
+            card = dict(entry.card)
+            card["exported_from"] = entry.ref
+            if card_notes:
+                card["notes"] = {**card.get("notes", {}), **dict(card_notes)}
+            atomic_write_json(staging / CARD, card)
+            os.rename(staging, target)
+        except BaseException:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise
+        return target
+
     def tag(self, ref: str, alias: str) -> Entry:
         """Point ``alias`` (created or moved) at the version ``ref`` resolves to."""
         self._check_settable_alias(alias)

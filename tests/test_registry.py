@@ -367,3 +367,25 @@ def test_cli_registry_option_and_shadow_warning(tmp_path: Path, home: Path, buil
     assert "builtin" in out and "user " not in out
     assert main(["registry", "remove", "eform"]) == 2
     assert "read-only" in capsys.readouterr().err
+
+
+def test_export_copies_a_verified_version_into_another_store(tmp_path):
+    from adex.errors import IntegrityError, RegistryError
+    from adex.registry import Registry
+
+    source = Registry(root=tmp_path / "user", builtin_root=tmp_path / "none")
+    source.register("advisor", "bandgap", {"weights.bin": b"abc"}, {"description": "x"})
+    source.register("advisor", "bandgap", {"weights.bin": b"abcd"}, {"description": "y"})
+    target = source.export("bandgap:2", tmp_path / "shipped", card_notes={"how": "test"})
+    assert target == tmp_path / "shipped" / "advisor" / "bandgap" / "versions" / "2"
+    shipped = Registry(root=tmp_path / "other", builtin_root=tmp_path / "shipped")
+    entry = shipped.resolve("bandgap")
+    assert (entry.store, entry.version) == ("builtin", 2)
+    assert entry.read_file("weights.bin") == b"abcd"
+    assert entry.card["notes"] == {"how": "test"} and entry.card["exported_from"] == "advisor/bandgap:2"
+    with pytest.raises(RegistryError, match="immutable"):
+        source.export("bandgap:2", tmp_path / "shipped")
+    (source.resolve("bandgap:1").path / "weights.bin").write_bytes(b"abX")
+    with pytest.raises(IntegrityError):
+        source.export("bandgap:1", tmp_path / "shipped")
+    assert not (tmp_path / "shipped" / "advisor" / "bandgap" / "versions" / "1").exists()
