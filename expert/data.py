@@ -343,7 +343,8 @@ def load_witman(
     from adex.progress import progress_bar
 
     root = dataset_root("witman2023_vacancies", data)
-    records = read_witman(root)
+    all_records = read_witman(root)
+    records = all_records
     if ids is not None:
         by_id = {r.id: r for r in records}
         unknown = [i for i in ids if i not in by_id]
@@ -353,12 +354,22 @@ def load_witman(
     if limit is not None:
         records = records[:limit]
     inputs = fingerprint_files([root / "vacancies.csv", root / "structures"])
-    key_text = "|".join([GRAPH_FORMAT_VERSION, inputs, featurizer_settings.fingerprint(),
-                         repr(sorted(supercell_settings.to_dict().items())), ",".join(r.id for r in records)])
-    key = hashlib.sha256(key_text.encode()).hexdigest()
-    path = cache_dir() / "vacancies" / f"witman-{key[:24]}.npz"
+
+    def cache_path(selection: list[VacancyRecord]) -> Path:
+        key_text = "|".join([GRAPH_FORMAT_VERSION, inputs, featurizer_settings.fingerprint(),
+                             repr(sorted(supercell_settings.to_dict().items())), ",".join(r.id for r in selection)])
+        return cache_dir() / "vacancies" / f"witman-{hashlib.sha256(key_text.encode()).hexdigest()[:24]}.npz"
+
+    full_path, path = cache_path(all_records), cache_path(records)
+    if use_cache and full_path.is_file():  # the whole set is cached: any selection is a subset of it
+        full = PackedVacancies.load(full_path)
+        position = {str(i): k for k, i in enumerate(full.ids)}
+        return full.subset([position[r.id] for r in records])
     if use_cache and path.is_file():
         return PackedVacancies.load(path)
+    selection = records
+    if len(records) >= len(all_records) // 2:  # featurize and cache everything, then select
+        records, path = all_records, full_path
     items = [(r.id, str(r.path), r.element, r.dH_eV) for r in records]
     chunks = [(featurizer_settings.to_dict(), supercell_settings.to_dict(), items[i : i + 32]) for i in range(0, len(items), 32)]
     workers = workers or (min(os.cpu_count() or 1, 8) if len(items) > 64 else 1)
@@ -377,6 +388,9 @@ def load_witman(
     packed = PackedVacancies.concatenate([results[r.id] for r in records])
     if use_cache:
         packed.save(path)
+    if selection is not records:
+        position = {str(i): k for k, i in enumerate(packed.ids)}
+        packed = packed.subset([position[r.id] for r in selection])
     return packed
 
 

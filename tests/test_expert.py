@@ -28,7 +28,7 @@ from adex.advisors.model import Advisor, AdvisorModelConfig
 from adex.checkpoint import WEIGHTS, load_model, model_files
 from adex.cli import main
 from adex.errors import ConfigError, IntegrityError, RegistryError
-from adex.expert.data import VacancyDataset, compute_advisor_features, load_witman, read_split
+from adex.expert.data import PackedVacancies, VacancyDataset, compute_advisor_features, load_witman, read_split
 from adex.expert.model import POOLINGS, AdvisorSlot, Expert, ExpertModelConfig
 from adex.expert.predict import LoadedExpert, featurize_host_sites, load_expert, predict_packed
 from adex.expert.train import TransferConfig, freeze_schedule
@@ -36,7 +36,7 @@ from adex.graphs import FeaturizerSettings
 from adex.io import read_structure
 from adex.registry import Registry
 from adex.supercell import SupercellSettings, distinct_sites
-from adex.training import TrainingConfig, fit
+from adex.training import TrainingConfig, fit, predict
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -544,3 +544,43 @@ def test_atom_order_of_a_real_host_does_not_change_the_prediction(invariance_mod
     # the same O vacancy (atom 0 of one file, atom 2 of the other), the same Fe vacancy
     np.testing.assert_allclose(predictions(invariance_models, as_o1, [0, 2]),
                                predictions(invariance_models, as_fe1, [2, 0]), atol=1e-5, rtol=0)
+
+
+def test_selections_are_cut_from_the_cached_full_set(tiny, tmp_path, monkeypatch) -> None:
+    """Once the whole set is cached, any id selection (a split) is a subset of it: no
+    re-featurization, identical arrays to featurizing that selection alone."""
+    import adex.expert.data as data_module
+
+    monkeypatch.setenv("ADEX_CACHE", str(tmp_path / "cache"))
+    fs, sc = FeaturizerSettings(cutoff=4.0), SupercellSettings(min_image_distance=6.0)
+    selection = [tiny.ids[3], tiny.ids[0], tiny.ids[5]]
+    alone = load_witman(fs, sc, data=tiny.root, ids=selection, use_cache=False, workers=1)
+    load_witman(fs, sc, data=tiny.root, workers=1)  # caches the full set
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("featurized again instead of reading the cache")
+
+    monkeypatch.setattr(data_module, "_featurize_records_chunk", refuse)
+    cut = load_witman(fs, sc, data=tiny.root, ids=selection, workers=1)
+    assert list(cut.ids) == selection
+    for name in ("atomic_numbers", "edge_index", "edge_distance", "node_ptr", "edge_ptr", "targets"):
+        assert np.array_equal(getattr(cut.graphs, name), getattr(alone.graphs, name)), name
+    for name in PackedVacancies._ARRAYS:
+        assert np.array_equal(getattr(cut, name), getattr(alone, name)), name
+
+
+@pytest.mark.parametrize("pooling", ["vacancy", "neighborhood", "attention"])
+def test_pruning_to_the_receptive_field_is_exact(tiny, pooling) -> None:
+    """Local readouts only see n_conv hops: pruning the rest changes nothing (eval mode)."""
+    fs, sc = FeaturizerSettings(cutoff=3.0, max_neighbors=6), SupercellSettings(min_image_distance=12.0)
+    packed = load_witman(fs, sc, data=tiny.root, ids=tiny.ids[:6], workers=1)
+    torch.manual_seed(0)
+    model = Expert(fs, ExpertModelConfig(atom_fea_len=8, n_conv=2, pooling=pooling, head_hidden=8), [], 5.0, 2.0)
+    randomize_batchnorm(model)
+    model.eval()
+    pruned = model.prepare(packed)
+    assert pruned.graphs.node_ptr[-1] < packed.graphs.node_ptr[-1]  # something was cut
+    full_pred = predict(model, VacancyDataset(packed))
+    pruned_pred = predict(model, VacancyDataset(pruned))
+    assert np.allclose(full_pred, pruned_pred, atol=1e-5)
+    assert Expert(fs, ExpertModelConfig(n_conv=2, pooling="mean")).prepare(packed) is packed
