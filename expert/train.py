@@ -107,6 +107,29 @@ def freeze_schedule(model: Expert, transfer: TransferConfig):
     return on_epoch
 
 
+def host_of(vacancy_id: str) -> str:
+    """Host compound of a Witman vacancy id (``0009491-O1`` -> ``0009491``)."""
+    return str(vacancy_id).rsplit("-", 1)[0]
+
+
+def validation_split(ids: np.ndarray, indices: np.ndarray, fraction: float, seed: int, grouped: bool) -> tuple[np.ndarray, np.ndarray]:
+    """(val, train) indices carved from a published training set. For per-compound
+    splits the validation hosts are disjoint from the training hosts too, so early
+    stopping is judged the way the holdout is."""
+    if fraction <= 0:
+        return np.zeros(0, dtype=np.int64), np.sort(indices)
+    rng = np.random.default_rng(seed)
+    if not grouped:
+        order = rng.permutation(indices)
+        n_val = max(int(round(len(indices) * fraction)), 1)
+        return np.sort(order[:n_val]), np.sort(order[n_val:])
+    hosts = np.array([host_of(i) for i in ids])
+    unique = rng.permutation(np.unique(hosts))
+    val_hosts = set(unique[: max(int(round(len(unique) * fraction)), 1)])
+    is_val = np.array([h in val_hosts for h in hosts])
+    return np.sort(indices[is_val]), np.sort(indices[~is_val])
+
+
 def per_group_mae(ids: np.ndarray, pred: np.ndarray, target: np.ndarray, elements: np.ndarray) -> dict:
     """MAE per vacancy species (O vs metal) and per host compound count (eV)."""
     err = np.abs(pred - target)
@@ -116,7 +139,7 @@ def per_group_mae(ids: np.ndarray, pred: np.ndarray, target: np.ndarray, element
         out["mae_O"] = float(err[is_o].mean())
     if (~is_o).any():
         out["mae_metal"] = float(err[~is_o].mean())
-    hosts = np.array([i.rsplit("-", 1)[0] for i in ids])
+    hosts = np.array([host_of(i) for i in ids])
     out["n_hosts"] = int(len(set(hosts)))
     return out
 
@@ -147,9 +170,8 @@ def train_expert(
         all_train = np.arange(n_train_all)
         if tc.limit is not None:
             all_train = np.sort(np.random.default_rng(tc.seed).permutation(n_train_all)[: tc.limit])
-        n_val = max(int(round(len(all_train) * tc.val_fraction)), 1) if tc.val_fraction > 0 else 0
-        order = np.random.default_rng(tc.seed).permutation(all_train)
-        val_idx, train_idx = np.sort(order[:n_val]), np.sort(order[n_val:])
+        grouped = "struct" in config.split or config.split.startswith("CS_")
+        val_idx, train_idx = validation_split(packed.ids[all_train], all_train, tc.val_fraction, tc.seed, grouped)
         test_idx = np.arange(n_train_all, n_train_all + len(hold_ids))
     else:
         packed = load_witman(config.featurizer, config.supercell, data, limit=tc.limit)

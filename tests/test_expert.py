@@ -584,3 +584,15 @@ def test_pruning_to_the_receptive_field_is_exact(tiny, pooling) -> None:
     pruned_pred = predict(model, VacancyDataset(pruned))
     assert np.allclose(full_pred, pruned_pred, atol=1e-5)
     assert Expert(fs, ExpertModelConfig(n_conv=2, pooling="mean")).prepare(packed) is packed
+
+
+def test_validation_hosts_are_disjoint_for_per_compound_splits() -> None:
+    from adex.expert.train import host_of, validation_split
+
+    ids = np.array([f"{h:07d}-O{k}" for h in range(20) for k in range(3)])
+    indices = np.arange(len(ids)) + 100
+    val, train = validation_split(ids, indices, 0.2, seed=0, grouped=True)
+    assert len(val) and len(train) and len(val) + len(train) == len(ids)
+    assert not {host_of(i) for i in ids[val - 100]} & {host_of(i) for i in ids[train - 100]}
+    val, train = validation_split(ids, indices, 0.2, seed=0, grouped=False)
+    assert len(val) == 12 and len(np.intersect1d(val, train)) == 0
