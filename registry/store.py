@@ -52,8 +52,12 @@ class ShadowWarning(UserWarning):
 
 
 def default_builtin_root() -> Path:
-    """The read-only store shipped inside the package (``registry/builtin/``; may be absent)."""
-    return Path(__file__).resolve().parent / "builtin"
+    """The read-only store shipped inside the package (``registry/builtin/``; may be absent).
+
+    ``ADEX_BUILTIN_REGISTRY`` points it elsewhere (the tests use an empty one, so that
+    they do not depend on which models ship)."""
+    override = os.environ.get("ADEX_BUILTIN_REGISTRY")
+    return Path(override).expanduser() if override else Path(__file__).resolve().parent / "builtin"
 
 
 @dataclass

@@ -44,15 +44,46 @@ N_MP = 40
 N_OXIDE = 30
 
 
-def _shared_data_path() -> Path:
+SHIPPED_STORE = REPO_ROOT / "registry" / "builtin"
+
+
+def shared_data_path() -> Path:
+    """``$ADEX_DATA``, else ``<repo>/../shared/data`` (may not exist)."""
     env = os.environ.get("ADEX_DATA")
     return Path(env).expanduser() if env else (REPO_ROOT.parent / "shared" / "data").resolve()
+
+
+def randomize_batchnorm(model, seed: int = 0) -> None:
+    """Non-trivial running statistics and affine parameters for every BatchNorm."""
+    import torch
+    from torch import nn
+
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for module in model.modules():
+            if isinstance(module, nn.BatchNorm1d):
+                module.running_mean.copy_(torch.randn(module.running_mean.shape, generator=generator) * 0.5)
+                module.running_var.copy_(torch.rand(module.running_var.shape, generator=generator) * 1.5 + 0.5)
+                module.weight.copy_(1 + 0.2 * torch.randn(module.weight.shape, generator=generator))
+                module.bias.copy_(0.2 * torch.randn(module.bias.shape, generator=generator))
+
+
+def assert_one_line_error(rc: int, err: str, *needles: str) -> str:
+    """Exit code 2, no traceback, exactly one ``error:`` line (the last) naming each needle."""
+    assert rc == 2, err
+    assert "Traceback" not in err
+    lines = [line for line in err.splitlines() if line.strip()]
+    errors = [line for line in lines if line.startswith("error:")]
+    assert len(errors) == 1 and lines[-1] == errors[0], err
+    for needle in needles:
+        assert needle in errors[0], errors[0]
+    return errors[0]
 
 
 @pytest.fixture(scope="session")
 def data_dir() -> Path:
     """The shared, read-only data directory (skip when it is not there)."""
-    path = _shared_data_path()
+    path = shared_data_path()
     needed = ("mp_formation_energy/structures.tar.gz", "oxide_bandgaps/id_prop.csv", "witman2023_vacancies/structures")
     missing = [n for n in needed if not (path / n).exists()]
     if missing:
@@ -68,6 +99,8 @@ def _isolated_home(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest
     monkeypatch.setenv("ADEX_NO_PROGRESS", "1")
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
     monkeypatch.delenv("ADEX_CACHE", raising=False)
+    # hermetic: an empty built-in store (tests of the shipped models use SHIPPED_STORE)
+    monkeypatch.setenv("ADEX_BUILTIN_REGISTRY", str(tmp_path_factory.mktemp("empty_builtin")))
     return home
 
 

@@ -36,6 +36,7 @@ from adex.graphs import FeaturizerSettings
 from adex.io import read_structure
 from adex.registry import Registry
 from adex.supercell import SupercellSettings, distinct_sites
+from conftest import assert_one_line_error, randomize_batchnorm, shared_data_path
 from adex.training import TrainingConfig, fit, predict
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -59,9 +60,6 @@ TINY = [
 
 
 # --------------------------------------------------------------------------- helpers
-def shared_data_path() -> Path:
-    env = os.environ.get("ADEX_DATA")
-    return Path(env).expanduser() if env else (REPO_ROOT.parent / "shared" / "data").resolve()
 
 
 def write_tiny_witman(src_root: Path, dst_root: Path) -> list[dict]:
@@ -85,16 +83,6 @@ def write_tiny_witman(src_root: Path, dst_root: Path) -> list[dict]:
     return rows
 
 
-def randomize_batchnorm(model: nn.Module, seed: int = 0) -> None:
-    """Non-trivial running statistics and affine parameters for every BatchNorm."""
-    generator = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for module in model.modules():
-            if isinstance(module, nn.BatchNorm1d):
-                module.running_mean.copy_(torch.randn(module.running_mean.shape, generator=generator) * 0.5)
-                module.running_var.copy_(torch.rand(module.running_var.shape, generator=generator) * 1.5 + 0.5)
-                module.weight.copy_(1 + 0.2 * torch.randn(module.weight.shape, generator=generator))
-                module.bias.copy_(0.2 * torch.randn(module.bias.shape, generator=generator))
 
 
 def make_advisor(width: int, n_conv: int = 2, seed: int = 0) -> Advisor:
@@ -115,15 +103,6 @@ def make_expert(pooling: str = "attention", advisors: list[AdvisorSlot] | None =
     return model.eval()
 
 
-def assert_one_line_error(rc: int, err: str, *needles: str) -> str:
-    assert rc == 2, err
-    assert "Traceback" not in err
-    lines = [line for line in err.splitlines() if line.strip()]
-    errors = [line for line in lines if line.startswith("error:")]
-    assert len(errors) == 1 and lines[-1] == errors[0], err
-    for needle in needles:
-        assert needle in errors[0], errors[0]
-    return errors[0]
 
 
 # --------------------------------------------------------------------------- fixtures

@@ -300,10 +300,14 @@ def test_builtin_store_read_only_and_shadowing(reg: Registry, builtin: Path) -> 
     assert snapshot(builtin) == before
 
 
-def test_open_registry_uses_adex_home(home: Path) -> None:
+def test_open_registry_uses_adex_home(home: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("ADEX_BUILTIN_REGISTRY")
     registry = open_registry()
     assert registry.root == home / "registry"
     assert registry.builtin_root == Path(adex.registry.__file__).resolve().parent / "builtin"
+    monkeypatch.setenv("ADEX_BUILTIN_REGISTRY", str(home / "elsewhere"))
+    assert open_registry().builtin_root == home / "elsewhere"
+    monkeypatch.delenv("ADEX_BUILTIN_REGISTRY")
     assert registry.list() == [] or all(e.store == "builtin" for e in registry.list())
 
 
