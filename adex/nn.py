@@ -71,7 +71,15 @@ class CGCNNConv(nn.Module):
         self.softplus1 = nn.Softplus()
         self.softplus2 = nn.Softplus()
 
-    def forward(self, x: torch.Tensor, edge_index: torch.Tensor, edge_attr: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, edge_index: torch.Tensor, edge_attr: torch.Tensor,
+                active: torch.Tensor | None = None) -> torch.Tensor:
+        """Updated node features [n_atoms, F].
+
+        ``active`` (LongTensor [n_active], optional): update only these nodes; every
+        edge's receiver must be among them, other nodes pass through unchanged and take
+        no part in the batch-norm statistics. Used by the expert to skip messages whose
+        results its readout never sees.
+        """
         receiver, sender = edge_index[0], edge_index[1]
         # fc_full(cat[x_i, x_j, e_ij]) computed as W_i x_i + W_j x_j + W_e e_ij + b: the two
         # node terms are computed once per atom, not once per edge (same numbers, ~3x fewer flops).
@@ -83,8 +91,11 @@ class CGCNNConv(nn.Module):
         gated = self.bn1(pre + as_receiver.index_select(0, receiver) + as_sender.index_select(0, sender))
         filt, core = gated.chunk(2, dim=1)
         messages = self.sigmoid(filt) * self.softplus1(core)
-        summed = self.bn2(scatter_sum(messages, receiver, x.shape[0]))
-        return self.softplus2(x + summed)
+        summed = scatter_sum(messages, receiver, x.shape[0])
+        if active is None:
+            return self.softplus2(x + self.bn2(summed))
+        updated = self.softplus2(x.index_select(0, active) + self.bn2(summed.index_select(0, active)))
+        return x.index_copy(0, active, updated)
 
 
 class Pooling(nn.Module):

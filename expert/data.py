@@ -25,7 +25,7 @@ from adex.graphs import CrystalGraph, Featurizer, FeaturizerSettings, GraphBatch
 from adex.paths import cache_dir
 
 GRAPH_FORMAT_VERSION = "vacancy-graph-2"
-MAX_HOPS = 8  # hop distances from the vacancy neighbourhood are recorded up to this; farther = 127  # bump when the graph construction changes
+MAX_HOPS = 8  # hop distances from the vacancy neighbourhood are recorded up to this; farther nodes get MAX_HOPS + 1
 
 
 # --------------------------------------------------------------------------- records
@@ -187,7 +187,8 @@ class PackedVacancies:
         neighbourhood nodes are exactly those of the full supercell graph (a node at hop
         distance d is exact up to layer ``max_hops - d``), so readouts over the
         neighbourhood (vacancy, neighborhood, attention) are unchanged in eval mode while
-        the cost stops growing with the supercell size.
+        the cost stops growing with the supercell size. Edges into the outermost shell
+        (hop ``max_hops``) are dropped too: those nodes only ever send.
         """
         if max_hops > MAX_HOPS:
             return self
@@ -201,7 +202,8 @@ class PackedVacancies:
         n_edges = np.diff(g.edge_ptr)
         edge_graph = np.repeat(np.arange(n_graphs), n_edges)
         old_global = g.edge_index + g.node_ptr[:-1][edge_graph]
-        edge_keep = keep[old_global[0]] & keep[old_global[1]]
+        # messages into the outermost shell (hop == max_hops) never reach the readout
+        edge_keep = keep[old_global[0]] & keep[old_global[1]] & (self.node_hops[old_global[0]] < max_hops)
         new_edges = new_global[old_global[:, edge_keep]] - new_ptr[:-1][edge_graph[edge_keep]]
         new_edge_counts = np.bincount(edge_graph[edge_keep], minlength=n_graphs)
 
@@ -442,7 +444,8 @@ class VacancyBatch(GraphBatch):
     """A batch of combined vacancy graphs (global indices).
 
     Extra attributes: node_role LongTensor [N]; node_flags FloatTensor [N, 3]
-    (vacated node, pristine neighbour, defected former neighbour); vacancy_node
+    (vacated node, pristine neighbour, defected former neighbour); node_hops
+    LongTensor [N] message hops from the vacancy neighbourhood; vacancy_node
     LongTensor [B]; hood_node LongTensor [H] and hood_graph LongTensor [H];
     advisor_features list of FloatTensor [N, 2 d_a], one per advisor.
     """
@@ -452,6 +455,7 @@ class VacancyBatch(GraphBatch):
     vacancy_node: torch.Tensor | None = None
     hood_node: torch.Tensor | None = None
     hood_graph: torch.Tensor | None = None
+    node_hops: torch.Tensor | None = None
     advisor_features: list = field(default_factory=list)
 
     def to(self, device) -> "VacancyBatch":
@@ -519,5 +523,6 @@ class VacancyDataset:
             vacancy_node=torch.from_numpy(vacancy_node),
             hood_node=torch.from_numpy(hood_node),
             hood_graph=torch.from_numpy(hood_graph),
+            node_hops=torch.from_numpy(p.node_hops[node_sel].astype(np.int64)),
             advisor_features=advisor_features,
         )

@@ -140,11 +140,25 @@ class Expert(nn.Module):
         return x
 
     def node_embeddings(self, batch) -> torch.Tensor:
-        """Node embeddings after the convolutions: [n_nodes, F]."""
+        """Node embeddings after the convolutions: [n_nodes, F].
+
+        With a local readout, convolution ``k`` (0-based) only updates nodes within
+        ``n_conv - 1 - k`` hops of the vacancy neighbourhood, from the edges into them:
+        the others' updates never reach the readout. The readout's inputs are the same
+        as with every node updated (in eval mode exactly; in training the batch-norm
+        statistics are taken over the nodes and edges that matter).
+        """
         x = self.node_features(batch)
         edge_attr = self.gaussian(batch.edge_distance)
-        for conv in self.convs:
-            x = conv(x, batch.edge_index, edge_attr)
+        hops = batch.node_hops if self.receptive_hops is not None else None
+        for k, conv in enumerate(self.convs):
+            if hops is None:
+                x = conv(x, batch.edge_index, edge_attr)
+                continue
+            reach = self.config.n_conv - 1 - k
+            keep = hops.index_select(0, batch.edge_index[0]) <= reach
+            active = torch.nonzero(hops <= reach).squeeze(1)
+            x = conv(x, batch.edge_index[:, keep], edge_attr[keep], active=active)
         return x
 
     def readout(self, x: torch.Tensor, batch) -> torch.Tensor:

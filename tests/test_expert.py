@@ -565,6 +565,26 @@ def test_pruning_to_the_receptive_field_is_exact(tiny, pooling) -> None:
     assert Expert(fs, ExpertModelConfig(n_conv=2, pooling="mean")).prepare(packed) is packed
 
 
+@pytest.mark.parametrize("n_conv", [1, 2, 3])
+@pytest.mark.parametrize("pooling", ["vacancy", "attention"])
+def test_layerwise_active_nodes_equal_the_naive_full_supercell_graph(tiny, pooling, n_conv) -> None:
+    """Convolution k updates only nodes within n_conv-1-k hops of the neighbourhood; the
+    readout equals that of every node updated on the full, unpruned supercell graph."""
+    import dataclasses
+
+    fs, sc = FeaturizerSettings(cutoff=3.0, max_neighbors=6), SupercellSettings(min_image_distance=12.0)
+    packed = load_witman(fs, sc, data=tiny.root, ids=tiny.ids[:6], workers=1)
+    torch.manual_seed(1)
+    model = Expert(fs, ExpertModelConfig(atom_fea_len=8, n_conv=n_conv, pooling=pooling, head_hidden=8), [], 5.0, 2.0)
+    randomize_batchnorm(model)
+    model.eval()
+    all_six = np.arange(len(packed))
+    naive = dataclasses.replace(VacancyDataset(packed).batch(all_six), node_hops=None)  # every node, every edge
+    fast = VacancyDataset(model.prepare(packed)).batch(all_six)
+    assert fast.edge_index.shape[1] < naive.edge_index.shape[1]
+    assert torch.allclose(model.predict(naive), model.predict(fast), atol=1e-5)
+
+
 def test_validation_hosts_are_disjoint_for_per_compound_splits() -> None:
     from adex.expert.train import host_of, validation_split
 
