@@ -22,9 +22,10 @@ from pymatgen.core import Lattice, Structure
 
 from adex.errors import AdexError, DataError, StructureError
 from adex.graphs import CrystalGraph, Featurizer, FeaturizerSettings, GraphBatch, PackedGraphs, _ranges
+from adex.oxidation import guess_oxidation_states
 from adex.paths import cache_dir
 
-GRAPH_FORMAT_VERSION = "vacancy-graph-2"
+GRAPH_FORMAT_VERSION = "vacancy-graph-3"
 MAX_HOPS = 8  # hop distances from the vacancy neighbourhood are recorded up to this; farther nodes get MAX_HOPS + 1
 
 
@@ -90,6 +91,8 @@ class PackedVacancies:
             neighbour, 2 defected former neighbour.
         prim_lattice: float64 [B, 3, 3] Å; prim_numbers int64 [P]; prim_frac float64 [P, 3];
             prim_ptr int64 [B+1]: the canonical primitive hosts (advisors run on them).
+        prim_oxidation: float32 [P] oxidation state of each primitive atom guessed by
+            bond valence (:mod:`adex.oxidation`), NaN where unknown.
         info: str [B, 3] (element, wyckoff label, supercell size) for reports.
         node_hops: int8 [N] graph distance (messages' hops) from the neighbourhood nodes;
             ``MAX_HOPS + 1`` or more means farther. Used by :meth:`prune`.
@@ -107,6 +110,7 @@ class PackedVacancies:
     prim_frac: np.ndarray
     prim_ptr: np.ndarray
     info: np.ndarray
+    prim_oxidation: np.ndarray
     node_hops: np.ndarray
 
     def __len__(self) -> int:
@@ -151,6 +155,7 @@ class PackedVacancies:
             prim_lattice=np.concatenate([p.prim_lattice for p in parts]),
             prim_numbers=np.concatenate([p.prim_numbers for p in parts]),
             prim_frac=np.concatenate([p.prim_frac for p in parts]),
+            prim_oxidation=np.concatenate([p.prim_oxidation for p in parts]),
             prim_ptr=np.concatenate([[0]] + [p.prim_ptr[1:] + o for p, o in zip(parts, prim_off)]).astype(np.int64),
             info=np.concatenate([p.info for p in parts]),
             node_hops=np.concatenate([p.node_hops for p in parts]),
@@ -174,6 +179,7 @@ class PackedVacancies:
             prim_lattice=self.prim_lattice[idx],
             prim_numbers=self.prim_numbers[prim_sel],
             prim_frac=self.prim_frac[prim_sel],
+            prim_oxidation=self.prim_oxidation[prim_sel],
             prim_ptr=np.r_[0, np.cumsum(n_prim)].astype(np.int64),
             info=self.info[idx],
             node_hops=self.node_hops[node_sel],
@@ -223,13 +229,14 @@ class PackedVacancies:
             prim_lattice=self.prim_lattice,
             prim_numbers=self.prim_numbers,
             prim_frac=self.prim_frac,
+            prim_oxidation=self.prim_oxidation,
             prim_ptr=self.prim_ptr,
             info=self.info,
             node_hops=self.node_hops[keep],
         )
 
     _ARRAYS = ("node_role", "node_primitive", "vacancy_node", "hood_node", "hood_ptr", "hood_kind",
-               "prim_lattice", "prim_numbers", "prim_frac", "prim_ptr", "info", "node_hops")
+               "prim_lattice", "prim_numbers", "prim_frac", "prim_ptr", "info", "node_hops", "prim_oxidation")
 
     def save(self, path: Path) -> None:
         from io import BytesIO
@@ -279,6 +286,7 @@ def pack_vacancy(graph, vac, vacancy_id: str, target: float | None) -> PackedVac
         prim_lattice=prim.lattice.matrix[None].astype(np.float64),
         prim_numbers=np.array([s.specie.Z for s in prim], dtype=np.int64),
         prim_frac=prim.frac_coords.astype(np.float64),
+        prim_oxidation=guess_oxidation_states(prim),
         prim_ptr=np.array([0, len(prim)], dtype=np.int64),
         info=np.array([[can.element, can.wyckoff, str(n_nodes)]], dtype=str),
     )
@@ -445,7 +453,9 @@ class VacancyBatch(GraphBatch):
 
     Extra attributes: node_role LongTensor [N]; node_flags FloatTensor [N, 3]
     (vacated node, pristine neighbour, defected former neighbour); node_hops
-    LongTensor [N] message hops from the vacancy neighbourhood; vacancy_node
+    LongTensor [N] message hops from the vacancy neighbourhood; node_oxidation
+    FloatTensor [N] guessed oxidation state of each node's host atom (NaN: unknown);
+    vacancy_node
     LongTensor [B]; hood_node LongTensor [H] and hood_graph LongTensor [H];
     advisor_features list of FloatTensor [N, 2 d_a], one per advisor.
     """
@@ -455,6 +465,7 @@ class VacancyBatch(GraphBatch):
     vacancy_node: torch.Tensor | None = None
     hood_node: torch.Tensor | None = None
     hood_graph: torch.Tensor | None = None
+    node_oxidation: torch.Tensor | None = None
     node_hops: torch.Tensor | None = None
     advisor_features: list = field(default_factory=list)
 
@@ -507,8 +518,8 @@ class VacancyDataset:
         flags[hood_node, p.hood_kind[hood_sel]] = 1.0
         node_graph = base.node_graph.numpy()
         advisor_features = []
+        prim_global = p.prim_ptr[idx][node_graph] + p.node_primitive[node_sel]
         if self.advisors:
-            prim_global = p.prim_ptr[idx][node_graph] + p.node_primitive[node_sel]
             for feats in self.advisors:
                 advisor_features.append(torch.from_numpy(np.concatenate([feats.atom[prim_global], feats.crystal[idx][node_graph]], axis=1)))
         return VacancyBatch(
@@ -524,5 +535,6 @@ class VacancyDataset:
             hood_node=torch.from_numpy(hood_node),
             hood_graph=torch.from_numpy(hood_graph),
             node_hops=torch.from_numpy(p.node_hops[node_sel].astype(np.int64)),
+            node_oxidation=torch.from_numpy(p.prim_oxidation[prim_global].astype(np.float32)),
             advisor_features=advisor_features,
         )

@@ -51,6 +51,8 @@ class ExpertModelConfig:
         adapter_width: output width of each advisor adapter.
         head_hidden, head_layers: MLP head.
         dropout: dropout in the head (and on adapter outputs).
+        oxidation_states: add each node's bond-valence oxidation state (guessed from
+            the pristine host, :mod:`adex.oxidation`; no DFT) to its input features.
     """
 
     atom_fea_len: int = 64
@@ -60,6 +62,26 @@ class ExpertModelConfig:
     head_hidden: int = 128
     head_layers: int = 2
     dropout: float = 0.1
+    oxidation_states: bool = False
+
+
+class OxidationEncoding(nn.Module):
+    """Oxidation states [n] (NaN: unknown) -> features [n, width]: a Gaussian basis
+    (centres -3..+8, width 0.5, so fractional averages fall between integers) plus an
+    "unknown" flag, projected linearly."""
+
+    CENTERS = tuple(float(c) for c in range(-3, 9))
+
+    def __init__(self, width: int):
+        super().__init__()
+        self.register_buffer("centers", torch.tensor(self.CENTERS))
+        self.project = nn.Linear(len(self.CENTERS) + 1, width, bias=False)
+
+    def forward(self, states: torch.Tensor) -> torch.Tensor:
+        unknown = torch.isnan(states)
+        value = torch.where(unknown, torch.zeros_like(states), states)
+        basis = torch.exp(-((value.unsqueeze(1) - self.centers) ** 2) / 0.25) * (~unknown).unsqueeze(1)
+        return self.project(torch.cat([basis, unknown.unsqueeze(1).to(basis.dtype)], dim=1))
 
 
 @dataclass
@@ -97,6 +119,7 @@ class Expert(nn.Module):
         self.embedding = ElementEmbedding(featurizer.element_embedding, width)
         self.role_embedding = nn.Embedding(2, width)
         self.flag_embedding = nn.Linear(self.N_FLAGS, width, bias=False)
+        self.oxidation = OxidationEncoding(width) if config.oxidation_states else None
         self.adapters = nn.ModuleList(nn.Linear(2 * slot.width, config.adapter_width) for slot in self.advisors)
         self.adapter_dropout = nn.Dropout(config.dropout)
         if self.advisors:
@@ -132,8 +155,11 @@ class Expert(nn.Module):
 
     # ---------------------------------------------------------------- forward
     def node_features(self, batch) -> torch.Tensor:
-        """Initial node features [n_nodes, F]: element + role + flags (+ adapted advisors)."""
+        """Initial node features [n_nodes, F]: element + role + flags (+ oxidation state)
+        (+ adapted advisors)."""
         x = self.embedding(batch.atomic_numbers) + self.role_embedding(batch.node_role) + self.flag_embedding(batch.node_flags)
+        if self.oxidation is not None:
+            x = x + self.oxidation(batch.node_oxidation)
         if self.advisors:
             adapted = [self.adapter_dropout(adapter(feat)) for adapter, feat in zip(self.adapters, batch.advisor_features)]
             x = self.mix(torch.cat([x, *adapted], dim=1))

@@ -94,10 +94,10 @@ def make_advisor(width: int, n_conv: int = 2, seed: int = 0) -> Advisor:
 
 
 def make_expert(pooling: str = "attention", advisors: list[AdvisorSlot] | None = None, n_conv: int = 2,
-                width: int = 8, seed: int = 0) -> Expert:
+                width: int = 8, seed: int = 0, oxidation: bool = False) -> Expert:
     torch.manual_seed(seed)
     config = ExpertModelConfig(atom_fea_len=width, n_conv=n_conv, pooling=pooling, adapter_width=4,
-                               head_hidden=8, dropout=0.0)
+                               head_hidden=8, dropout=0.0, oxidation_states=oxidation)
     model = Expert(EXPERT_FEATURIZER, config, advisors, mean=5.0, std=2.0, supercell=EXPERT_SUPERCELL.to_dict())
     randomize_batchnorm(model, seed + 1)
     return model.eval()
@@ -417,12 +417,12 @@ def test_unfreeze_every_two_epochs() -> None:
 
 
 # --------------------------------------------------------------------------- batching
-@pytest.mark.parametrize("pooling", POOLINGS)
-def test_batch_predictions_equal_one_by_one(packed, reg, pooling: str) -> None:
+@pytest.mark.parametrize("pooling,oxidation", [(p, False) for p in POOLINGS] + [("attention", True)])
+def test_batch_predictions_equal_one_by_one(packed, reg, pooling: str, oxidation: bool) -> None:
     advisor = reg.models[8]
     features = compute_advisor_features(advisor, reg.refs[8], packed)
     dataset = VacancyDataset(packed, [features])
-    model = make_expert(pooling, [AdvisorSlot(reg.refs[8], 8)], seed=11)
+    model = make_expert(pooling, [AdvisorSlot(reg.refs[8], 8)], seed=11, oxidation=oxidation)
     n = len(dataset)
     assert n == 13
     together = model.predict(dataset.batch(np.arange(n))).numpy()
@@ -445,7 +445,8 @@ def loaded(model: Expert, advisors: list) -> LoadedExpert:
 def invariance_models(reg) -> list[LoadedExpert]:
     """One untrained expert per pooling, each with the width-8 advisor."""
     advisors = [(SimpleNamespace(ref=reg.refs[8]), reg.models[8])]
-    return [loaded(make_expert(p, [AdvisorSlot(reg.refs[8], 8)], seed=21), advisors) for p in POOLINGS]
+    models = [loaded(make_expert(p, [AdvisorSlot(reg.refs[8], 8)], seed=21), advisors) for p in POOLINGS]
+    return models + [loaded(make_expert("attention", [AdvisorSlot(reg.refs[8], 8)], seed=22, oxidation=True), advisors)]
 
 
 def predictions(models: list[LoadedExpert], host: Structure, sites: list[int]) -> np.ndarray:
