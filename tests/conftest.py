@@ -104,6 +104,25 @@ def _isolated_home(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest
     return home
 
 
+@pytest.fixture(scope="module")
+def module_home(tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest):
+    """ADEX_HOME / ADEX_CACHE for a module's module-scoped work (trainings and
+    featurizations that several of its tests reuse)."""
+    home = tmp_path_factory.mktemp(f"{request.module.__name__.rsplit('.', 1)[-1]}_home")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("ADEX_HOME", str(home))
+        mp.setenv("ADEX_CACHE", str(home / "cache"))
+        mp.setenv("ADEX_NO_PROGRESS", "1")
+        yield home
+
+
+@pytest.fixture
+def shared_cache(_isolated_home: Path, module_home: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Per test: its own ADEX_HOME, but the module's featurization cache (use with
+    ``pytestmark = pytest.mark.usefixtures("shared_cache")``)."""
+    monkeypatch.setenv("ADEX_CACHE", str(module_home / "cache"))
+
+
 @pytest.fixture()
 def adex_home(_isolated_home: Path) -> Path:
     """The ADEX_HOME of the current test."""

@@ -35,21 +35,9 @@ from adex.nn import Backbone, BackboneConfig, CGCNNConv, Normalizer
 from adex.registry import Registry
 from adex.training import TrainingConfig, fit, predict, regression_metrics, seed_everything, split_indices
 
-from conftest import perovskite, rattled, rocksalt, rutile
+from conftest import perovskite, randomize_batchnorm, rattled, rocksalt, rutile
 
 SMALL = FeaturizerSettings(cutoff=5.0, max_neighbors=8)
-
-
-def randomize_batchnorm(model: nn.Module, seed: int = 0) -> None:
-    """Non-trivial running statistics and affine parameters for every BatchNorm."""
-    generator = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for module in model.modules():
-            if isinstance(module, nn.BatchNorm1d):
-                module.running_mean.copy_(torch.randn(module.running_mean.shape, generator=generator) * 0.5)
-                module.running_var.copy_(torch.rand(module.running_var.shape, generator=generator) * 1.5 + 0.5)
-                module.weight.copy_(1 + 0.2 * torch.randn(module.weight.shape, generator=generator))
-                module.bias.copy_(0.2 * torch.randn(module.bias.shape, generator=generator))
 
 
 def tiny_advisor(pooling: str = "mean", settings: FeaturizerSettings = SMALL, seed: int = 0, width: int = 16) -> Advisor:

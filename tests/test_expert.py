@@ -37,6 +37,8 @@ from adex.io import read_structure
 from adex.registry import Registry
 from adex.supercell import SupercellSettings, distinct_sites
 from conftest import assert_one_line_error, randomize_batchnorm, shared_data_path
+
+pytestmark = pytest.mark.usefixtures("shared_cache")
 from adex.training import TrainingConfig, fit, predict
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -106,25 +108,6 @@ def make_expert(pooling: str = "attention", advisors: list[AdvisorSlot] | None =
 
 
 # --------------------------------------------------------------------------- fixtures
-@pytest.fixture(scope="module")
-def module_home(tmp_path_factory: pytest.TempPathFactory):
-    """ADEX_HOME / ADEX_CACHE for the module-scoped work (trainings shared by tests)."""
-    home = tmp_path_factory.mktemp("expert_home")
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("ADEX_HOME", str(home))
-        mp.setenv("ADEX_CACHE", str(home / "cache"))
-        mp.setenv("ADEX_NO_PROGRESS", "1")
-        yield home
-
-
-@pytest.fixture(autouse=True)
-def _env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, module_home: Path) -> None:
-    """Per test: own ADEX_HOME, no progress bars; the featurization cache is shared."""
-    monkeypatch.setenv("ADEX_HOME", str(tmp_path / "adex_home"))
-    monkeypatch.setenv("ADEX_NO_PROGRESS", "1")
-    monkeypatch.setenv("ADEX_CACHE", str(module_home / "cache"))
-
-
 @pytest.fixture(scope="module")
 def tiny(module_home: Path) -> SimpleNamespace:
     """Tiny data dir (13 vacancies) and the split ids."""

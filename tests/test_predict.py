@@ -37,6 +37,8 @@ from adex.registry import Registry
 from adex.supercell import SupercellSettings, distinct_sites
 from conftest import assert_one_line_error, randomize_batchnorm, shared_data_path
 
+pytestmark = pytest.mark.usefixtures("shared_cache")
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 WITMAN = "witman2023_vacancies"
 TINY_HOSTS = ("0009594", "0010541", "0160074", "0009684", "0289862")  # BaO, SrTiO3, SrFeO2, FeO, Ce2O3
@@ -55,23 +57,6 @@ def read_csv(text: str) -> list[dict]:
 
 
 # --------------------------------------------------------------------------- fixtures
-@pytest.fixture(scope="module")
-def module_home(tmp_path_factory: pytest.TempPathFactory):
-    home = tmp_path_factory.mktemp("predict_home")
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("ADEX_HOME", str(home))
-        mp.setenv("ADEX_CACHE", str(home / "cache"))
-        mp.setenv("ADEX_NO_PROGRESS", "1")
-        yield home
-
-
-@pytest.fixture(autouse=True)
-def _env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, module_home: Path) -> None:
-    monkeypatch.setenv("ADEX_HOME", str(tmp_path / "adex_home"))
-    monkeypatch.setenv("ADEX_NO_PROGRESS", "1")
-    monkeypatch.setenv("ADEX_CACHE", str(module_home / "cache"))
-
-
 @pytest.fixture(scope="module")
 def witman() -> Path:
     root = shared_data_path() / WITMAN
