@@ -3,7 +3,9 @@
 A *dataset* here is anything with ``__len__`` and ``batch(indices) -> batch`` where the
 batch has ``.target`` (FloatTensor [B], real units) and a ``.to(device)``; a *model*
 maps a batch to normalised predictions [B] and owns a ``normalizer``
-(:class:`adex.nn.Normalizer`). Early stopping keeps the weights of the epoch with the
+(:class:`adex.nn.Normalizer`); a model may also define ``target_offset(batch)`` (FloatTensor
+[B], real units, e.g. a per-element reference), which is then subtracted from the target
+before normalising and added back to predictions. Early stopping keeps the weights of the epoch with the
 lowest validation MAE.
 """
 from __future__ import annotations
@@ -109,8 +111,14 @@ def predict(model: nn.Module, data: BatchSource, batch_size: int = 512, device: 
     out = []
     for start in range(0, len(data), batch_size):
         batch = data.batch(np.arange(start, min(start + batch_size, len(data)))).to(device)
-        out.append(model.normalizer.denorm(model(batch)).double().cpu().numpy())
+        out.append((model.normalizer.denorm(model(batch)) + target_offset(model, batch)).double().cpu().numpy())
     return np.concatenate(out) if out else np.zeros(0)
+
+
+def target_offset(model: nn.Module, batch) -> torch.Tensor | float:
+    """The model's ``target_offset(batch)`` ([B], real units) or 0."""
+    offset = getattr(model, "target_offset", None)
+    return offset(batch) if offset is not None else 0.0
 
 
 def regression_metrics(pred: np.ndarray, target: np.ndarray) -> dict[str, float]:
@@ -197,7 +205,7 @@ def fit(
                 if len(idx) < 2 and len(order) > 1:  # BatchNorm needs more than one sample
                     continue
                 batch = train.batch(idx).to(device)
-                loss = loss_fn(model(batch), model.normalizer.norm(batch.target))
+                loss = loss_fn(model(batch), model.normalizer.norm(batch.target - target_offset(model, batch)))
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 optimizer.step()

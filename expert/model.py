@@ -53,6 +53,10 @@ class ExpertModelConfig:
         dropout: dropout in the head (and on adapter outputs).
         oxidation_states: add each node's bond-valence oxidation state (guessed from
             the pristine host, :mod:`adex.oxidation`; no DFT) to its input features.
+        element_reference: predict ``reference[vacated element] + network output``,
+            the reference being the training-set mean dH per vacated element (an
+            "atom reference" as in matgl/CHGNet; unseen elements get the overall mean);
+            the network then learns the residual.
     """
 
     atom_fea_len: int = 64
@@ -63,6 +67,7 @@ class ExpertModelConfig:
     head_layers: int = 2
     dropout: float = 0.1
     oxidation_states: bool = False
+    element_reference: bool = False
 
 
 class OxidationEncoding(nn.Module):
@@ -131,6 +136,8 @@ class Expert(nn.Module):
         self.gate = nn.Linear(width, 1) if config.pooling == "attention" else None
         self.head = MLPHead(width, config.head_hidden, config.head_layers, config.dropout)
         self.normalizer = Normalizer(mean, std)
+        if config.element_reference:  # eV [119], indexed by atomic number of the vacated atom
+            self.register_buffer("element_reference", torch.zeros(119))
         self.frozen_modules: list[nn.Module] = []
 
     def train(self, mode: bool = True) -> "Expert":
@@ -213,9 +220,29 @@ class Expert(nn.Module):
             return self.head(x.index_select(0, pick))
         return scatter_mean(self.head(x), batch.node_graph, batch.num_graphs)
 
+    def target_offset(self, batch) -> torch.Tensor:
+        """Per-vacancy offset [B] (eV) added to the denormalised output: the vacated
+        element's reference with ``element_reference``, else 0."""
+        if not self.config.element_reference:
+            return torch.zeros(batch.num_graphs, device=batch.vacancy_node.device)
+        return self.element_reference.index_select(0, batch.atomic_numbers.index_select(0, batch.vacancy_node))
+
+    @staticmethod
+    def fit_element_reference(vacated_z: "np.ndarray", dH: "np.ndarray") -> torch.Tensor:
+        """Mean dH (eV) per vacated element [119]; elements absent from ``vacated_z``
+        get the overall mean."""
+        import numpy as np
+
+        z = np.asarray(vacated_z, dtype=np.int64)
+        y = np.asarray(dH, dtype=np.float64)
+        total, count = np.bincount(z, y, minlength=119), np.bincount(z, minlength=119)
+        reference = np.where(count > 0, total / np.maximum(count, 1), y.mean())
+        return torch.tensor(reference, dtype=torch.float32)
+
     @torch.no_grad()
     def predict(self, batch) -> torch.Tensor:
-        return self.normalizer.denorm(self.forward(batch))
+        """dH (eV) [B]."""
+        return self.normalizer.denorm(self.forward(batch)) + self.target_offset(batch)
 
     # ---------------------------------------------------------------- transfer learning
     def init_from_backbone(self, backbone) -> list[str]:

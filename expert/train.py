@@ -187,8 +187,15 @@ def train_expert(
     y = packed.targets[train_idx]
     seen = np.unique(packed.subset(train_idx).graphs.atomic_numbers)
     slots = [advisor_slot(entry, model) for entry, model in advisors]
+    reference = None
+    if config.model.element_reference:
+        vacated_z = packed.graphs.atomic_numbers[packed.graphs.node_ptr[:-1] + packed.vacancy_node]
+        reference = Expert.fit_element_reference(vacated_z[train_idx], y)
+        y = y - reference.numpy()[vacated_z[train_idx]]  # the network learns the residual
     model = Expert(config.featurizer, config.model, slots, float(y.mean()), float(y.std()), config.supercell.to_dict(),
                    training_elements=[Element.from_Z(int(z)).symbol for z in seen])
+    if reference is not None:
+        model.element_reference.copy_(reference)
     dataset = VacancyDataset(model.prepare(packed), features)
     train, val, test = dataset.subset(train_idx), dataset.subset(val_idx), dataset.subset(test_idx)
     parents = [entry.ref for entry, _ in advisors]

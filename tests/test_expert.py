@@ -579,3 +579,43 @@ def test_validation_hosts_are_disjoint_for_per_compound_splits() -> None:
     assert not {host_of(i) for i in ids[val - 100]} & {host_of(i) for i in ids[train - 100]}
     val, train = validation_split(ids, indices, 0.2, seed=0, grouped=False)
     assert len(val) == 12 and len(np.intersect1d(val, train)) == 0
+
+
+# --------------------------------------------------------------------------- element reference, oxidation
+def test_fit_element_reference_means_and_fallback() -> None:
+    reference = Expert.fit_element_reference(np.array([8, 8, 26]), np.array([2.0, 4.0, 9.0]))
+    assert reference.shape == (119,)
+    assert reference[8].item() == 3.0 and reference[26].item() == 9.0
+    assert reference[56].item() == pytest.approx(5.0)  # unseen: overall mean
+
+
+def test_expert_with_element_reference_and_oxidation_states_trains_saves_and_reloads(tiny, reg) -> None:
+    rc = train_cli(tiny, reg, "--advisors", "adv8", "--epochs", "2", "--set", "name=refox",
+                   "--set", "model.element_reference=true", "--set", "model.oxidation_states=true")
+    assert rc == 0
+    entry = reg.registry.resolve("expert/refox")
+    model = load_model(entry)
+    assert model.config.element_reference and model.config.oxidation_states
+    # the reference is the per-element training mean, carried by the checkpoint
+    run_dir = Path(entry.card["run_dir"])
+    packed = load_witman(model.featurizer_settings, SupercellSettings.from_dict(model.supercell), tiny.root)
+    n_train = entry.card["dataset"]["n_train"]
+    vacated = packed.graphs.atomic_numbers[packed.graphs.node_ptr[:-1] + packed.vacancy_node]
+    test_rows = list(csv.DictReader(open(run_dir / "test_predictions.csv")))
+    assert len(test_rows) == 1
+    seen = {int(z) for z in model.element_reference.nonzero().flatten()}
+    assert seen >= set(vacated.tolist()) - {0}
+    o_rows = [r for r in tiny.rows if r["element"] == "O"]
+    assert 0 < model.element_reference[8].item() < max(float(r["dH_eV"]) for r in o_rows)
+    # predictions of the reloaded model = network output + reference of the vacated element
+    loaded_expert = load_expert(entry.ref, reg.registry)
+    index = [str(i) for i in packed.ids].index(test_rows[0]["id"])
+    one = packed.subset([index])
+    pred = predict_packed(loaded_expert, one)
+    assert pred[0] == pytest.approx(float(test_rows[0]["dH_pred_eV"]), abs=1e-4)
+    features = [compute_advisor_features(m, e.ref, one) for e, m in loaded_expert.advisors]
+    batch = VacancyDataset(model.prepare(one), features).batch([0])
+    with torch.no_grad():
+        raw = model.normalizer.denorm(model(batch)).item()
+    assert pred[0] == pytest.approx(raw + model.element_reference[int(vacated[index])].item(), abs=1e-4)
+    assert n_train >= 1
