@@ -84,12 +84,12 @@ def cmd_predict(args: argparse.Namespace) -> int:
     if bool(args.structure) == bool(args.input):
         raise AdexError("give either --structure FILE (with --site, --site-label, --frac or --all-sites) or --input TABLE.csv")
     con = console()
-    from adex.expert.predict import ElementWarning
+    from adex.expert.predict import InputWarning
     from adex.registry import ShadowWarning
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # third-party deprecation noise (spglib, pymatgen)
-        warnings.simplefilter("always", ElementWarning)
+        warnings.simplefilter("always", InputWarning)
         warnings.simplefilter("always", ShadowWarning)
         warnings.showwarning = lambda message, category, *a, **k: print(f"warning: {message}", file=sys.stderr)
         expert = load_expert(args.expert or DEFAULT_EXPERT, open_registry_from(args))

@@ -16,8 +16,16 @@ from adex.graphs import Featurizer
 DEFAULT_EXPERT = "builtin::expert/vacancy"
 
 
-class ElementWarning(UserWarning):
+class InputWarning(UserWarning):
+    """A prediction was made, but its input is outside what the expert knows."""
+
+
+class ElementWarning(InputWarning):
     """A host contains an element absent from the expert's training data."""
+
+
+class OxidationStateWarning(InputWarning):
+    """No charge-balanced oxidation states were found for a host (the expert uses them)."""
 
 
 @dataclass
@@ -63,9 +71,13 @@ def featurize_host_sites(expert: LoadedExpert, host: Structure, sites: list[int]
     if model.training_elements and unseen:
         warnings.warn(f"{host_id}: element(s) {', '.join(unseen)} never seen in the expert's training data; "
                       "the prediction is an extrapolation", ElementWarning, stacklevel=2)
-    return PackedVacancies.concatenate(
+    packed = PackedVacancies.concatenate(
         [featurize_vacancy(host, site, f"{host_id}#{site}", None, featurizer, settings) for site in sites]
     )
+    if model.config.oxidation_states and np.isnan(packed.prim_oxidation).any():
+        warnings.warn(f"{host_id}: no charge-balanced oxidation states found (bond valence and composition guesses "
+                      "failed); predicted with oxidation states marked unknown", OxidationStateWarning, stacklevel=2)
+    return packed
 
 
 @torch.no_grad()

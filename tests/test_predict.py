@@ -402,3 +402,31 @@ def test_trained_expert_end_to_end(capsys, ctx, hosts, witman, tmp_path) -> None
     expected = predict_packed(loaded, featurize_host_sites(loaded, read_structure(hosts / "srtio3.cif"), [0, 1, 2], "h"))
     np.testing.assert_allclose([float(r["dH_pred_eV"]) for r in rows], expected, atol=1e-4)
     assert "expert: expert/e2e:1 (advisors: advisor/adv8:1)" in captured.err
+
+
+def test_unknown_oxidation_states_warn_but_predict(capsys, ctx, hosts, monkeypatch) -> None:
+    """An expert that reads oxidation states still predicts a host without any; it says so."""
+    torch.manual_seed(4)
+    slot = ctx.loaded.model.advisors[0]
+    expert = Expert(FeaturizerSettings(cutoff=4.0),
+                    ExpertModelConfig(atom_fea_len=8, n_conv=2, adapter_width=4, head_hidden=8,
+                                      oxidation_states=True, element_reference=True),
+                    [slot], mean=0.0, std=2.0, supercell=SupercellSettings(min_image_distance=6.0).to_dict(),
+                    training_elements=TRAINING_ELEMENTS)
+    randomize_batchnorm(expert, 5)
+    entry = ctx.registry.register("expert", "oxref", model_files(expert.eval()), {"description": "test"},
+                                  parents=[ctx.advisor_ref])
+    args = ["predict", "--expert", entry.ref, "--registry", str(ctx.root), "--structure", str(hosts / "srtio3.cif")]
+    assert main([*args, "--site", "1"]) == 0
+    known = capsys.readouterr()
+    assert "warning:" not in known.err, known.err
+
+    import adex.expert.data as data_module
+
+    monkeypatch.setattr(data_module, "guess_oxidation_states", lambda s: np.full(len(s), np.nan, dtype=np.float32))
+    assert main([*args, "--site", "1"]) == 0
+    unknown = capsys.readouterr()
+    [warning] = [line for line in unknown.err.splitlines() if line.startswith("warning:")]
+    assert "srtio3.cif" in warning and "oxidation states" in warning
+    before, after = (float(out.strip().splitlines()[-1].split(",")[-1]) for out in (known.out, unknown.out))
+    assert np.isfinite(after) and after != before
