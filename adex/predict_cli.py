@@ -93,7 +93,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
         warnings.simplefilter("always", ShadowWarning)
         warnings.showwarning = lambda message, category, *a, **k: print(f"warning: {message}", file=sys.stderr)
         expert = load_expert(args.expert or DEFAULT_EXPERT, open_registry_from(args))
-        con.print(f"expert: {expert.entry.ref}" + (f" (advisors: {', '.join(e.ref for e, _ in expert.advisors)})" if expert.advisors else ""))
+        con.print(f"expert: {expert.entry.ref}" + (f" (advisors: {', '.join(e.ref for e, _ in expert.advisors)})" if expert.advisors else ""), soft_wrap=True)
         if args.structure:
             return _predict_structure(args, expert, con)
         return _predict_table(args, expert, con)
