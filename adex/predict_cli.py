@@ -8,7 +8,8 @@
   (or ``--format json``). Each host is read and featurized once.
 
 Without ``--expert`` the shipped default expert is used (its reference is printed).
-Hosts with elements absent from the expert's training data get a warning on stderr.
+Hosts with elements absent from the expert's training data, or whose oxidation states
+cannot be guessed (for an expert that reads them), are predicted with a warning on stderr.
 """
 from __future__ import annotations
 
