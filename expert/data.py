@@ -124,6 +124,11 @@ class PackedVacancies:
     def targets(self) -> np.ndarray | None:
         return self.graphs.targets
 
+    @property
+    def vacated_numbers(self) -> np.ndarray:
+        """Atomic number of each vacancy's vacated atom: int64 [B]."""
+        return self.graphs.atomic_numbers[self.graphs.node_ptr[:-1] + self.vacancy_node]
+
     def primitive_structure(self, b: int) -> Structure:
         sl = slice(self.prim_ptr[b], self.prim_ptr[b + 1])
         return Structure(Lattice(self.prim_lattice[b]), self.prim_numbers[sl].tolist(), self.prim_frac[sl])
@@ -455,8 +460,7 @@ class VacancyBatch(GraphBatch):
     (vacated node, pristine neighbour, defected former neighbour); node_hops
     LongTensor [N] message hops from the vacancy neighbourhood; node_oxidation
     FloatTensor [N] guessed oxidation state of each node's host atom (NaN: unknown);
-    vacancy_node
-    LongTensor [B]; hood_node LongTensor [H] and hood_graph LongTensor [H];
+    vacancy_node LongTensor [B]; hood_node LongTensor [H] and hood_graph LongTensor [H];
     advisor_features list of FloatTensor [N, 2 d_a], one per advisor.
     """
 

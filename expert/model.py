@@ -184,12 +184,14 @@ class Expert(nn.Module):
         x = self.node_features(batch)
         edge_attr = self.gaussian(batch.edge_distance)
         hops = batch.node_hops if self.receptive_hops is not None else None
+        if hops is not None:
+            receiver_hops = hops.index_select(0, batch.edge_index[0])  # [n_edges]
         for k, conv in enumerate(self.convs):
             if hops is None:
                 x = conv(x, batch.edge_index, edge_attr)
                 continue
             reach = self.config.n_conv - 1 - k
-            keep = hops.index_select(0, batch.edge_index[0]) <= reach
+            keep = receiver_hops <= reach
             active = torch.nonzero(hops <= reach).squeeze(1)
             x = conv(x, batch.edge_index[:, keep], edge_attr[keep], active=active)
         return x

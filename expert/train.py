@@ -189,9 +189,9 @@ def train_expert(
     slots = [advisor_slot(entry, model) for entry, model in advisors]
     reference = None
     if config.model.element_reference:
-        vacated_z = packed.graphs.atomic_numbers[packed.graphs.node_ptr[:-1] + packed.vacancy_node]
-        reference = Expert.fit_element_reference(vacated_z[train_idx], y)
-        y = y - reference.numpy()[vacated_z[train_idx]]  # the network learns the residual
+        vacated_z = packed.vacated_numbers[train_idx]
+        reference = Expert.fit_element_reference(vacated_z, y)
+        y = y - reference.numpy()[vacated_z]  # the network learns the residual
     model = Expert(config.featurizer, config.model, slots, float(y.mean()), float(y.std()), config.supercell.to_dict(),
                    training_elements=[Element.from_Z(int(z)).symbol for z in seen])
     if reference is not None:
