@@ -41,7 +41,10 @@ def _builder(name: str) -> Callable[[dict], nn.Module]:
         try:
             from adex.expert.model import Expert
 
+            from adex.expert.ensemble import ExpertEnsemble
+
             register_builder("expert", Expert.from_architecture)
+            register_builder("expert_ensemble", ExpertEnsemble.from_architecture)
         except ImportError:  # pragma: no cover - expert module optional during bootstrap
             pass
     if name not in _BUILDERS:

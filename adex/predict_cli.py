@@ -7,6 +7,9 @@
   table's folder; other columns carried through) -> ``--output`` CSV with ``dH_pred_eV``
   (or ``--format json``). Each host is read and featurized once.
 
+With an ensemble expert (``adex expert train --ensemble N``) the prediction is the
+members' mean and a ``dH_std_eV`` column gives their standard deviation.
+
 Without ``--expert`` the shipped default expert is used (its reference is printed).
 Hosts with elements absent from the expert's training data, or whose oxidation states
 cannot be guessed (for an expert that reads them), are predicted with a warning on stderr.
@@ -39,6 +42,22 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.set_defaults(func=cmd_predict)
 
 
+NUMBER_COLUMNS = ("dH_pred_eV", "dH_std_eV")
+
+
+def _prediction_columns(expert, packed, batch_size: int) -> tuple[list[str], list[dict]]:
+    """Output columns and one dict per vacancy: ``dH_pred_eV`` (the member mean for an
+    ensemble) and, for an ensemble, ``dH_std_eV`` (population std over its members)."""
+    from adex.expert.predict import predict_packed_members
+
+    members = predict_packed_members(expert, packed, batch_size)
+    mean, std = members.mean(0), members.std(0)
+    if len(members) == 1:
+        return ["dH_pred_eV"], [{"dH_pred_eV": round(float(m), 4)} for m in mean]
+    return ["dH_pred_eV", "dH_std_eV"], [{"dH_pred_eV": round(float(m), 4), "dH_std_eV": round(float(s), 4)}
+                                         for m, s in zip(mean, std)]
+
+
 def _emit(rows: list[dict], columns: list[str], args: argparse.Namespace, title: str) -> None:
     fmt = args.format or ("table" if (args.output is None and sys.stdout.isatty()) else "csv")
     if fmt == "json":
@@ -57,9 +76,9 @@ def _emit(rows: list[dict], columns: list[str], args: argparse.Namespace, title:
 
         table = Table(title=f"vacancy formation enthalpy, expert {title}")
         for column in columns:
-            table.add_column(column, justify="right" if column == "dH_pred_eV" else "left")
+            table.add_column(column, justify="right" if column in NUMBER_COLUMNS else "left")
         for row in rows:
-            table.add_row(*(f"{row[c]:.3f}" if c == "dH_pred_eV" else str(row.get(c, "")) for c in columns))
+            table.add_row(*(f"{row[c]:.3f}" if c in NUMBER_COLUMNS else str(row.get(c, "")) for c in columns))
         if args.output:
             with open(args.output, "w") as handle:
                 Console(file=handle, width=120).print(table)
@@ -76,10 +95,8 @@ def _emit(rows: list[dict], columns: list[str], args: argparse.Namespace, title:
 
 def cmd_predict(args: argparse.Namespace) -> int:
     from adex.cli_common import open_registry_from
-    from adex.errors import AdexError, StructureError
-    from adex.expert.predict import DEFAULT_EXPERT, featurize_host_sites, load_expert, predict_packed
-    from adex.expert.data import PackedVacancies
-    from adex.io import read_structure
+    from adex.errors import AdexError
+    from adex.expert.predict import DEFAULT_EXPERT, load_expert
     from adex.progress import console
 
     if bool(args.structure) == bool(args.input):
@@ -94,7 +111,11 @@ def cmd_predict(args: argparse.Namespace) -> int:
         warnings.simplefilter("always", ShadowWarning)
         warnings.showwarning = lambda message, category, *a, **k: print(f"warning: {message}", file=sys.stderr)
         expert = load_expert(args.expert or DEFAULT_EXPERT, open_registry_from(args))
-        con.print(f"expert: {expert.entry.ref}" + (f" (advisors: {', '.join(e.ref for e, _ in expert.advisors)})" if expert.advisors else ""), soft_wrap=True)
+        from adex.expert.ensemble import as_members
+
+        n_members = len(as_members(expert.model))
+        con.print(f"expert: {expert.entry.ref}" + (f" ({n_members}-member ensemble)" if n_members > 1 else "")
+                  + (f" (advisors: {', '.join(e.ref for e, _ in expert.advisors)})" if expert.advisors else ""), soft_wrap=True)
         if args.structure:
             return _predict_structure(args, expert, con)
         return _predict_table(args, expert, con)
@@ -102,7 +123,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
 def _predict_structure(args, expert, con) -> int:
     from adex.errors import AdexError
-    from adex.expert.predict import featurize_host_sites, predict_packed
+    from adex.expert.predict import featurize_host_sites
     from adex.io import read_structure
     from adex.supercell import distinct_sites, site_from_frac, site_from_label
 
@@ -119,12 +140,12 @@ def _predict_structure(args, expert, con) -> int:
     else:
         raise AdexError("which vacancy? give --site N, --site-label L, --frac X Y Z or --all-sites")
     packed = featurize_host_sites(expert, host, sites, Path(args.structure).name)
-    pred = predict_packed(expert, packed, args.batch_size)
+    value_columns, values = _prediction_columns(expert, packed, args.batch_size)
     rows = [
-        {"site": s, "element": packed.info[k, 0], "wyckoff": packed.info[k, 1], "dH_pred_eV": round(float(pred[k]), 4)}
+        {"site": s, "element": packed.info[k, 0], "wyckoff": packed.info[k, 1], **values[k]}
         for k, s in enumerate(sites)
     ]
-    _emit(rows, ["site", "element", "wyckoff", "dH_pred_eV"], args, expert.entry.ref)
+    _emit(rows, ["site", "element", "wyckoff", *value_columns], args, expert.entry.ref)
     return 0
 
 
@@ -133,7 +154,7 @@ def _predict_table(args, expert, con) -> int:
 
     from adex.errors import AdexError, StructureError
     from adex.expert.data import PackedVacancies
-    from adex.expert.predict import featurize_host_sites, predict_packed
+    from adex.expert.predict import featurize_host_sites
     from adex.io import read_structure
     from adex.progress import progress_bar
 
@@ -170,12 +191,9 @@ def _predict_table(args, expert, con) -> int:
             keys.extend((path, s) for s in unique)
             progress.advance(task)
     packed = PackedVacancies.concatenate(parts)
-    pred = predict_packed(expert, packed, args.batch_size)
-    lookup = {key: float(p) for key, p in zip(keys, pred)}
-    out_rows = []
-    for row in rows:
-        value = lookup[(row.pop("_path"), row.pop("_site"))]
-        out_rows.append({**row, "dH_pred_eV": round(value, 4)})
-    _emit(out_rows, columns + ["dH_pred_eV"], args, expert.entry.ref)
+    value_columns, values = _prediction_columns(expert, packed, args.batch_size)
+    lookup = dict(zip(keys, values))
+    out_rows = [{**row, **lookup[(row.pop("_path"), row.pop("_site"))]} for row in rows]
+    _emit(out_rows, columns + value_columns, args, expert.entry.ref)
     con.print(f"{len(out_rows)} vacancies in {len(by_host)} hosts" + (f" -> {args.output}" if args.output else ""))
     return 0

@@ -19,8 +19,19 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--freeze", action="store_true", help="freeze the transferred modules")
     p.add_argument("--unfreeze-every", type=int, help="unfreeze one more transferred module every N epochs")
     p.add_argument("--pooling", help="vacancy, neighborhood, attention, mean, max or random")
+    p.add_argument("--ensemble", type=int, metavar="N",
+                   help="train N members (seeds SEED..SEED+N-1) stored as one ensemble; predictions give mean and std")
     add_training_options(p)
     p.set_defaults(func=cmd_train)
+
+    c = sub.add_parser("ensemble", help="register several trained experts as one ensemble (mean and std)",
+                       description="e.g. `adex expert ensemble vacancy:3 vacancy:4 vacancy:5 --name vacancy-ens`; "
+                                   "members must share featurizer, supercell settings and advisors")
+    c.add_argument("refs", nargs="+", help="expert references (ensembles are flattened into their members)")
+    c.add_argument("--name", default="vacancy", help="registry name of the new ensemble (default: vacancy)")
+    c.add_argument("--tag", action="append", default=[], help="extra registry alias for the new version")
+    c.add_argument("--registry", help="user registry root (default: $ADEX_HOME/registry)")
+    c.set_defaults(func=cmd_ensemble)
 
 
 def expert_overrides(args: argparse.Namespace) -> list[str]:
@@ -38,6 +49,8 @@ def expert_overrides(args: argparse.Namespace) -> list[str]:
         overrides.append(f"transfer.unfreeze_every={args.unfreeze_every}")
     if args.pooling is not None:
         overrides.append(f"model.pooling={args.pooling}")
+    if args.ensemble is not None:
+        overrides.append(f"ensemble={args.ensemble}")
     return overrides
 
 
@@ -52,15 +65,38 @@ def cmd_train(args: argparse.Namespace) -> int:
                        aliases=tuple(args.tag))
     m = run.metrics
     con = console()
-    for split in ("test", "val"):
-        if m.get(split):
-            s = m[split]
-            con.print(f"[bold]expert {config.name}[/] {split} ({m['split'] if split == 'test' else 'validation'}): "
-                      f"MAE {s['mae']:.3f} eV, RMSE {s['rmse']:.3f} eV, n={s['n']}"
-                      + (f" (O {s['mae_O']:.3f}, metal {s['mae_metal']:.3f})" if "mae_O" in s and "mae_metal" in s else ""))
-    con.print(f"best epoch {m['best_epoch']} of {m['epochs_run']} ({m['stopped_because']}); train {m['train_seconds']:.0f} s "
-              f"({m['seconds_per_epoch']:.2f} s/epoch), graphs {m['featurize_seconds']:.1f} s, advisors {m['advisor_seconds']:.1f} s")
+    for k, member in enumerate(m.get("members", [])):
+        t = member.get("test") or member.get("val")
+        con.print(f"member {k} (seed {member['seed']}): {'test' if member.get('test') else 'val'} MAE {t['mae']:.3f} eV; "
+                  f"best epoch {member['best_epoch']} of {member['epochs_run']}, {member['train_seconds']:.0f} s")
+    label = f"expert {config.name}" + (f" ({m['ensemble_size']}-member ensemble)" if "members" in m else "")
+    if m.get("test"):
+        s = m["test"]
+        con.print(f"[bold]{label}[/] test ({m['split']}): MAE {s['mae']:.3f} eV, RMSE {s['rmse']:.3f} eV, n={s['n']}"
+                  + (f" (O {s['mae_O']:.3f}, metal {s['mae_metal']:.3f})" if "mae_O" in s and "mae_metal" in s else ""))
+    if m.get("val"):
+        con.print(f"[bold]{label}[/] validation MAE {m['val']['mae']:.3f} eV"
+                  + (" (mean over members)" if "members" in m else f", n={m['val']['n']}"))
+    if m.get("calibration"):
+        c = m["calibration"]
+        con.print(f"ensemble spread on the test set: mean std {c['mean_std']:.3f} eV; |error| <= 1 std for "
+                  f"{c['frac_within_1std']:.0%}, <= 2 std for {c['frac_within_2std']:.0%}; "
+                  f"Spearman(|error|, std) {c['spearman_abs_error_std']:.2f}")
+    if "members" not in m:
+        con.print(f"best epoch {m['best_epoch']} of {m['epochs_run']} ({m['stopped_because']}); "
+                  f"{m['seconds_per_epoch']:.2f} s/epoch")
+    con.print(f"train {m['train_seconds']:.0f} s, graphs {m['featurize_seconds']:.1f} s, advisors {m['advisor_seconds']:.1f} s")
     con.print(f"run folder: {run.run_dir}")
     if run.entry is not None:
         con.print(f"registered: {run.entry.ref}  (parents: {', '.join(run.entry.parents) or 'none'})")
+    return 0
+
+
+def cmd_ensemble(args: argparse.Namespace) -> int:
+    from adex.expert.ensemble import compose_ensemble
+    from adex.progress import console
+
+    entry = compose_ensemble(args.refs, open_registry_from(args), args.name, tuple(args.tag))
+    console().print(f"registered: {entry.ref}  ({entry.card['metrics']['ensemble_size']} members; "
+                    f"parents: {', '.join(entry.parents)})")
     return 0

@@ -155,6 +155,10 @@ class Expert(nn.Module):
         pruned to this many hops around the vacancy without changing eval outputs."""
         return self.config.n_conv if self.config.pooling in LOCAL_POOLINGS else None
 
+    @property
+    def reads_oxidation_states(self) -> bool:
+        return self.config.oxidation_states
+
     def prepare(self, packed):
         """The packed vacancy graphs this model needs: pruned to its receptive field."""
         hops = self.receptive_hops

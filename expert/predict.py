@@ -44,6 +44,8 @@ def load_expert(ref: str, registry) -> LoadedExpert:
     """
     from adex.checkpoint import WEIGHTS, load_model
 
+    from adex.expert.ensemble import ExpertEnsemble  # noqa: F401  (registers the stored class)
+
     entry = registry.resolve(ref, kind="expert")
     if entry.kind != "expert":
         raise RegistryError(f"{ref} is a {entry.kind}, not an expert")
@@ -74,16 +76,29 @@ def featurize_host_sites(expert: LoadedExpert, host: Structure, sites: list[int]
     packed = PackedVacancies.concatenate(
         [featurize_vacancy(host, site, f"{host_id}#{site}", None, featurizer, settings) for site in sites]
     )
-    if model.config.oxidation_states and np.isnan(packed.prim_oxidation).any():
+    if model.reads_oxidation_states and np.isnan(packed.prim_oxidation).any():
         warnings.warn(f"{host_id}: no charge-balanced oxidation states found (bond valence and composition guesses "
                       "failed); predicted with oxidation states marked unknown", OxidationStateWarning, stacklevel=2)
     return packed
 
 
 @torch.no_grad()
-def predict_packed(expert: LoadedExpert, packed: PackedVacancies, batch_size: int = 256) -> np.ndarray:
-    """dH (eV) for every vacancy of ``packed``: float64 [B]."""
-    from adex.training import predict
+def predict_packed_members(expert: LoadedExpert, packed: PackedVacancies, batch_size: int = 256) -> np.ndarray:
+    """dH (eV) of every member for every vacancy of ``packed``: float64 [M, B] (M = 1
+    for a single expert). Featurization and advisors run once for all members."""
+    from adex.expert.ensemble import as_members
 
     features = [compute_advisor_features(model, entry.ref, packed) for entry, model in expert.advisors]
-    return predict(expert.model, VacancyDataset(expert.model.prepare(packed), features), batch_size=batch_size)
+    dataset = VacancyDataset(expert.model.prepare(packed), features)
+    members = as_members(expert.model)
+    out = [[] for _ in members]
+    for start in range(0, len(dataset), batch_size):
+        batch = dataset.batch(np.arange(start, min(start + batch_size, len(dataset))))
+        for k, member in enumerate(members):
+            out[k].append(member.predict(batch).double().numpy())
+    return np.stack([np.concatenate(parts) if parts else np.zeros(0) for parts in out])
+
+
+def predict_packed(expert: LoadedExpert, packed: PackedVacancies, batch_size: int = 256) -> np.ndarray:
+    """dH (eV) for every vacancy of ``packed`` (the member mean for an ensemble): float64 [B]."""
+    return predict_packed_members(expert, packed, batch_size).mean(0)

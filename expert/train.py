@@ -3,6 +3,7 @@ learning (init from an advisor backbone, freeze, gradual unfreezing), fit, evalu
 save the run, register with the advisors' exact versions as parents."""
 from __future__ import annotations
 
+import dataclasses
 import os
 import time
 from dataclasses import dataclass, field
@@ -57,6 +58,11 @@ class ExpertConfig:
     model: ExpertModelConfig = field(default_factory=ExpertModelConfig)
     transfer: TransferConfig = field(default_factory=TransferConfig)
     training: TrainingConfig = field(default_factory=TrainingConfig)
+    ensemble: int = 1  # members, trained with seeds seed, seed + 1, ...; predictions report their mean and std
+
+    def __post_init__(self) -> None:
+        if self.ensemble < 1:
+            raise ValueError("ensemble must be >= 1 (number of members)")
 
 
 @dataclass
@@ -144,49 +150,90 @@ def per_group_mae(ids: np.ndarray, pred: np.ndarray, target: np.ndarray, element
     return out
 
 
-def train_expert(
-    config: ExpertConfig,
-    data: str | os.PathLike | None = None,
-    out: str | os.PathLike | None = None,
-    registry=None,
-    register: bool = True,
-    aliases: tuple[str, ...] = (),
-) -> ExpertRun:
-    from adex.advisors.train import new_run_dir, plot_run, write_history
+@dataclass
+class PreparedData:
+    """Everything the members of one training run share: the vacancy graphs, the
+    advisors and their features (computed once), the held-out test indices and the
+    pool the members' train/validation splits are drawn from."""
+
+    packed: object
+    features: list[AdvisorFeatures]
+    advisors: list  # (registry entry, model)
+    test_idx: np.ndarray
+    pool: np.ndarray  # indices available for training + validation
+    grouped: bool  # validation by host compound (per-compound splits)
+    base_split: tuple[np.ndarray, np.ndarray] | None  # (train, val) of a random split at the base seed
+    featurize_seconds: float
+    advisor_seconds: float
+
+
+def prepare_data(config: ExpertConfig, data, registry) -> PreparedData:
+    """Load (or featurize) the Witman vacancies, pick the test set and run the advisors."""
     from adex.datasets import dataset_root
-    from adex.registry import open_registry
 
     tc = config.training
-    if tc.threads:
-        torch.set_num_threads(tc.threads)
-    seed_everything(tc.seed)
-    registry = registry or open_registry()
     t0 = time.perf_counter()
     root = dataset_root("witman2023_vacancies", data)
+    base_split = None
     if config.split:
         train_ids, hold_ids = read_split(root, config.split)
         packed = load_witman(config.featurizer, config.supercell, data, ids=train_ids + hold_ids)
         n_train_all = len(train_ids)
-        all_train = np.arange(n_train_all)
+        pool = np.arange(n_train_all)
         if tc.limit is not None:
-            all_train = np.sort(np.random.default_rng(tc.seed).permutation(n_train_all)[: tc.limit])
+            pool = np.sort(np.random.default_rng(tc.seed).permutation(n_train_all)[: tc.limit])
         grouped = "struct" in config.split or config.split.startswith("CS_")
-        val_idx, train_idx = validation_split(packed.ids[all_train], all_train, tc.val_fraction, tc.seed, grouped)
         test_idx = np.arange(n_train_all, n_train_all + len(hold_ids))
     else:
         packed = load_witman(config.featurizer, config.supercell, data, limit=tc.limit)
         train_idx, val_idx, test_idx = split_indices(len(packed), tc.val_fraction, tc.test_fraction, tc.seed)
+        pool, grouped, base_split = np.union1d(train_idx, val_idx), False, (train_idx, val_idx)
     featurize_seconds = time.perf_counter() - t0
-
     t1 = time.perf_counter()
     advisors = load_advisors(config.advisors, registry)
     features = [compute_advisor_features(model, entry.ref, packed) for entry, model in advisors]
-    advisor_seconds = time.perf_counter() - t1
+    return PreparedData(packed, features, advisors, test_idx, pool, grouped, base_split, featurize_seconds,
+                        time.perf_counter() - t1)
+
+
+def member_split(prepared: PreparedData, val_fraction: float, base_seed: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """(train, val) indices of the member trained with ``seed``.
+
+    Published splits: validation carved from the training set with ``seed`` (by host
+    compound for per-compound splits). Random splits: the test set is fixed by the base
+    seed; the member with the base seed keeps the base split, the others draw a
+    validation set of the same size from the same pool with their own seed.
+    """
+    if prepared.base_split is None:
+        return tuple(reversed(validation_split(prepared.packed.ids[prepared.pool], prepared.pool, val_fraction, seed,
+                                               prepared.grouped)))
+    train_idx, val_idx = prepared.base_split
+    if seed == base_seed or len(val_idx) == 0:
+        return train_idx, val_idx
+    order = np.random.default_rng(seed).permutation(prepared.pool)
+    return np.sort(order[len(val_idx):]), np.sort(order[: len(val_idx)])
+
+
+@dataclass
+class FittedMember:
+    model: Expert
+    seed: int
+    train_idx: np.ndarray
+    val_idx: np.ndarray
+    result: object  # adex.training.FitResult
+
+
+def fit_member(config: ExpertConfig, prepared: PreparedData, seed: int, registry, description: str) -> FittedMember:
+    """Train one expert with ``seed`` (initial weights, dropout, batch order, validation split)."""
     from pymatgen.core.periodic_table import Element
 
+    tc = config.training
+    packed = prepared.packed
+    train_idx, val_idx = member_split(prepared, tc.val_fraction, tc.seed, seed)
+    seed_everything(seed)
     y = packed.targets[train_idx]
     seen = np.unique(packed.subset(train_idx).graphs.atomic_numbers)
-    slots = [advisor_slot(entry, model) for entry, model in advisors]
+    slots = [advisor_slot(entry, model) for entry, model in prepared.advisors]
     reference = None
     if config.model.element_reference:
         vacated_z = packed.vacated_numbers[train_idx]
@@ -196,79 +243,179 @@ def train_expert(
                    training_elements=[Element.from_Z(int(z)).symbol for z in seen])
     if reference is not None:
         model.element_reference.copy_(reference)
-    dataset = VacancyDataset(model.prepare(packed), features)
-    train, val, test = dataset.subset(train_idx), dataset.subset(val_idx), dataset.subset(test_idx)
-    parents = [entry.ref for entry, _ in advisors]
+    dataset = VacancyDataset(model.prepare(packed), prepared.features)
     on_epoch = None
     if config.transfer.init_from:
-        [(init_entry, init_model)] = load_advisors([config.transfer.init_from], registry)
+        [(_, init_model)] = load_advisors([config.transfer.init_from], registry)
         model.init_from_backbone(init_model.backbone)
-        if init_entry.ref not in parents:
-            parents.append(init_entry.ref)
         on_epoch = freeze_schedule(model, config.transfer)
     elif config.transfer.freeze:
         raise ConfigError("transfer.freeze needs transfer.init_from (an advisor to start from)")
-
-    result = fit(model, train, val if len(val) else None, tc, description=f"expert {config.name}", on_epoch=on_epoch)
+    val = dataset.subset(val_idx)
+    member_tc = dataclasses.replace(tc, seed=seed)  # batch order too
+    result = fit(model, dataset.subset(train_idx), val if len(val) else None, member_tc, description=description,
+                 on_epoch=on_epoch)
     model.eval()
-    elements = packed.info[:, 0]
-    metrics: dict = {}
-    predictions = {}
-    for split_name, part, idx in (("train", train, train_idx), ("val", val, val_idx), ("test", test, test_idx)):
-        if len(part) == 0:
+    return FittedMember(model, seed, train_idx, val_idx, result)
+
+
+def evaluate_member(member: FittedMember, prepared: PreparedData) -> tuple[dict, dict]:
+    """(metrics per split, predictions per split) of one fitted member (eV)."""
+    dataset = VacancyDataset(member.model.prepare(prepared.packed), prepared.features)
+    elements = prepared.packed.info[:, 0]
+    metrics, predictions = {}, {}
+    for split_name, idx in (("train", member.train_idx), ("val", member.val_idx), ("test", prepared.test_idx)):
+        if len(idx) == 0:
             metrics[split_name] = None
             continue
-        pred = predict(model, part)
+        part = dataset.subset(idx)
+        pred = predict(member.model, part)
         predictions[split_name] = pred
         metrics[split_name] = {**regression_metrics(pred, part.targets), **per_group_mae(part.ids, pred, part.targets, elements[idx])}
-    metrics.update({
-        "unit": "eV",
-        "split": config.split or f"random (val {tc.val_fraction}, test {tc.test_fraction}, seed {tc.seed})",
-        "best_epoch": result.best_epoch,
-        "epochs_run": result.epochs_run,
-        "stopped_because": result.stopped_because,
-        "train_seconds": round(result.seconds, 2),
-        "featurize_seconds": round(featurize_seconds, 2),
-        "advisor_seconds": round(advisor_seconds, 2),
-        "seconds_per_epoch": round(result.seconds / max(result.epochs_run, 1), 3),
-        "torch_threads": torch.get_num_threads(),
-        "mean_nodes_per_vacancy": float(np.diff(packed.graphs.node_ptr).mean()),
-        "mean_nodes_per_vacancy_used": float(np.diff(dataset.packed.graphs.node_ptr).mean()),
-    })
+    return metrics, predictions
+
+
+def fit_summary(member: FittedMember) -> dict:
+    r = member.result
+    return {
+        "seed": member.seed,
+        "best_epoch": r.best_epoch,
+        "epochs_run": r.epochs_run,
+        "stopped_because": r.stopped_because,
+        "train_seconds": round(r.seconds, 2),
+        "seconds_per_epoch": round(r.seconds / max(r.epochs_run, 1), 3),
+    }
+
+
+def train_expert(
+    config: ExpertConfig,
+    data: str | os.PathLike | None = None,
+    out: str | os.PathLike | None = None,
+    registry=None,
+    register: bool = True,
+    aliases: tuple[str, ...] = (),
+) -> ExpertRun:
+    """Train ``config.ensemble`` experts (seeds ``seed``, ``seed + 1``, ...) on one
+    featurization and one pass of the advisors; evaluate, write the run folder and
+    register the expert (or the ensemble of them)."""
+    from adex.advisors.train import new_run_dir, plot_run, write_history
+    from adex.expert.ensemble import ExpertEnsemble, calibration, ensemble_statistics, plot_calibration
+    from adex.registry import open_registry
+
+    tc = config.training
+    if tc.threads:
+        torch.set_num_threads(tc.threads)
+    registry = registry or open_registry()
+    prepared = prepare_data(config, data, registry)
+    packed = prepared.packed
+    n_members = config.ensemble
     run_dir = new_run_dir(f"expert-{config.name}", out)
     atomic_write_text(run_dir / "config.yaml", dump_yaml(config))
+    members, member_metrics, member_predictions = [], [], []
+    for k in range(n_members):
+        description = f"expert {config.name}" + (f" member {k + 1}/{n_members}" if n_members > 1 else "")
+        member = fit_member(config, prepared, tc.seed + k, registry, description)
+        metrics_k, predictions_k = evaluate_member(member, prepared)
+        metrics_k.update(fit_summary(member))
+        members.append(member)
+        member_metrics.append(metrics_k)
+        member_predictions.append(predictions_k)
+        member_dir = run_dir if n_members == 1 else run_dir / f"member_{k}"
+        member_dir.mkdir(exist_ok=True)
+        write_history(member_dir, member.result.history)
+        if n_members > 1:
+            atomic_write_json(member_dir / "metrics.json", metrics_k)
+            plot_run(member_dir, member.result.history, predictions_k.get("test", np.zeros(0)),
+                     packed.targets[prepared.test_idx], f"expert {config.name} member {k}", "eV")
+
+    elements = packed.info[:, 0]
+    test_ids, test_y, test_el = packed.ids[prepared.test_idx], packed.targets[prepared.test_idx], elements[prepared.test_idx]
+    common = {
+        "unit": "eV",
+        "split": config.split or f"random (val {tc.val_fraction}, test {tc.test_fraction}, seed {tc.seed})",
+        "featurize_seconds": round(prepared.featurize_seconds, 2),
+        "advisor_seconds": round(prepared.advisor_seconds, 2),
+        "torch_threads": torch.get_num_threads(),
+        "mean_nodes_per_vacancy": float(np.diff(packed.graphs.node_ptr).mean()),
+        "mean_nodes_per_vacancy_used": float(np.diff(members[0].model.prepare(packed).graphs.node_ptr).mean()),
+    }
+    if n_members == 1:
+        model = members[0].model
+        metrics = {**member_metrics[0], **common}
+        test_pred = member_predictions[0].get("test")
+        test_std = None
+    else:
+        model = ExpertEnsemble([m.model for m in members])
+        metrics = {"train": None, "val": None, "test": None, **common, "ensemble_size": n_members,
+                   "seeds": [m.seed for m in members], "members": member_metrics,
+                   "train_seconds": round(sum(m.result.seconds for m in members), 2)}
+        vals = [m["val"]["mae"] for m in member_metrics if m.get("val")]
+        if vals:
+            metrics["val"] = {"mae": float(np.mean(vals)), "mae_std": float(np.std(vals)), "n_members": len(vals),
+                              "note": "mean of the members' MAEs on their own validation sets"}
+        test_pred = test_std = None
+        if len(prepared.test_idx):
+            stacked = np.stack([p["test"] for p in member_predictions])
+            test_pred, test_std = ensemble_statistics(stacked)
+            member_maes = [m["test"]["mae"] for m in member_metrics]
+            metrics["test"] = {**regression_metrics(test_pred, test_y), **per_group_mae(test_ids, test_pred, test_y, test_el),
+                               "member_mae_mean": float(np.mean(member_maes)), "member_mae_std": float(np.std(member_maes))}
+            metrics["calibration"] = calibration(test_pred, test_std, test_y)
+            plot_calibration(run_dir / "calibration.png", test_pred, test_std, test_y,
+                             f"{config.name}: {n_members} members, {metrics['split']}")
     atomic_write_json(run_dir / "metrics.json", metrics)
-    write_history(run_dir, result.history)
-    if "test" in predictions:
-        atomic_write_text(run_dir / "test_predictions.csv", "id,element,dH_eV,dH_pred_eV\n" + "".join(
-            f"{i},{e},{t:.6g},{p:.6g}\n" for i, e, t, p in zip(test.ids, elements[test_idx], test.targets, predictions["test"])))
-    plot_run(run_dir, result.history, predictions.get("test", np.zeros(0)), test.targets if len(test) else np.zeros(0),
-             f"expert {config.name}", "eV")
+    if test_pred is not None:
+        header = "id,element,dH_eV,dH_pred_eV" + (",dH_std_eV" + "".join(f",dH_pred_m{k}" for k in range(n_members)) if test_std is not None else "")
+        rows = []
+        for j, (i, e, t, p) in enumerate(zip(test_ids, test_el, test_y, test_pred)):
+            extra = "" if test_std is None else f",{test_std[j]:.6g}" + "".join(f",{mp['test'][j]:.6g}" for mp in member_predictions)
+            rows.append(f"{i},{e},{t:.6g},{p:.6g}{extra}\n")
+        atomic_write_text(run_dir / "test_predictions.csv", header + "\n" + "".join(rows))
+    plot_run(run_dir, members[0].result.history if n_members == 1 else [], test_pred if test_pred is not None else np.zeros(0),
+             test_y, f"expert {config.name}" + (f" ({n_members}-member ensemble)" if n_members > 1 else ""), "eV")
 
     entry = None
     if register:
-        from adex.checkpoint import model_files
-
-        from adex.advisors.train import primary_scores
-
-        primary_split, primary = primary_scores(metrics)
-        card = {
-            "description": f"{config.name} expert: neutral vacancy formation enthalpy (eV), advisors: "
-                           f"{', '.join(config.advisors) or 'none'}",
-            "featurizer": config.featurizer.to_dict(),
-            "featurizer_fingerprint": config.featurizer.fingerprint(),
-            "element_embedding": {"name": config.featurizer.element_embedding, "sha256": element_table_sha256(config.featurizer.element_embedding)},
-            "supercell": config.supercell.to_dict(),
-            "target": {"name": "vacancy_formation_enthalpy", "unit": "eV", "normalizer": model.normalizer.to_dict()},
-            "advisors": [{"ref": s.ref, "width": s.width, "weights_sha256": s.weights_sha256} for s in slots],
-            "config": to_dict(config),
-            "dataset": {"name": "witman2023_vacancies", "n_train": len(train), "n_val": len(val), "n_test": len(test),
-                        "split": metrics["split"]},
-            "metrics": metrics,
-            "run_dir": str(run_dir),
-        }
-        entry = registry.register("expert", config.name, model_files(model), card, parents=parents,
-                                  primary_metric=(f"{primary_split}_mae", primary["mae"]),
-                                  aliases=list(aliases))
+        entry = register_expert(config, model, metrics, prepared, registry, run_dir, aliases)
         atomic_write_json(run_dir / "registered.json", {"ref": entry.ref})
     return ExpertRun(model, metrics, run_dir, entry)
+
+
+def register_expert(config: ExpertConfig, model, metrics: dict, prepared: PreparedData, registry, run_dir: Path,
+                    aliases: tuple[str, ...] = ()):
+    """Store a trained expert or ensemble with its card; parents = its advisors' exact
+    versions (and the ``init_from`` advisor)."""
+    from adex.advisors.train import primary_scores
+    from adex.checkpoint import model_files
+    from adex.expert.ensemble import as_members
+
+    parents = [entry.ref for entry, _ in prepared.advisors]
+    if config.transfer.init_from:
+        init_ref = registry.resolve(config.transfer.init_from, kind="advisor").ref
+        if init_ref not in parents:
+            parents.append(init_ref)
+    primary_split, primary = primary_scores(metrics)
+    members = as_members(model)
+    first = members[0]
+    first_metrics = metrics["members"][0] if len(members) > 1 else metrics
+    card = {
+        "description": f"{config.name} expert{f' ({len(members)}-member ensemble)' if len(members) > 1 else ''}: "
+                       f"neutral vacancy formation enthalpy (eV), advisors: {', '.join(config.advisors) or 'none'}",
+        "featurizer": config.featurizer.to_dict(),
+        "featurizer_fingerprint": config.featurizer.fingerprint(),
+        "element_embedding": {"name": config.featurizer.element_embedding, "sha256": element_table_sha256(config.featurizer.element_embedding)},
+        "supercell": config.supercell.to_dict(),
+        "target": {"name": "vacancy_formation_enthalpy", "unit": "eV",
+                   "normalizer": [m.normalizer.to_dict() for m in members] if len(members) > 1 else first.normalizer.to_dict()},
+        "advisors": [{"ref": s.ref, "width": s.width, "weights_sha256": s.weights_sha256} for s in first.advisors],
+        "config": to_dict(config),
+        "dataset": {"name": "witman2023_vacancies", "n_train": int((first_metrics.get("train") or {}).get("n", 0)),
+                    "n_val": int((first_metrics.get("val") or {}).get("n", 0)), "n_test": len(prepared.test_idx),
+                    "split": metrics["split"],
+                    **({"note": "n_train / n_val of member 0; each member draws its validation set with its own seed"}
+                       if len(members) > 1 else {})},
+        "metrics": metrics,
+        "run_dir": str(run_dir),
+    }
+    return registry.register("expert", config.name, model_files(model), card, parents=parents,
+                             primary_metric=(f"{primary_split}_mae", primary["mae"]), aliases=list(aliases))
