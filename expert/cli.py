@@ -1,4 +1,4 @@
-"""``adex expert train``."""
+"""``adex expert train``, ``adex expert ensemble`` and ``adex cv``."""
 from __future__ import annotations
 
 import argparse
@@ -7,20 +7,14 @@ from adex.cli_common import add_training_options, open_registry_from, training_o
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
+    register_cv(subparsers)
     parser = subparsers.add_parser("expert", help="train the vacancy expert")
     parser.set_defaults(func=lambda args: (parser.print_help(), 1)[1])
     sub = parser.add_subparsers(dest="expert_command", metavar="SUBCOMMAND")
     p = sub.add_parser("train", help="train an expert on the Witman vacancies and register it",
                        description="e.g. `adex expert train --advisors bandgap,eform --split 1.00k0`")
-    p.add_argument("name", nargs="?", default="default", help="shipped config name or YAML path (default: default)")
-    p.add_argument("--advisors", help="comma-separated advisor refs, or 'none' for the scratch baseline")
+    add_expert_options(p)
     p.add_argument("--split", help="published split, e.g. 1.00k0, 1.00k0_struct, CS_Ba (default: random split)")
-    p.add_argument("--init-from", help="advisor ref whose backbone initialises the expert's convolutions")
-    p.add_argument("--freeze", action="store_true", help="freeze the transferred modules")
-    p.add_argument("--unfreeze-every", type=int, help="unfreeze one more transferred module every N epochs")
-    p.add_argument("--pooling", help="vacancy, neighborhood, attention, mean, max or random")
-    p.add_argument("--ensemble", type=int, metavar="N",
-                   help="train N members (seeds SEED..SEED+N-1) stored as one ensemble; predictions give mean and std")
     add_training_options(p)
     p.set_defaults(func=cmd_train)
 
@@ -34,12 +28,40 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     c.set_defaults(func=cmd_ensemble)
 
 
+def add_expert_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("name", nargs="?", default="default", help="shipped config name or YAML path (default: default)")
+    p.add_argument("--advisors", help="comma-separated advisor refs, or 'none' for the scratch baseline")
+    p.add_argument("--init-from", help="advisor ref whose backbone initialises the expert's convolutions")
+    p.add_argument("--freeze", action="store_true", help="freeze the transferred modules")
+    p.add_argument("--unfreeze-every", type=int, help="unfreeze one more transferred module every N epochs")
+    p.add_argument("--pooling", help="vacancy, neighborhood, attention, mean, max or random")
+    p.add_argument("--ensemble", type=int, metavar="N",
+                   help="train N members (seeds SEED..SEED+N-1) stored as one ensemble; predictions give mean and std")
+
+
+def register_cv(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser(
+        "cv", help="cross-validate the expert (published folds, k-fold, grouped by host, leave elements out)",
+        description="e.g. `adex cv --advisors bandgap,eform --cv published` (the 10 published folds 1.00k0..k9), "
+                    "`--cv published_struct` (per compound), `--cv group` (GroupKFold by host), `--cv loeo` "
+                    "(leave one element out), `--cv published@0.10` (10 %% training data)")
+    add_expert_options(p)
+    p.add_argument("--cv", default="published", help="published, published_struct, kfold, group, loeo, l2eo, "
+                                                      "published@0.40 ... (default: published)")
+    p.add_argument("--folds", type=int, default=10, help="number of folds (k-fold schemes, published folds used, "
+                                                          "l2eo pairs drawn; default 10)")
+    p.add_argument("--fold", action="append", default=[], metavar="NAME", help="run only this fold (repeatable)")
+    p.add_argument("--elements", help="comma-separated elements for loeo / l2eo (default: every element but O)")
+    add_training_options(p)
+    p.set_defaults(func=cmd_cv)
+
+
 def expert_overrides(args: argparse.Namespace) -> list[str]:
     overrides = training_overrides(args)
     if args.advisors is not None:
         refs = [] if args.advisors.strip().lower() in ("none", "") else [r.strip() for r in args.advisors.split(",") if r.strip()]
         overrides.append(f"advisors=[{', '.join(refs)}]")
-    if args.split is not None:
+    if getattr(args, "split", None) is not None:
         overrides.append(f"split='{args.split}'")
     if args.init_from is not None:
         overrides.append(f"transfer.init_from={args.init_from}")
@@ -99,4 +121,39 @@ def cmd_ensemble(args: argparse.Namespace) -> int:
     entry = compose_ensemble(args.refs, open_registry_from(args), args.name, tuple(args.tag))
     console().print(f"registered: {entry.ref}  ({entry.card['metrics']['ensemble_size']} members; "
                     f"parents: {', '.join(entry.parents)})")
+    return 0
+
+
+def cmd_cv(args: argparse.Namespace) -> int:
+    from adex.config import load_config
+    from adex.datasets import dataset_root
+    from adex.errors import ConfigError
+    from adex.expert.cv import GROUPED_SCHEMES, cross_validate
+    from adex.expert.splits import make_folds, parse_scheme
+    from adex.expert.train import ExpertConfig
+    from adex.progress import console
+
+    config = load_config(ExpertConfig, "expert", args.config or args.name, expert_overrides(args))
+    kwargs = parse_scheme(args.cv)
+    elements = [e.strip() for e in args.elements.split(",")] if args.elements else None
+    folds = make_folds(dataset_root("witman2023_vacancies", args.data), n_folds=args.folds, seed=config.training.seed,
+                       elements=elements, **kwargs)
+    if args.fold:
+        unknown = sorted(set(args.fold) - {f.name for f in folds})
+        if unknown:
+            raise ConfigError(f"--fold {unknown[0]!r} is not a fold of --cv {args.cv} ({', '.join(f.name for f in folds)})")
+        folds = [f for f in folds if f.name in args.fold]
+    grouped = kwargs["scheme"] in GROUPED_SCHEMES or kwargs.get("per_compound", False)
+    con = console()
+    con.print(f"cross-validation {args.cv}: {len(folds)} folds ({', '.join(f.name for f in folds)})", soft_wrap=True)
+    result = cross_validate(config, folds, data=args.data, registry=open_registry_from(args), out=args.out,
+                            grouped=grouped, scheme=args.cv,
+                            on_fold=lambda k, row: con.print(f"fold {row['fold']}: MAE {row['mae']:.3f} eV, "
+                                                             f"RMSE {row['rmse']:.3f} eV (n={row['n_test']})"))
+    m = result.metrics
+    con.print(f"[bold]{args.cv}[/] {m['n_folds']} folds: MAE {m['mae_mean']:.3f} ± {m['mae_std']:.3f} eV, "
+              f"RMSE {m['rmse_mean']:.3f} ± {m['rmse_std']:.3f} eV (mean ± std over folds); pooled O "
+              f"{m['pooled']['mae_O'] if m['pooled']['mae_O'] is not None else float('nan'):.3f}, metal "
+              f"{m['pooled']['mae_metal'] if m['pooled']['mae_metal'] is not None else float('nan'):.3f} eV")
+    con.print(f"cv folder: {result.out}")
     return 0

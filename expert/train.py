@@ -71,6 +71,7 @@ class ExpertRun:
     metrics: dict
     run_dir: Path
     entry: object | None
+    test: dict | None = None  # ids, element, dH_eV, dH_pred_eV (and dH_std_eV for an ensemble): arrays [n_test]
 
 
 def load_advisors(refs: list[str], registry) -> list[tuple[object, object]]:
@@ -167,22 +168,29 @@ class PreparedData:
     advisor_seconds: float
 
 
-def prepare_data(config: ExpertConfig, data, registry) -> PreparedData:
-    """Load (or featurize) the Witman vacancies, pick the test set and run the advisors."""
+def prepare_data(config: ExpertConfig, data, registry, fold=None, grouped: bool | None = None) -> PreparedData:
+    """Load (or featurize) the Witman vacancies, pick the test set and run the advisors.
+
+    The test set is ``fold.test`` (an :class:`adex.expert.splits.Fold`) if given, else the
+    holdout of the published split ``config.split``, else a random ``test_fraction``.
+    ``grouped`` (default: per-compound published splits) draws validation hosts, not
+    vacancies.
+    """
     from adex.datasets import dataset_root
 
     tc = config.training
     t0 = time.perf_counter()
     root = dataset_root("witman2023_vacancies", data)
     base_split = None
-    if config.split:
-        train_ids, hold_ids = read_split(root, config.split)
+    if fold is not None or config.split:
+        train_ids, hold_ids = (list(fold.train), list(fold.test)) if fold is not None else read_split(root, config.split)
         packed = load_witman(config.featurizer, config.supercell, data, ids=train_ids + hold_ids)
         n_train_all = len(train_ids)
         pool = np.arange(n_train_all)
         if tc.limit is not None:
             pool = np.sort(np.random.default_rng(tc.seed).permutation(n_train_all)[: tc.limit])
-        grouped = "struct" in config.split or config.split.startswith("CS_")
+        if grouped is None:
+            grouped = fold is None and ("struct" in config.split or config.split.startswith("CS_"))
         test_idx = np.arange(n_train_all, n_train_all + len(hold_ids))
     else:
         packed = load_witman(config.featurizer, config.supercell, data, limit=tc.limit)
@@ -294,10 +302,13 @@ def train_expert(
     registry=None,
     register: bool = True,
     aliases: tuple[str, ...] = (),
+    fold=None,
+    grouped: bool | None = None,
 ) -> ExpertRun:
     """Train ``config.ensemble`` experts (seeds ``seed``, ``seed + 1``, ...) on one
     featurization and one pass of the advisors; evaluate, write the run folder and
-    register the expert (or the ensemble of them)."""
+    register the expert (or the ensemble of them). ``fold`` / ``grouped``: see
+    :func:`prepare_data` (cross-validation passes its folds here)."""
     from adex.advisors.train import new_run_dir, plot_run, write_history
     from adex.expert.ensemble import ExpertEnsemble, calibration, ensemble_statistics, plot_calibration
     from adex.registry import open_registry
@@ -306,7 +317,7 @@ def train_expert(
     if tc.threads:
         torch.set_num_threads(tc.threads)
     registry = registry or open_registry()
-    prepared = prepare_data(config, data, registry)
+    prepared = prepare_data(config, data, registry, fold, grouped)
     packed = prepared.packed
     n_members = config.ensemble
     run_dir = new_run_dir(f"expert-{config.name}", out)
@@ -332,7 +343,8 @@ def train_expert(
     test_ids, test_y, test_el = packed.ids[prepared.test_idx], packed.targets[prepared.test_idx], elements[prepared.test_idx]
     common = {
         "unit": "eV",
-        "split": config.split or f"random (val {tc.val_fraction}, test {tc.test_fraction}, seed {tc.seed})",
+        "split": fold.name if fold is not None else
+                 config.split or f"random (val {tc.val_fraction}, test {tc.test_fraction}, seed {tc.seed})",
         "featurize_seconds": round(prepared.featurize_seconds, 2),
         "advisor_seconds": round(prepared.advisor_seconds, 2),
         "torch_threads": torch.get_num_threads(),
@@ -378,7 +390,12 @@ def train_expert(
     if register:
         entry = register_expert(config, model, metrics, prepared, registry, run_dir, aliases)
         atomic_write_json(run_dir / "registered.json", {"ref": entry.ref})
-    return ExpertRun(model, metrics, run_dir, entry)
+    test = None
+    if test_pred is not None:
+        test = {"id": test_ids, "element": test_el, "dH_eV": test_y, "dH_pred_eV": test_pred}
+        if test_std is not None:
+            test["dH_std_eV"] = test_std
+    return ExpertRun(model, metrics, run_dir, entry, test)
 
 
 def register_expert(config: ExpertConfig, model, metrics: dict, prepared: PreparedData, registry, run_dir: Path,

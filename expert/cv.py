@@ -1,0 +1,151 @@
+"""Cross-validation of the expert: ``adex cv``.
+
+One expert (or ensemble) is trained per fold of :mod:`adex.expert.splits` and tested on
+the fold's held-out vacancies; every fold's run folder is kept. The CV folder gets:
+
+* ``folds.csv``: fold, n_train, n_test, MAE, RMSE, MAE of O and of metal vacancies (eV);
+* ``predictions.csv``: fold, id, host, element, dH_eV, dH_pred_eV (+ dH_std_eV);
+* ``metrics.json``: mean and std over folds of MAE and RMSE, pooled MAE per vacancy
+  species and, for leave-element-out schemes, per held-out element; the resolved config;
+* ``cv.png``: MAE per fold (bars) and the parity plot of all held-out predictions.
+"""
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from adex.fileio import atomic_write_json, atomic_write_text
+
+
+@dataclass
+class CVResult:
+    metrics: dict
+    folds: list[dict]
+    out: Path
+
+
+GROUPED_SCHEMES = ("group", "loeo", "l2eo")
+
+
+def cross_validate(
+    config,
+    folds,
+    data: str | os.PathLike | None = None,
+    registry=None,
+    out: str | os.PathLike | None = None,
+    grouped: bool = False,
+    scheme: str = "",
+    on_fold=None,
+) -> CVResult:
+    """Train ``config`` on every fold's training ids and test on its held-out ids.
+
+    Args:
+        config: an :class:`adex.expert.train.ExpertConfig` (``split`` is ignored).
+        folds: :class:`adex.expert.splits.Fold` list.
+        grouped: draw the validation set (early stopping) by host compound.
+        on_fold: optional ``callback(k, fold_row)`` after each fold (e.g. pruning in a search).
+    Returns the aggregated metrics (eV), one row per fold and the output folder.
+    """
+    from adex.advisors.train import new_run_dir
+    from adex.config import dump_yaml
+    from adex.expert.train import host_of, train_expert
+    from adex.training import regression_metrics
+
+    out_dir = new_run_dir(f"cv-{config.name}", out)
+    atomic_write_text(out_dir / "config.yaml", dump_yaml(config))
+    rows, predictions = [], []
+    t0 = time.perf_counter()
+    for k, fold in enumerate(folds):
+        run = train_expert(config, data=data, out=out_dir / fold.name, registry=registry, register=False,
+                           fold=fold, grouped=grouped)
+        test = run.test
+        m = run.metrics["test"]
+        row = {"fold": fold.name, "n_train": len(fold.train), "n_test": len(fold.test), "mae": m["mae"], "rmse": m["rmse"],
+               "mae_O": m.get("mae_O", float("nan")), "mae_metal": m.get("mae_metal", float("nan")),
+               "train_seconds": run.metrics.get("train_seconds", float("nan"))}
+        rows.append(row)
+        for j in range(len(test["id"])):
+            predictions.append({"fold": fold.name, "id": str(test["id"][j]), "host": host_of(test["id"][j]),
+                                "element": str(test["element"][j]), "dH_eV": float(test["dH_eV"][j]),
+                                "dH_pred_eV": float(test["dH_pred_eV"][j]),
+                                **({"dH_std_eV": float(test["dH_std_eV"][j])} if "dH_std_eV" in test else {})})
+        if on_fold is not None:
+            on_fold(k, row)
+    maes, rmses = np.array([r["mae"] for r in rows]), np.array([r["rmse"] for r in rows])
+    pred = np.array([p["dH_pred_eV"] for p in predictions])
+    target = np.array([p["dH_eV"] for p in predictions])
+    elements = np.array([p["element"] for p in predictions])
+    err = np.abs(pred - target)
+    metrics = {
+        "unit": "eV",
+        "scheme": scheme,
+        "n_folds": len(rows),
+        "mae_mean": float(maes.mean()),
+        "mae_std": float(maes.std(ddof=1)) if len(maes) > 1 else 0.0,
+        "rmse_mean": float(rmses.mean()),
+        "rmse_std": float(rmses.std(ddof=1)) if len(rmses) > 1 else 0.0,
+        "pooled": {**regression_metrics(pred, target),
+                   "mae_O": float(err[elements == "O"].mean()) if (elements == "O").any() else None,
+                   "mae_metal": float(err[elements != "O"].mean()) if (elements != "O").any() else None},
+        "per_vacancy_element": {e: {"mae": float(err[elements == e].mean()), "n": int((elements == e).sum())}
+                                for e in sorted(set(elements))},
+        "seconds": round(time.perf_counter() - t0, 1),
+        "ensemble_size": config.ensemble,
+    }
+    if scheme in ("loeo", "l2eo"):
+        metrics["per_held_out_elements"] = {r["fold"].removeprefix("no-"): {"mae": r["mae"], "n_test": r["n_test"]}
+                                            for r in rows}
+    if any("dH_std_eV" in p for p in predictions):
+        from adex.expert.ensemble import calibration
+
+        metrics["calibration"] = calibration(pred, np.array([p["dH_std_eV"] for p in predictions]), target)
+    _write_table(out_dir / "folds.csv", rows)
+    _write_table(out_dir / "predictions.csv", predictions)
+    atomic_write_json(out_dir / "metrics.json", metrics)
+    plot_cv(out_dir / "cv.png", rows, pred, target, elements, f"{config.name}: {scheme or 'cv'}")
+    return CVResult(metrics, rows, out_dir)
+
+
+def _write_table(path: Path, rows: list[dict]) -> None:
+    if not rows:
+        atomic_write_text(path, "")
+        return
+    columns = list(rows[0])
+    lines = [",".join(columns)]
+    for row in rows:
+        lines.append(",".join(f"{row[c]:.6g}" if isinstance(row[c], float) else str(row[c]) for c in columns))
+    atomic_write_text(path, "\n".join(lines) + "\n")
+
+
+def plot_cv(path: Path, rows: list[dict], pred: np.ndarray, target: np.ndarray, elements: np.ndarray, title: str) -> None:
+    """MAE per fold (O and metal vacancies side by side) and the pooled parity plot."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 4))
+    x = np.arange(len(rows))
+    ax1.bar(x - 0.25, [r["mae"] for r in rows], 0.25, label="all")
+    ax1.bar(x, [r["mae_O"] for r in rows], 0.25, label="O vacancies")
+    ax1.bar(x + 0.25, [r["mae_metal"] for r in rows], 0.25, label="metal vacancies")
+    ax1.set_xticks(x, [r["fold"] for r in rows], rotation=60, fontsize=7)
+    ax1.set_ylabel("MAE (eV)")
+    ax1.axhline(np.mean([r["mae"] for r in rows]), color="k", lw=1, ls="--", label="mean over folds")
+    ax1.legend(fontsize=7)
+    ax1.set_title(title, fontsize=9)
+    is_o = elements == "O"
+    ax2.scatter(target[is_o], pred[is_o], s=6, alpha=0.6, label="O")
+    ax2.scatter(target[~is_o], pred[~is_o], s=6, alpha=0.6, label="metal")
+    lo, hi = float(min(target.min(initial=0), pred.min(initial=0))), float(max(target.max(initial=1), pred.max(initial=1)))
+    ax2.plot([lo, hi], [lo, hi], "k--", lw=1)
+    ax2.set_xlabel("DFT dH (eV)")
+    ax2.set_ylabel("predicted dH (eV)")
+    ax2.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
