@@ -14,8 +14,9 @@ def console() -> Console:
 
 
 def progress_bar(**kwargs) -> Progress:
-    """A progress bar on stderr; disabled when ``ADEX_NO_PROGRESS`` is set."""
-    disable = bool(os.environ.get("ADEX_NO_PROGRESS"))
+    """A progress bar on stderr; disabled when ``ADEX_NO_PROGRESS`` is set (or ``disable=True``,
+    e.g. on every process but rank 0 of a distributed run)."""
+    disable = kwargs.pop("disable", False) or bool(os.environ.get("ADEX_NO_PROGRESS"))
     return Progress(
         TextColumn("[bold]{task.description}"),
         BarColumn(),

@@ -158,11 +158,22 @@ def fit(
         on_epoch: called at the start of each epoch with (epoch, model), e.g. to unfreeze
             layers on a schedule (``parameters`` then re-reads the trainable set).
         parameters: trainable parameters (default: those with ``requires_grad``).
+
+    Under ``torchrun`` (see :mod:`adex.distributed`) the model is wrapped in
+    ``DistributedDataParallel`` and each process trains on its share of every global
+    batch of ``config.batch_size``.
     """
+    from adex.distributed import context
     from adex.progress import progress_bar
 
+    dist = context(config.device)
     device = resolve_device(config.device)
+    if dist.enabled and device.type == "cuda":
+        device = torch.device("cuda", dist.local_rank)
     model.to(device)
+    net = model  # what the training steps call: a DDP wrapper when distributed
+    if dist.enabled:
+        net = nn.parallel.DistributedDataParallel(model, device_ids=[dist.local_rank] if device.type == "cuda" else None)
     loss_fn = _loss_fn(config.loss)
     rng = np.random.default_rng(config.seed)
 
@@ -183,7 +194,7 @@ def fit(
     history: list[dict] = []
     start = time.perf_counter()
     stopped = "epochs"
-    with progress_bar(info=True) as progress:
+    with progress_bar(info=True, disable=not dist.is_main) as progress:
         task = progress.add_task(description, total=config.epochs, info="")
         for epoch in range(config.epochs):
             if on_epoch is not None:
@@ -201,16 +212,21 @@ def fit(
             order = rng.permutation(len(train))
             total_loss, total_n = 0.0, 0
             for s in range(0, len(order), config.batch_size):
-                idx = np.sort(order[s : s + config.batch_size])
-                if len(idx) < 2 and len(order) > 1:  # BatchNorm needs more than one sample
+                chunk = order[s : s + config.batch_size]  # the global batch; each process takes its share
+                if len(chunk) < 2 * dist.world_size and len(order) > 1:  # BatchNorm needs > 1 sample per process
                     continue
+                idx = np.sort(chunk[dist.rank :: dist.world_size])
                 batch = train.batch(idx).to(device)
-                loss = loss_fn(model(batch), model.normalizer.norm(batch.target - target_offset(model, batch)))
+                loss = loss_fn(net(batch), model.normalizer.norm(batch.target - target_offset(model, batch)))
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 optimizer.step()
                 total_loss += loss.item() * len(idx)
                 total_n += len(idx)
+            if dist.enabled:  # the epoch's loss over all processes (identical on each, so decisions agree)
+                totals = torch.tensor([total_loss, total_n], dtype=torch.float64, device=device)
+                torch.distributed.all_reduce(totals)
+                total_loss, total_n = float(totals[0]), int(totals[1])
             train_loss = total_loss / max(total_n, 1)
             if val is not None and len(val):
                 val_pred = predict(model, val, device=device)

@@ -45,6 +45,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     run = train_advisor(config, data=args.data, out=args.out, registry=registry, register=not args.no_register,
                         aliases=tuple(args.tag))
     m = run.metrics
+    if run.run_dir is None:  # a non-zero rank of a distributed run: rank 0 reports
+        return 0
     con = console()
     from adex.advisors.train import primary_scores
 
@@ -52,6 +54,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     con.print(f"[bold]advisor {config.name}[/]: {split} MAE {test['mae']:.4f} {m['unit']} (RMSE {test['rmse']:.4f}, n={test['n']}); "
               f"best epoch {m['best_epoch']} of {m['epochs_run']} ({m['stopped_because']}); "
               f"train {m['train_seconds']:.0f} s, featurize {m['featurize_seconds']:.1f} s")
+    if m.get("world_size", 1) > 1:
+        con.print(f"distributed: {m['world_size']} processes, replicas in sync: {m['replicas_in_sync']}")
     con.print(f"run folder: {run.run_dir}")
     if run.entry is not None:
         con.print(f"registered: {run.entry.ref}")

@@ -19,6 +19,7 @@ import torch
 from adex.advisors.model import Advisor, AdvisorConfig
 from adex.config import dump_yaml, to_dict
 from adex.datasets import load_dataset
+from adex.distributed import context, replicas_in_sync, shutdown
 from adex.fileio import atomic_write_json, atomic_write_text
 from adex.graphs import element_table_sha256
 from adex.paths import runs_dir
@@ -29,7 +30,7 @@ from adex.training import fit, predict, regression_metrics, seed_everything, spl
 class AdvisorRun:
     model: Advisor
     metrics: dict
-    run_dir: Path
+    run_dir: Path | None  # None on the non-zero ranks of a distributed run
     entry: object | None  # registry Entry when registered
 
 
@@ -113,6 +114,8 @@ def train_advisor(
     model = Advisor(config.featurizer, config.model, dataset.target, dataset.unit, float(y.mean()), float(y.std()))
     result = fit(model, train, val if len(val) else None, tc, description=f"advisor {config.name}")
     model.eval()
+    dist = context(tc.device)
+    in_sync = replicas_in_sync(model)
     metrics = {
         split: regression_metrics(predict(model, part), part.targets) if len(part) else None
         for split, part in (("train", train), ("val", val), ("test", test))
@@ -128,8 +131,22 @@ def train_advisor(
             "featurize_seconds": round(featurize_seconds, 2),
             "seconds_per_epoch": round(result.seconds / max(result.epochs_run, 1), 3),
             "torch_threads": torch.get_num_threads(),
+            "world_size": dist.world_size,
+            "replicas_in_sync": in_sync,
         }
     )
+    if not dist.is_main:  # rank 0 writes the run folder and registers
+        shutdown()
+        return AdvisorRun(model, metrics, None, None)
+    try:
+        return _save_advisor_run(config, model, metrics, result, dataset, graphs, train, val, test, test_pred, out,
+                                 registry, register, aliases)
+    finally:
+        shutdown()
+
+
+def _save_advisor_run(config, model, metrics, result, dataset, graphs, train, val, test, test_pred, out, registry,
+                      register, aliases) -> AdvisorRun:
     run_dir = new_run_dir(f"advisor-{config.name}", out)
     atomic_write_text(run_dir / "config.yaml", dump_yaml(config))
     atomic_write_json(run_dir / "metrics.json", metrics)
