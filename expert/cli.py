@@ -8,6 +8,7 @@ from adex.cli_common import add_training_options, open_registry_from, training_o
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     register_cv(subparsers)
+    register_experiments(subparsers)
     parser = subparsers.add_parser("expert", help="train the vacancy expert")
     parser.set_defaults(func=lambda args: (parser.print_help(), 1)[1])
     sub = parser.add_subparsers(dest="expert_command", metavar="SUBCOMMAND")
@@ -54,6 +55,46 @@ def register_cv(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--elements", help="comma-separated elements for loeo / l2eo (default: every element but O)")
     add_training_options(p)
     p.set_defaults(func=cmd_cv)
+
+
+def _csv_list(text: str) -> list[str]:
+    return [t.strip() for t in text.split(",") if t.strip()]
+
+
+def register_experiments(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser("experiment", help="learning curves and pooling comparisons (cross-validated)")
+    parser.set_defaults(func=lambda args: (parser.print_help(), 1)[1])
+    sub = parser.add_subparsers(dest="experiment_command", metavar="EXPERIMENT")
+    lc = sub.add_parser("learning-curve", help="CV MAE vs training size for scratch / advised / transfer variants",
+                        description="e.g. `adex experiment learning-curve --fractions 0.10,0.40,1.00 "
+                                    "--variants scratch,advised,transfer-gradual --seeds 0,1,2 --folds 10`")
+    add_expert_options(lc)
+    lc.add_argument("--fractions", default="0.10,0.40,1.00", help="published training fractions (default 0.10,0.40,1.00)")
+    lc.add_argument("--variants", default="scratch,advised,transfer,transfer-frozen,transfer-gradual",
+                    help="comma-separated: scratch, advised, transfer, transfer-frozen, transfer-gradual, advised-transfer")
+    lc.add_argument("--seeds", default="0,1,2", help="comma-separated seeds per point (default 0,1,2)")
+    lc.add_argument("--folds", type=int, default=10, help="published folds k0..k(N-1) per fraction (default 10)")
+    lc.add_argument("--per-compound", action="store_true", help="the per-compound (_struct) folds")
+    add_training_options(lc)
+    lc.set_defaults(func=cmd_learning_curve)
+
+    po = sub.add_parser("pooling", help="every pooling option on the same folds and seeds (expert or advisor)",
+                        description="expert: `adex experiment pooling --cv published --folds 3`; advisor: "
+                                    "`adex experiment pooling --advisor eform --limit 5000`")
+    add_expert_options(po)
+    po.add_argument("--advisor", help="compare the poolings of this advisor config (e.g. eform) instead of the expert")
+    po.add_argument("--poolings", help="comma-separated (default: all of the model kind)")
+    po.add_argument("--seeds", default="0,1,2", help="comma-separated seeds (default 0,1,2)")
+    po.add_argument("--cv", default="published", help="expert folds scheme (as adex cv; default published)")
+    po.add_argument("--folds", type=int, default=10, help="number of folds (default 10)")
+    add_training_options(po)
+    po.set_defaults(func=cmd_pooling)
+
+    rep = subparsers.add_parser("report", help="one Markdown report (tables + figures) from run folders",
+                                description="e.g. `adex report RUNS/cv-* RUNS/learning-curve-* -o report.md`")
+    rep.add_argument("runs", nargs="+", help="run folders (adex cv, experiment, baseline, expert train)")
+    rep.add_argument("-o", "--output", required=True, help="Markdown file to write (figures are linked relative to it)")
+    rep.set_defaults(func=cmd_report)
 
 
 def expert_overrides(args: argparse.Namespace) -> list[str]:
@@ -156,4 +197,64 @@ def cmd_cv(args: argparse.Namespace) -> int:
               f"{m['pooled']['mae_O'] if m['pooled']['mae_O'] is not None else float('nan'):.3f}, metal "
               f"{m['pooled']['mae_metal'] if m['pooled']['mae_metal'] is not None else float('nan'):.3f} eV")
     con.print(f"cv folder: {result.out}")
+    return 0
+
+
+def cmd_learning_curve(args: argparse.Namespace) -> int:
+    from adex.expert.experiments import learning_curve
+    from adex.progress import console
+
+    con = console()
+    result = learning_curve(args.config or args.name, expert_overrides(args), _csv_list(args.fractions),
+                            _csv_list(args.variants), [int(s) for s in _csv_list(args.seeds)], args.folds,
+                            per_compound=args.per_compound, data=args.data, registry=open_registry_from(args),
+                            out=args.out,
+                            on_run=lambda r: con.print(f"{r['fraction']} {r['variant']} seed {r['seed']}: "
+                                                       f"CV MAE {r['mae']:.3f} eV ({r['n_folds']} folds)"))
+    for r in result["summary"]:
+        con.print(f"[bold]{r['fraction']}[/] (n_train {r['n_train']}) {r['variant']}: "
+                  f"{r['mae_mean']:.3f} ± {r['mae_std']:.3f} eV over {r['n_seeds']} seeds")
+    con.print(f"folder: {result['out']}")
+    return 0
+
+
+def cmd_pooling(args: argparse.Namespace) -> int:
+    from adex.progress import console
+
+    con = console()
+    seeds = [int(s) for s in _csv_list(args.seeds)]
+    report = lambda r: con.print(f"{r['pooling']} seed {r['seed']}: MAE {r['mae']:.4f}")  # noqa: E731
+    if args.advisor:
+        from adex.cli_common import training_overrides
+        from adex.expert.experiments import advisor_pooling_comparison
+
+        poolings = _csv_list(args.poolings) if args.poolings else ["mean", "sum", "max", "attention"]
+        result = advisor_pooling_comparison(args.advisor, training_overrides(args), poolings, seeds, data=args.data,
+                                            out=args.out, on_run=report)
+    else:
+        from adex.datasets import dataset_root
+        from adex.expert.cv import GROUPED_SCHEMES
+        from adex.expert.experiments import pooling_comparison
+        from adex.expert.model import POOLINGS
+        from adex.expert.splits import make_folds, parse_scheme
+
+        kwargs = parse_scheme(args.cv)
+        folds = make_folds(dataset_root("witman2023_vacancies", args.data), n_folds=args.folds, **kwargs)
+        grouped = kwargs["scheme"] in GROUPED_SCHEMES or kwargs.get("per_compound", False)
+        poolings = _csv_list(args.poolings) if args.poolings else list(POOLINGS)
+        result = pooling_comparison(args.config or args.name, expert_overrides(args), poolings, seeds, folds, grouped,
+                                    args.cv, data=args.data, registry=open_registry_from(args), out=args.out,
+                                    on_run=report)
+    for r in result["summary"]:
+        con.print(f"[bold]{r['pooling']}[/]: {r['mae_mean']:.4f} ± {r['mae_std']:.4f} over {r['n_seeds']} seeds")
+    con.print(f"folder: {result['out']}")
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from adex.expert.report import write_report
+    from adex.progress import console
+
+    path = write_report([__import__("pathlib").Path(r) for r in args.runs], args.output)
+    console().print(f"report: {path}")
     return 0

@@ -1,0 +1,247 @@
+"""Experiments that answer the research questions with one command each:
+
+* :func:`learning_curve` (``adex experiment learning-curve``): cross-validated MAE vs
+  training-set size (the published ``0.10`` / ``0.40`` / ``1.00`` fold families) for
+  several variants (scratch, advised, transfer-initialised, frozen, gradual unfreezing),
+  several seeds per point;
+* :func:`pooling_comparison` (``adex experiment pooling``): every expert pooling on the
+  same folds and seeds.
+
+Each writes its table (one row per variant x size x seed, and a mean +- std summary) as
+CSV and JSON, and a PNG; every underlying CV run folder is kept below it.
+"""
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+
+from adex.errors import ConfigError
+from adex.fileio import atomic_write_json, atomic_write_text
+
+#: Overrides that turn the base expert config into each learning-curve variant.
+#: Transfer variants copy the ``eform`` advisor's backbone, hence its width (64).
+VARIANTS: dict[str, list[str]] = {
+    "scratch": ["advisors=[]"],
+    "advised": [],
+    "transfer": ["advisors=[]", "transfer.init_from=eform", "model.atom_fea_len=64"],
+    "transfer-frozen": ["advisors=[]", "transfer.init_from=eform", "transfer.freeze=true", "transfer.unfreeze_every=0",
+                        "model.atom_fea_len=64"],
+    "transfer-gradual": ["advisors=[]", "transfer.init_from=eform", "transfer.freeze=true", "transfer.unfreeze_every=10",
+                         "model.atom_fea_len=64"],
+    "advised-transfer": ["transfer.init_from=eform", "model.atom_fea_len=64"],
+}
+
+
+def variant_overrides(name: str) -> list[str]:
+    if name not in VARIANTS:
+        raise ConfigError(f"unknown variant {name!r} (choose from {', '.join(VARIANTS)})")
+    return list(VARIANTS[name])
+
+
+def _summarise(rows: list[dict], keys: tuple[str, ...]) -> list[dict]:
+    """Mean and std over seeds of the per-run fold-mean MAE / RMSE, grouped by ``keys``."""
+    groups: dict[tuple, list[dict]] = {}
+    for row in rows:
+        groups.setdefault(tuple(row[k] for k in keys), []).append(row)
+    out = []
+    for key, members in groups.items():
+        maes, rmses = np.array([m["mae"] for m in members]), np.array([m["rmse"] for m in members])
+        out.append({**dict(zip(keys, key)), "mae_mean": float(maes.mean()),
+                    "mae_std": float(maes.std(ddof=1)) if len(maes) > 1 else 0.0,
+                    "rmse_mean": float(rmses.mean()), "n_seeds": len(members), "n_folds": members[0]["n_folds"]})
+    return out
+
+
+def _write_rows(path: Path, rows: list[dict]) -> None:
+    from adex.expert.cv import _write_table
+
+    _write_table(path, rows)
+
+
+def learning_curve(
+    base: str,
+    base_overrides: list[str],
+    fractions: list[str],
+    variants: list[str],
+    seeds: list[int],
+    n_folds: int,
+    per_compound: bool = False,
+    data: str | os.PathLike | None = None,
+    registry=None,
+    out: str | os.PathLike | None = None,
+    on_run=None,
+) -> dict:
+    """Cross-validated MAE for every (fraction, variant, seed) on the published folds
+    ``<fraction>k0 .. k<n_folds-1>`` (``_struct`` with ``per_compound``).
+
+    Returns ``{"rows": [...], "summary": [...], "out": Path}``; MAEs in eV.
+    """
+    from adex.advisors.train import new_run_dir
+    from adex.config import load_config
+    from adex.datasets import dataset_root
+    from adex.expert.cv import cross_validate
+    from adex.expert.splits import make_folds
+    from adex.expert.train import ExpertConfig
+
+    configs = {v: None for v in variants}
+    for v in variants:  # validate every variant before the long part
+        configs[v] = [*base_overrides, *variant_overrides(v)]
+        load_config(ExpertConfig, "expert", base, configs[v])
+    root = dataset_root("witman2023_vacancies", data)
+    out_dir = new_run_dir("learning-curve", out)
+    rows = []
+    t0 = time.perf_counter()
+    for fraction in fractions:
+        folds = make_folds(root, "published", n_folds=n_folds, fraction=fraction, per_compound=per_compound)
+        n_train = int(np.mean([len(f.train) for f in folds]))
+        for variant in variants:
+            for seed in seeds:
+                config = load_config(ExpertConfig, "expert", base, [*configs[variant], f"training.seed={seed}"])
+                result = cross_validate(config, folds, data=data, registry=registry,
+                                        out=out_dir / f"{fraction}_{variant}_seed{seed}", grouped=per_compound,
+                                        scheme=f"published{'_struct' if per_compound else ''}@{fraction}")
+                m = result.metrics
+                row = {"fraction": fraction, "n_train": n_train, "variant": variant, "seed": seed,
+                       "mae": m["mae_mean"], "mae_fold_std": m["mae_std"], "rmse": m["rmse_mean"],
+                       "mae_O": m["pooled"]["mae_O"], "mae_metal": m["pooled"]["mae_metal"], "n_folds": m["n_folds"],
+                       "seconds": m["seconds"]}
+                rows.append(row)
+                if on_run is not None:
+                    on_run(row)
+                _write_rows(out_dir / "learning_curve_runs.csv", rows)  # partial results survive a stop
+    summary = _summarise(rows, ("fraction", "n_train", "variant"))
+    _write_rows(out_dir / "learning_curve_runs.csv", rows)
+    _write_rows(out_dir / "learning_curve.csv", summary)
+    atomic_write_json(out_dir / "metrics.json", {"experiment": "learning-curve", "unit": "eV", "base": base,
+                                                 "base_overrides": base_overrides, "per_compound": per_compound,
+                                                 "summary": summary, "runs": rows,
+                                                 "seconds": round(time.perf_counter() - t0, 1)})
+    plot_learning_curve(out_dir / "learning_curve.png", summary, per_compound)
+    return {"rows": rows, "summary": summary, "out": out_dir}
+
+
+def plot_learning_curve(path: Path, summary: list[dict], per_compound: bool) -> None:
+    """MAE (mean +- std over seeds) vs training vacancies, one line per variant, log x."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5.5, 4))
+    for variant in dict.fromkeys(r["variant"] for r in summary):
+        pts = sorted((r["n_train"], r["mae_mean"], r["mae_std"]) for r in summary if r["variant"] == variant)
+        x, y, e = (np.array(v) for v in zip(*pts))
+        ax.errorbar(x, y, yerr=e, marker="o", capsize=3, label=variant)
+    ax.set_xscale("log")
+    ax.set_xlabel("training vacancies")
+    ax.set_ylabel("CV MAE (eV)")
+    ax.set_title(f"learning curve ({'per compound' if per_compound else 'per vacancy'})", fontsize=9)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def pooling_comparison(
+    base: str,
+    base_overrides: list[str],
+    poolings: list[str],
+    seeds: list[int],
+    folds,
+    grouped: bool,
+    scheme: str,
+    data: str | os.PathLike | None = None,
+    registry=None,
+    out: str | os.PathLike | None = None,
+    on_run=None,
+) -> dict:
+    """Cross-validated MAE of the expert for every pooling on the same folds and seeds."""
+    from adex.advisors.train import new_run_dir
+    from adex.config import load_config
+    from adex.expert.cv import cross_validate
+    from adex.expert.model import POOLINGS
+    from adex.expert.train import ExpertConfig
+
+    unknown = [p for p in poolings if p not in POOLINGS]
+    if unknown:
+        raise ConfigError(f"unknown pooling {unknown[0]!r} (choose from {', '.join(POOLINGS)})")
+    out_dir = new_run_dir("pooling", out)
+    rows = []
+    for pooling in poolings:
+        for seed in seeds:
+            config = load_config(ExpertConfig, "expert", base, [*base_overrides, f"model.pooling={pooling}",
+                                                                f"training.seed={seed}"])
+            m = cross_validate(config, folds, data=data, registry=registry, out=out_dir / f"{pooling}_seed{seed}",
+                               grouped=grouped, scheme=scheme).metrics
+            row = {"pooling": pooling, "seed": seed, "mae": m["mae_mean"], "mae_fold_std": m["mae_std"],
+                   "rmse": m["rmse_mean"], "n_folds": m["n_folds"], "seconds": m["seconds"]}
+            rows.append(row)
+            if on_run is not None:
+                on_run(row)
+            _write_rows(out_dir / "pooling_runs.csv", rows)
+    summary = _summarise(rows, ("pooling",))
+    _write_rows(out_dir / "pooling.csv", summary)
+    atomic_write_json(out_dir / "metrics.json", {"experiment": "pooling", "unit": "eV", "scheme": scheme,
+                                                 "folds": [f.name for f in folds], "summary": summary, "runs": rows})
+    plot_bars(out_dir / "pooling.png", summary, "pooling", f"expert pooling ({scheme}, {len(folds)} folds)")
+    return {"rows": rows, "summary": summary, "out": out_dir}
+
+
+def plot_bars(path: Path, summary: list[dict], key: str, title: str) -> None:
+    """Bar chart of mean MAE with std-over-seeds error bars."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5.5, 3.8))
+    x = np.arange(len(summary))
+    ax.bar(x, [r["mae_mean"] for r in summary], yerr=[r["mae_std"] for r in summary], capsize=4)
+    ax.set_xticks(x, [str(r[key]) for r in summary], rotation=30)
+    ax.set_ylabel("CV MAE (eV)")
+    ax.set_title(title, fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def advisor_pooling_comparison(
+    name: str,
+    base_overrides: list[str],
+    poolings: list[str],
+    seeds: list[int],
+    data: str | os.PathLike | None = None,
+    out: str | os.PathLike | None = None,
+    on_run=None,
+) -> dict:
+    """Test MAE of the advisor ``name`` (e.g. ``eform``: pristine formation energy) for every
+    advisor pooling, each seed a different random train/val/test split and initialisation
+    (nothing is registered)."""
+    from adex.advisors.model import AdvisorConfig
+    from adex.advisors.train import new_run_dir, train_advisor
+    from adex.config import load_config
+
+    out_dir = new_run_dir(f"pooling-advisor-{name}", out)
+    rows = []
+    for pooling in poolings:
+        for seed in seeds:
+            config = load_config(AdvisorConfig, "advisors", name, [*base_overrides, f"model.pooling={pooling}",
+                                                                   f"training.seed={seed}"])
+            run = train_advisor(config, data=data, out=out_dir / f"{pooling}_seed{seed}", register=False)
+            test = run.metrics["test"]
+            row = {"pooling": pooling, "seed": seed, "mae": test["mae"], "rmse": test["rmse"], "n_test": test["n"],
+                   "n_folds": 1, "seconds": run.metrics["train_seconds"], "unit": run.metrics["unit"]}
+            rows.append(row)
+            if on_run is not None:
+                on_run(row)
+            _write_rows(out_dir / "pooling_runs.csv", rows)
+    summary = _summarise(rows, ("pooling",))
+    _write_rows(out_dir / "pooling.csv", summary)
+    unit = rows[0]["unit"] if rows else ""
+    atomic_write_json(out_dir / "metrics.json", {"experiment": "pooling-advisor", "advisor": name, "unit": unit,
+                                                 "summary": summary, "runs": rows})
+    plot_bars(out_dir / "pooling.png", summary, "pooling", f"advisor {name} pooling (random splits, {len(seeds)} seeds)")
+    return {"rows": rows, "summary": summary, "out": out_dir}

@@ -1,0 +1,108 @@
+"""``adex experiment learning-curve`` / ``pooling`` and ``adex report`` on tiny data.
+
+The tiny Witman copy of ``test_expert`` has one published split (``tiny``); the learning
+curve reads ``<fraction>k<i>`` files, so this module writes ``0.50k0``/``1.00k0`` splits
+of the tiny set, and trains width-8 models for one epoch.
+"""
+from __future__ import annotations
+
+import csv
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from adex.cli import main
+from adex.errors import ConfigError
+from adex.expert.experiments import variant_overrides
+from conftest import assert_one_line_error
+from test_expert import TINY, reg, tiny  # noqa: F401  (fixtures)
+
+pytestmark = pytest.mark.usefixtures("shared_cache")
+
+
+@pytest.fixture(scope="module")
+def curve_data(tiny, tmp_path_factory) -> Path:  # noqa: F811
+    """The tiny data with published-style folds 0.50k0 (half the training ids) and 1.00k0."""
+    root = tmp_path_factory.mktemp("curve") / "data"
+    shutil.copytree(tiny.root, root)
+    splits = root / "witman2023_vacancies" / "splits"
+    rows = {r["id"]: r["dH_eV"] for r in tiny.rows}
+    for name, train in (("0.50k0", tiny.train[:5]), ("1.00k0", tiny.train)):
+        (splits / f"train_{name}.csv").write_text("".join(f"{i},{rows[i]}\n" for i in train))
+        (splits / f"hold_{name}.csv").write_text("".join(f"{i},{rows[i]}\n" for i in tiny.hold))
+    return root
+
+
+def test_learning_curve_table_and_plot(curve_data, reg, tmp_path, capsys) -> None:  # noqa: F811
+    out = tmp_path / "lc"
+    rc = main(["experiment", "learning-curve", "--data", str(curve_data), "--registry", str(reg.root), *TINY,
+               "--advisors", "adv8", "--epochs", "1", "--fractions", "0.50,1.00", "--variants", "scratch,advised",
+               "--seeds", "0,1", "--folds", "1", "--out", str(out)])
+    assert rc == 0, capsys.readouterr().err
+    runs = list(csv.DictReader(open(out / "learning_curve_runs.csv")))
+    summary = list(csv.DictReader(open(out / "learning_curve.csv")))
+    assert len(runs) == 2 * 2 * 2 and len(summary) == 4
+    assert {(r["fraction"], r["variant"]) for r in summary} == {("0.50", "scratch"), ("0.50", "advised"),
+                                                                ("1.00", "scratch"), ("1.00", "advised")}
+    half = [r for r in summary if r["fraction"] == "0.50"]
+    assert {int(r["n_train"]) for r in half} == {5}
+    for r in summary:  # mean over the two seeds of the per-run CV MAE
+        mine = [float(x["mae"]) for x in runs if x["fraction"] == r["fraction"] and x["variant"] == r["variant"]]
+        assert float(r["mae_mean"]) == pytest.approx(sum(mine) / 2, rel=1e-5)
+    # the scratch runs really had no advisors, the advised ones had adv8
+    scratch_cfg = (out / "0.50_scratch_seed0" / "config.yaml").read_text()
+    advised_cfg = (out / "0.50_advised_seed1" / "config.yaml").read_text()
+    assert "advisors: []" in scratch_cfg and "adv8" in advised_cfg and "seed: 1" in advised_cfg
+    assert (out / "learning_curve.png").read_bytes()[:4] == b"\x89PNG"
+    # the report turns it into Markdown with the figure linked relative to the report
+    report = tmp_path / "reports" / "report.md"
+    rc = main(["report", str(out), str(out / "1.00_advised_seed0"), "-o", str(report)])
+    assert rc == 0
+    text = report.read_text()
+    assert "Learning curve" in text and "](../lc/learning_curve.png)" in text
+    assert "Cross-validation" in text and "| fold |" in text
+
+
+def test_pooling_comparison_on_the_same_folds(curve_data, reg, tmp_path, capsys) -> None:  # noqa: F811
+    out = tmp_path / "pool"
+    rc = main(["experiment", "pooling", "--data", str(curve_data), "--registry", str(reg.root), *TINY,
+               "--advisors", "adv8", "--epochs", "1", "--poolings", "vacancy,mean", "--seeds", "0",
+               "--cv", "kfold", "--folds", "2", "--out", str(out)])
+    assert rc == 0, capsys.readouterr().err
+    summary = list(csv.DictReader(open(out / "pooling.csv")))
+    assert [r["pooling"] for r in summary] == ["vacancy", "mean"]
+    for pooling in ("vacancy", "mean"):
+        ids = {r["id"] for r in csv.DictReader(open(out / f"{pooling}_seed0" / "predictions.csv"))}
+        assert len(ids) == 13  # both on the same 2-fold partition of all 13 vacancies
+    folds_a = [r["fold"] for r in csv.DictReader(open(out / "vacancy_seed0" / "folds.csv"))]
+    assert folds_a == ["kfold0", "kfold1"]
+    assert json.loads((out / "metrics.json").read_text())["experiment"] == "pooling"
+    assert (out / "pooling.png").is_file()
+
+
+def test_unknown_variant_and_pooling_are_errors(curve_data, reg, capsys) -> None:  # noqa: F811
+    with pytest.raises(ConfigError, match="variant"):
+        variant_overrides("half-frozen")
+    rc = main(["experiment", "pooling", "--data", str(curve_data), "--poolings", "median", "--cv", "kfold", "--folds", "2"])
+    assert_one_line_error(rc, capsys.readouterr().err, "median")
+
+
+def test_report_of_a_folder_without_metrics_is_a_one_line_error(tmp_path, capsys) -> None:
+    rc = main(["report", str(tmp_path), "-o", str(tmp_path / "r.md")])
+    assert_one_line_error(rc, capsys.readouterr().err, "metrics.json")
+
+
+def test_advisor_pooling_comparison(small_data, tmp_path, capsys) -> None:
+    from conftest import TINY_OVERRIDES
+
+    out = tmp_path / "adv_pool"
+    rc = main(["experiment", "pooling", "--advisor", "bandgap", "--data", str(small_data), *TINY_OVERRIDES,
+               "--epochs", "1", "--limit", "20", "--poolings", "mean,max", "--seeds", "0,1", "--out", str(out)])
+    assert rc == 0, capsys.readouterr().err
+    runs = list(csv.DictReader(open(out / "pooling_runs.csv")))
+    assert [(r["pooling"], r["seed"]) for r in runs] == [("mean", "0"), ("mean", "1"), ("max", "0"), ("max", "1")]
+    assert "pooling: max" in (out / "max_seed1" / "config.yaml").read_text()
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["experiment"] == "pooling-advisor" and metrics["unit"] == "eV"
