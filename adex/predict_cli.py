@@ -193,7 +193,10 @@ def _predict_table(args, expert, con) -> int:
     packed = PackedVacancies.concatenate(parts)
     value_columns, values = _prediction_columns(expert, packed, args.batch_size)
     lookup = dict(zip(keys, values))
-    out_rows = [{**row, **lookup[(row.pop("_path"), row.pop("_site"))]} for row in rows]
+    out_rows = []
+    for row in rows:
+        key = (row.pop("_path"), row.pop("_site"))
+        out_rows.append({**row, **lookup[key]})
     _emit(out_rows, columns + value_columns, args, expert.entry.ref)
     con.print(f"{len(out_rows)} vacancies in {len(by_host)} hosts" + (f" -> {args.output}" if args.output else ""))
     return 0
