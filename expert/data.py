@@ -436,17 +436,47 @@ class AdvisorFeatures:
         return AdvisorFeatures(self.ref, self.atom[sel], self.crystal[idx])
 
 
-def compute_advisor_features(advisor, ref: str, packed: PackedVacancies) -> AdvisorFeatures:
-    """Run a (frozen) advisor on every vacancy's primitive host, once."""
-    from adex.advisors.embed import run_advisor
+def unique_hosts(packed: PackedVacancies) -> tuple[np.ndarray, np.ndarray]:
+    """(first vacancy of each distinct primitive host [U], host index of every vacancy [B]).
 
-    featurizer = Featurizer(advisor.featurizer_settings)
-    graphs = PackedGraphs.from_graphs(
-        [featurizer.featurize(packed.primitive_structure(b), str(packed.ids[b])) for b in range(len(packed))],
-        list(packed.ids),
-    )
-    emb = run_advisor(advisor, graphs)
-    return AdvisorFeatures(ref, emb.atom.astype(np.float32), emb.crystal.astype(np.float32))
+    Vacancies of the same host share its canonical primitive cell (bit-identical arrays),
+    so advisors need to run once per host, not once per vacancy.
+    """
+    keys: dict[bytes, int] = {}
+    first, inverse = [], np.empty(len(packed), dtype=np.int64)
+    for b in range(len(packed)):
+        sl = slice(packed.prim_ptr[b], packed.prim_ptr[b + 1])
+        key = b"".join(a.tobytes() for a in (packed.prim_lattice[b], packed.prim_numbers[sl], packed.prim_frac[sl]))
+        if key not in keys:
+            keys[key] = len(first)
+            first.append(b)
+        inverse[b] = keys[key]
+    return np.asarray(first, dtype=np.int64), inverse
+
+
+def compute_advisor_features(advisor, ref: str, packed: PackedVacancies) -> AdvisorFeatures:
+    """Run a (frozen) advisor once on each distinct primitive host of ``packed`` and lay
+    its embeddings out per vacancy (atom rows follow ``prim_ptr``).
+
+    Advisors with an ``embed_structures(structures) -> (atom [sum n, d], crystal [U, d])``
+    method (e.g. a foundation model with its own graph construction) are called with the
+    pymatgen structures; adex advisors get graphs from their own featurizer settings.
+    """
+    first, inverse = unique_hosts(packed)
+    structures = [packed.primitive_structure(int(b)) for b in first]
+    if hasattr(advisor, "embed_structures"):
+        atom, crystal = advisor.embed_structures(structures)
+    else:
+        from adex.advisors.embed import run_advisor
+
+        featurizer = Featurizer(advisor.featurizer_settings)
+        ids = [str(packed.ids[b]) for b in first]
+        emb = run_advisor(advisor, PackedGraphs.from_graphs([featurizer.featurize(s, i) for s, i in zip(structures, ids)], ids))
+        atom, crystal = emb.atom, emb.crystal
+    sizes = np.array([len(s) for s in structures], dtype=np.int64)
+    starts = np.r_[0, np.cumsum(sizes)[:-1]]
+    rows = _ranges(starts[inverse], sizes[inverse])  # the host's atom rows for every vacancy, in order
+    return AdvisorFeatures(ref, np.asarray(atom, dtype=np.float32)[rows], np.asarray(crystal, dtype=np.float32)[inverse])
 
 
 # --------------------------------------------------------------------------- batches

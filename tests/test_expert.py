@@ -619,3 +619,22 @@ def test_expert_with_element_reference_and_oxidation_states_trains_saves_and_rel
         raw = model.normalizer.denorm(model(batch)).item()
     assert pred[0] == pytest.approx(raw + model.element_reference[int(vacated[index])].item(), abs=1e-4)
     assert n_train >= 1
+
+
+def test_advisor_features_run_once_per_host_and_equal_the_per_vacancy_run(packed, reg) -> None:
+    from adex.advisors.embed import run_advisor
+    from adex.expert.data import unique_hosts
+
+    advisor = reg.models[8]
+    first, inverse = unique_hosts(packed)
+    assert len(first) == len(TINY_HOSTS) == 5 and inverse.shape == (13,)
+    assert [str(packed.ids[b]).rsplit("-", 1)[0] for b in first] == list(dict.fromkeys(str(i).rsplit("-", 1)[0] for i in packed.ids))
+    features = compute_advisor_features(advisor, reg.refs[8], packed)
+    from adex.graphs import Featurizer, PackedGraphs
+
+    featurizer = Featurizer(advisor.featurizer_settings)
+    naive = run_advisor(advisor, PackedGraphs.from_graphs(
+        [featurizer.featurize(packed.primitive_structure(b), str(b)) for b in range(len(packed))], [str(b) for b in range(13)]))
+    np.testing.assert_allclose(features.atom, naive.atom, atol=1e-5, rtol=0)
+    np.testing.assert_allclose(features.crystal, naive.crystal, atol=1e-5, rtol=0)
+    assert features.atom.shape[0] == packed.prim_ptr[-1]
