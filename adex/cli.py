@@ -20,6 +20,8 @@ SUBCOMMAND_MODULES = (
     "adex.registry.cli",
     "adex.expert.cli",
     "adex.predict_cli",
+    "adex.search_cli",
+    "adex.baseline_cli",
 )
 
 

@@ -2,7 +2,7 @@
 
 Nothing is written to the current directory unless asked. Roots:
 
-* ``ADEX_HOME`` (default ``~/.adex``): ``registry/``, ``cache/``, ``runs/``, ``data/``.
+* ``ADEX_HOME`` (default ``~/.adex``): ``registry/``, ``cache/``, ``runs/``, ``data/``, ``search/``.
 * data directory: ``--data`` flag, else ``ADEX_DATA``, else ``$ADEX_HOME/data``
   (where ``adex data download`` puts datasets).
 """
@@ -40,3 +40,9 @@ def runs_dir() -> Path:
 def registry_dir() -> Path:
     """The user's model registry."""
     return adex_home() / "registry"
+
+
+def search_dir() -> Path:
+    """Hyperparameter searches: ``<study>.db`` (default SQLite storage) and ``<study>/``
+    (trial run folders, ``best.yaml``, ``trials.csv``, ``search.png``)."""
+    return adex_home() / "search"
