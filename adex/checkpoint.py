@@ -38,6 +38,7 @@ def _builder(name: str) -> Callable[[dict], nn.Module]:
         from adex.advisors.model import Advisor
 
         register_builder("advisor", Advisor.from_architecture)
+        register_builder("chgnet_advisor", lambda arch: __import__("adex.advisors.chgnet", fromlist=["x"]).CHGNetAdvisor.from_architecture(arch))
         try:
             from adex.expert.model import Expert
 

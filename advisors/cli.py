@@ -1,4 +1,4 @@
-"""``adex advisor train|embed|predict``."""
+"""``adex advisor train|embed|predict|import``."""
 from __future__ import annotations
 
 import argparse
@@ -25,6 +25,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("-o", "--output", required=True, help="output .npz file")
     p.add_argument("--registry", help="user registry root")
     p.set_defaults(func=cmd_embed)
+
+    p = sub.add_parser("import", help="register a pretrained foundation model as an advisor (chgnet)",
+                       description="e.g. `adex advisor import chgnet` (needs pip install 'adex[chgnet]'); then "
+                                   "`adex expert train --advisors bandgap,eform,chgnet`")
+    p.add_argument("kind", choices=("chgnet",), help="which foundation model")
+    p.add_argument("--model", default="0.3.0", help="CHGNet pretrained model name (default 0.3.0)")
+    p.add_argument("--name", default="chgnet", help="registry name (default chgnet)")
+    p.add_argument("--tag", action="append", default=[], help="extra registry alias")
+    p.add_argument("--registry", help="user registry root")
+    p.set_defaults(func=cmd_import)
 
     p = sub.add_parser("predict", help="predict the advisor's property for structures")
     p.add_argument("ref")
@@ -115,4 +125,13 @@ def cmd_predict(args: argparse.Namespace) -> int:
         from rich.console import Console
 
         Console().print(table)
+    return 0
+
+
+def cmd_import(args: argparse.Namespace) -> int:
+    from adex.advisors.chgnet import import_chgnet
+    from adex.progress import console
+
+    entry = import_chgnet(open_registry_from(args), args.model, args.name, tuple(args.tag))
+    console().print(f"registered: {entry.ref} (CHGNet {args.model}, embedding width {entry.card['embedding_width']})")
     return 0

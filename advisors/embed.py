@@ -75,4 +75,9 @@ def featurize_structures(model, structures: list[Structure], ids: list[str]) -> 
 
 def embed_structures(model, structures: list[Structure], ids: list[str] | None = None) -> Embeddings:
     ids = ids if ids is not None else [str(i) for i in range(len(structures))]
+    if hasattr(model, "embed_structures"):  # an advisor with its own graph construction (e.g. CHGNet)
+        atom, crystal = model.embed_structures(structures)
+        return Embeddings(np.asarray(ids, dtype=str), crystal, atom,
+                          np.r_[0, np.cumsum([len(s) for s in structures])].astype(np.int64),
+                          model.predict_structures(structures), model.unit)
     return run_advisor(model, featurize_structures(model, structures, ids))

@@ -254,7 +254,9 @@ def fit_member(config: ExpertConfig, prepared: PreparedData, seed: int, registry
     dataset = VacancyDataset(model.prepare(packed), prepared.features)
     on_epoch = None
     if config.transfer.init_from:
-        [(_, init_model)] = load_advisors([config.transfer.init_from], registry)
+        [(init_entry, init_model)] = load_advisors([config.transfer.init_from], registry)
+        if not hasattr(init_model, "backbone"):
+            raise ConfigError(f"--init-from {init_entry.ref}: only adex (CGCNN-style) advisors have a backbone to copy")
         model.init_from_backbone(init_model.backbone)
         on_epoch = freeze_schedule(model, config.transfer)
     elif config.transfer.freeze:

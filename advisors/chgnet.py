@@ -1,0 +1,127 @@
+"""A foundation-model advisor: CHGNet (Deng et al., Nat. Mach. Intell. 5, 1031 (2023)), a
+universal interatomic potential pretrained on the Materials Project trajectory set, whose
+weights ship inside its pip package (optional extra: ``pip install 'adex[chgnet]'``).
+
+``adex advisor import chgnet`` copies the pretrained weights into the registry as
+``advisor/chgnet:N`` (``model.json`` = CHGNet's own ``model_args``, weights as
+safetensors, sha256-verified like every adex model), so an expert trained with it reloads
+exactly the same network even if the installed CHGNet's default checkpoint changes.
+As an advisor it embeds pymatgen structures with CHGNet's own graph construction:
+per-atom features [n_atoms, 64] and a per-crystal feature [64] (CHGNet's readout input),
+through :meth:`CHGNetAdvisor.embed_structures`.
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import sys
+
+import numpy as np
+import torch
+from torch import nn
+
+from adex.errors import RegistryError
+
+INSTALL_HINT = "the CHGNet advisor needs the optional CHGNet package: pip install 'adex[chgnet]' (or pip install chgnet)"
+
+
+def _chgnet_class():
+    try:
+        from chgnet.model import CHGNet
+    except ImportError:
+        raise RegistryError(INSTALL_HINT) from None
+    return CHGNet
+
+
+def chgnet_version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("chgnet")
+    except PackageNotFoundError:
+        raise RegistryError(INSTALL_HINT) from None
+
+
+class CHGNetAdvisor(nn.Module):
+    """A frozen CHGNet used as an advisor.
+
+    ``embed_structures(structures)`` -> (atom float32 [sum n_atoms, 64], crystal float32 [B, 64]);
+    ``predict_structures(structures)`` -> energy per atom (eV/atom) [B].
+    """
+
+    unit = "eV/atom"
+
+    def __init__(self, model_args: dict, model_name: str = "", package_version: str = ""):
+        super().__init__()
+        CHGNet = _chgnet_class()
+        self.model_args = dict(model_args)
+        self.model_name = model_name
+        self.package_version = package_version
+        with contextlib.redirect_stdout(sys.stderr):  # CHGNet prints a banner; stdout is for results (CSV, JSON)
+            self.chgnet = CHGNet(**self.model_args)
+        self.chgnet.eval()
+        for p in self.chgnet.parameters():
+            p.requires_grad_(False)
+
+    @property
+    def embedding_width(self) -> int:
+        return int(self.model_args["atom_fea_dim"])
+
+    @torch.no_grad()
+    def _run(self, structures, batch_size: int = 16) -> list[dict]:
+        if not structures:
+            return []
+        out = self.chgnet.predict_structure(list(structures), task="e", return_atom_feas=True, return_crystal_feas=True,
+                                            batch_size=batch_size)
+        return out if isinstance(out, list) else [out]
+
+    def embed_structures(self, structures) -> tuple[np.ndarray, np.ndarray]:
+        """Per-atom [sum n, 64] and per-crystal [B, 64] CHGNet features (float32)."""
+        results = self._run(structures)
+        width = self.embedding_width
+        atom = np.concatenate([r["atom_fea"] for r in results]) if results else np.zeros((0, width))
+        crystal = np.stack([r["crystal_fea"] for r in results]) if results else np.zeros((0, width))
+        return atom.astype(np.float32), crystal.astype(np.float32)
+
+    def predict_structures(self, structures) -> np.ndarray:
+        """CHGNet energy per atom (eV/atom) [B]."""
+        return np.array([float(r["e"]) for r in self._run(structures)])
+
+    def architecture(self) -> dict:
+        return {
+            "class": "chgnet_advisor",
+            "model_args": self.model_args,
+            "model_name": self.model_name,
+            "chgnet_package_version": self.package_version,
+            "embedding_width": self.embedding_width,
+            "target": "energy_per_atom",
+            "unit": self.unit,
+        }
+
+    @classmethod
+    def from_architecture(cls, arch: dict) -> "CHGNetAdvisor":
+        return cls(arch["model_args"], arch.get("model_name", ""), arch.get("chgnet_package_version", ""))
+
+
+def import_chgnet(registry, model_name: str = "0.3.0", name: str = "chgnet", aliases: tuple[str, ...] = ()):
+    """Register CHGNet's pretrained ``model_name`` as ``advisor/<name>``; returns the entry."""
+    from adex.checkpoint import model_files
+
+    CHGNet = _chgnet_class()
+    package_version = chgnet_version()
+    with contextlib.redirect_stdout(sys.stderr):
+        pretrained = CHGNet.load(model_name=model_name, use_device="cpu", verbose=False)
+    args = pretrained.todict()["model_args"]
+    advisor = CHGNetAdvisor(json.loads(json.dumps(args)), model_name, package_version)
+    advisor.chgnet.load_state_dict(pretrained.state_dict(), strict=True)
+    card = {
+        "description": f"CHGNet {model_name} (pretrained universal potential, pip package chgnet {package_version}) "
+                       "as an advisor: per-atom and per-crystal 64-d features",
+        "source": {"package": "chgnet", "package_version": package_version, "model_name": model_name,
+                   "reference": "B. Deng et al., Nat. Mach. Intell. 5, 1031 (2023)"},
+        "embedding_width": advisor.embedding_width,
+        "target": {"name": "energy_per_atom", "unit": "eV/atom"},
+        "featurizer": {"name": "chgnet", "atom_graph_cutoff": args.get("atom_graph_cutoff"),
+                       "bond_graph_cutoff": args.get("bond_graph_cutoff")},
+    }
+    return registry.register("advisor", name, model_files(advisor), card, aliases=list(aliases))
