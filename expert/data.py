@@ -536,6 +536,15 @@ class VacancyDataset:
     def subset(self, indices: Sequence[int]) -> "VacancyDataset":
         return VacancyDataset(self.packed.subset(indices), [a.subset(self.packed, indices) for a in self.advisors])
 
+    @classmethod
+    def concatenate(cls, parts: Sequence["VacancyDataset"]) -> "VacancyDataset":
+        """One dataset of the vacancies of ``parts`` in order (same advisors in each)."""
+        advisors = [
+            AdvisorFeatures(feats[0].ref, np.concatenate([f.atom for f in feats]), np.concatenate([f.crystal for f in feats]))
+            for feats in zip(*(p.advisors for p in parts))
+        ]
+        return cls(PackedVacancies.concatenate([p.packed for p in parts]), advisors)
+
     def batch(self, indices: Sequence[int]) -> VacancyBatch:
         p = self.packed
         idx = np.asarray(indices, dtype=np.int64)

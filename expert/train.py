@@ -47,6 +47,21 @@ class TransferConfig:
 
 
 @dataclass
+class AugmentConfig:
+    """Training-set augmentation: extra views of every training vacancy, label shared.
+
+    Attributes:
+        min_image_distances: for each value (Å), the training vacancies are featurized
+            once more in the smallest supercell with that minimum image distance and added
+            to the training set (validation and test keep the configured supercell).
+            Symmetry-equivalent sites need no augmentation: they give the same graph by
+            construction (canonical host and site, see docs/architecture.md).
+    """
+
+    min_image_distances: list[float] = field(default_factory=list)
+
+
+@dataclass
 class ExpertConfig:
     """A full expert training recipe (``configs/expert/<name>.yaml``)."""
 
@@ -58,6 +73,7 @@ class ExpertConfig:
     model: ExpertModelConfig = field(default_factory=ExpertModelConfig)
     transfer: TransferConfig = field(default_factory=TransferConfig)
     training: TrainingConfig = field(default_factory=TrainingConfig)
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
     ensemble: int = 1  # members, trained with seeds seed, seed + 1, ...; predictions report their mean and std
 
     def __post_init__(self) -> None:
@@ -166,6 +182,7 @@ class PreparedData:
     base_split: tuple[np.ndarray, np.ndarray] | None  # (train, val) of a random split at the base seed
     featurize_seconds: float
     advisor_seconds: float
+    views: list = field(default_factory=list)  # VacancyDataset per augmentation, rows aligned with ``pool``
 
 
 def prepare_data(config: ExpertConfig, data, registry, fold=None, grouped: bool | None = None) -> PreparedData:
@@ -200,8 +217,14 @@ def prepare_data(config: ExpertConfig, data, registry, fold=None, grouped: bool 
     t1 = time.perf_counter()
     advisors = load_advisors(config.advisors, registry)
     features = [compute_advisor_features(model, entry.ref, packed) for entry, model in advisors]
+    advisor_seconds = time.perf_counter() - t1
+    views = []
+    for distance in config.augment.min_image_distances:
+        settings = dataclasses.replace(config.supercell, min_image_distance=float(distance))
+        view = load_witman(config.featurizer, settings, data, ids=[str(i) for i in packed.ids[pool]])
+        views.append(VacancyDataset(view, [compute_advisor_features(model, entry.ref, view) for entry, model in advisors]))
     return PreparedData(packed, features, advisors, test_idx, pool, grouped, base_split, featurize_seconds,
-                        time.perf_counter() - t1)
+                        advisor_seconds, views)
 
 
 def member_split(prepared: PreparedData, val_fraction: float, base_seed: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -262,9 +285,13 @@ def fit_member(config: ExpertConfig, prepared: PreparedData, seed: int, registry
     elif config.transfer.freeze:
         raise ConfigError("transfer.freeze needs transfer.init_from (an advisor to start from)")
     val = dataset.subset(val_idx)
+    train = dataset.subset(train_idx)
+    if prepared.views:  # augmented views of the same training vacancies (rows of a view follow ``pool``)
+        rows = np.searchsorted(prepared.pool, train_idx)
+        train = VacancyDataset.concatenate([train, *(VacancyDataset(model.prepare(v.packed), v.advisors).subset(rows)
+                                                     for v in prepared.views)])
     member_tc = dataclasses.replace(tc, seed=seed)  # batch order too
-    result = fit(model, dataset.subset(train_idx), val if len(val) else None, member_tc, description=description,
-                 on_epoch=on_epoch)
+    result = fit(model, train, val if len(val) else None, member_tc, description=description, on_epoch=on_epoch)
     model.eval()
     return FittedMember(model, seed, train_idx, val_idx, result)
 
@@ -352,6 +379,8 @@ def train_expert(
         "torch_threads": torch.get_num_threads(),
         "mean_nodes_per_vacancy": float(np.diff(packed.graphs.node_ptr).mean()),
         "mean_nodes_per_vacancy_used": float(np.diff(members[0].model.prepare(packed).graphs.node_ptr).mean()),
+        "augment_min_image_distances": list(config.augment.min_image_distances),
+        "training_views": 1 + len(prepared.views),
     }
     if n_members == 1:
         model = members[0].model

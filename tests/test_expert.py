@@ -638,3 +638,30 @@ def test_advisor_features_run_once_per_host_and_equal_the_per_vacancy_run(packed
     np.testing.assert_allclose(features.atom, naive.atom, atol=1e-5, rtol=0)
     np.testing.assert_allclose(features.crystal, naive.crystal, atol=1e-5, rtol=0)
     assert features.atom.shape[0] == packed.prim_ptr[-1]
+
+
+def test_supercell_augmentation_adds_training_views_only(tiny, reg, monkeypatch) -> None:
+    import adex.expert.train as train_module
+
+    seen = {}
+    real_fit = train_module.fit
+
+    def spy_fit(model, train, val, config, **kwargs):
+        seen["train"], seen["val"] = train, val
+        return real_fit(model, train, val, config, **kwargs)
+
+    monkeypatch.setattr(train_module, "fit", spy_fit)
+    rc = train_cli(tiny, reg, "--advisors", "adv8", "--split", "tiny", "--epochs", "1", "--set", "name=aug",
+                   "--set", "augment.min_image_distances=[8.0]")
+    assert rc == 0
+    entry = reg.registry.resolve("expert/aug")
+    metrics = entry.card["metrics"]
+    assert metrics["training_views"] == 2 and metrics["augment_min_image_distances"] == [8.0]
+    n_train, n_val = metrics["train"]["n"], metrics["val"]["n"]
+    assert len(seen["train"]) == 2 * n_train and len(seen["val"]) == n_val  # two views of each training vacancy
+    ids = [str(i) for i in seen["train"].ids]
+    assert ids[:n_train] == ids[n_train:]  # the same vacancies, label shared ...
+    np.testing.assert_array_equal(seen["train"].targets[:n_train], seen["train"].targets[n_train:])
+    nodes = np.diff(seen["train"].packed.graphs.node_ptr)
+    assert nodes[n_train:].sum() > nodes[:n_train].sum()  # ... in larger supercells (8 Å instead of 6 Å)
+    assert metrics["test"]["n"] == len(tiny.hold)
