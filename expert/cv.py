@@ -103,14 +103,14 @@ def cross_validate(
         from adex.expert.ensemble import calibration
 
         metrics["calibration"] = calibration(pred, np.array([p["dH_std_eV"] for p in predictions]), target)
-    _write_table(out_dir / "folds.csv", rows)
-    _write_table(out_dir / "predictions.csv", predictions)
+    write_table(out_dir / "folds.csv", rows)
+    write_table(out_dir / "predictions.csv", predictions)
     atomic_write_json(out_dir / "metrics.json", metrics)
     plot_cv(out_dir / "cv.png", rows, pred, target, elements, f"{config.name}: {scheme or 'cv'}")
     return CVResult(metrics, rows, out_dir)
 
 
-def _write_table(path: Path, rows: list[dict]) -> None:
+def write_table(path: Path, rows: list[dict]) -> None:
     if not rows:
         atomic_write_text(path, "")
         return

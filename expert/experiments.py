@@ -56,9 +56,9 @@ def _summarise(rows: list[dict], keys: tuple[str, ...]) -> list[dict]:
 
 
 def _write_rows(path: Path, rows: list[dict]) -> None:
-    from adex.expert.cv import _write_table
+    from adex.expert.cv import write_table
 
-    _write_table(path, rows)
+    write_table(path, rows)
 
 
 def learning_curve(
