@@ -46,3 +46,13 @@ def search_dir() -> Path:
     """Hyperparameter searches: ``<study>.db`` (default SQLite storage) and ``<study>/``
     (trial run folders, ``best.yaml``, ``trials.csv``, ``search.png``)."""
     return adex_home() / "search"
+
+
+def new_run_dir(prefix: str, out: str | os.PathLike | None = None) -> Path:
+    """``out`` (created), else a fresh ``$ADEX_HOME/runs/<prefix>-<time>/``."""
+    import datetime as _dt
+
+    stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S-%f")
+    path = Path(out) if out else runs_dir() / f"{prefix}-{stamp}"
+    path.mkdir(parents=True, exist_ok=True)
+    return path

@@ -22,7 +22,7 @@ from adex.datasets import load_dataset
 from adex.distributed import context, replicas_in_sync, shutdown
 from adex.fileio import atomic_write_json, atomic_write_text
 from adex.graphs import element_table_sha256
-from adex.paths import runs_dir
+from adex.paths import new_run_dir, runs_dir  # noqa: F401  (new_run_dir re-exported)
 from adex.training import fit, predict, regression_metrics, seed_everything, split_indices
 
 
@@ -32,14 +32,6 @@ class AdvisorRun:
     metrics: dict
     run_dir: Path | None  # None on the non-zero ranks of a distributed run
     entry: object | None  # registry Entry when registered
-
-
-def new_run_dir(prefix: str, out: str | os.PathLike | None = None) -> Path:
-    """A fresh run folder under ``out`` or ``$ADEX_HOME/runs``."""
-    stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S-%f")
-    path = Path(out) if out else runs_dir() / f"{prefix}-{stamp}"
-    path.mkdir(parents=True, exist_ok=True)
-    return path
 
 
 def primary_scores(metrics: dict) -> tuple[str, dict]:

@@ -50,10 +50,9 @@ def cross_validate(
         on_fold: optional ``callback(k, fold_row)`` after each fold (e.g. pruning in a search).
     Returns the aggregated metrics (eV), one row per fold and the output folder.
     """
-    from adex.advisors.train import new_run_dir
+    from adex.paths import new_run_dir
     from adex.config import dump_yaml
     from adex.expert.train import host_of, train_expert
-    from adex.training import regression_metrics
 
     out_dir = new_run_dir(f"cv-{config.name}", out)
     atomic_write_text(out_dir / "config.yaml", dump_yaml(config))
@@ -75,30 +74,11 @@ def cross_validate(
                                 **({"dH_std_eV": float(test["dH_std_eV"][j])} if "dH_std_eV" in test else {})})
         if on_fold is not None:
             on_fold(k, row)
-    maes, rmses = np.array([r["mae"] for r in rows]), np.array([r["rmse"] for r in rows])
+    metrics = summarize(rows, predictions, scheme)
+    metrics.update({"seconds": round(time.perf_counter() - t0, 1), "ensemble_size": config.ensemble})
     pred = np.array([p["dH_pred_eV"] for p in predictions])
     target = np.array([p["dH_eV"] for p in predictions])
     elements = np.array([p["element"] for p in predictions])
-    err = np.abs(pred - target)
-    metrics = {
-        "unit": "eV",
-        "scheme": scheme,
-        "n_folds": len(rows),
-        "mae_mean": float(maes.mean()),
-        "mae_std": float(maes.std(ddof=1)) if len(maes) > 1 else 0.0,
-        "rmse_mean": float(rmses.mean()),
-        "rmse_std": float(rmses.std(ddof=1)) if len(rmses) > 1 else 0.0,
-        "pooled": {**regression_metrics(pred, target),
-                   "mae_O": float(err[elements == "O"].mean()) if (elements == "O").any() else None,
-                   "mae_metal": float(err[elements != "O"].mean()) if (elements != "O").any() else None},
-        "per_vacancy_element": {e: {"mae": float(err[elements == e].mean()), "n": int((elements == e).sum())}
-                                for e in sorted(set(elements))},
-        "seconds": round(time.perf_counter() - t0, 1),
-        "ensemble_size": config.ensemble,
-    }
-    if scheme in ("loeo", "l2eo"):
-        metrics["per_held_out_elements"] = {r["fold"].removeprefix("no-"): {"mae": r["mae"], "n_test": r["n_test"]}
-                                            for r in rows}
     if any("dH_std_eV" in p for p in predictions):
         from adex.expert.ensemble import calibration
 
@@ -106,7 +86,7 @@ def cross_validate(
     write_table(out_dir / "folds.csv", rows)
     write_table(out_dir / "predictions.csv", predictions)
     atomic_write_json(out_dir / "metrics.json", metrics)
-    plot_cv(out_dir / "cv.png", rows, pred, target, elements, f"{config.name}: {scheme or 'cv'}")
+    plot_folds(out_dir / "cv.png", rows, pred, target, elements, f"{config.name}: {scheme or 'cv'}")
     return CVResult(metrics, rows, out_dir)
 
 
@@ -121,8 +101,54 @@ def write_table(path: Path, rows: list[dict]) -> None:
     atomic_write_text(path, "\n".join(lines) + "\n")
 
 
-def plot_cv(path: Path, rows: list[dict], pred: np.ndarray, target: np.ndarray, elements: np.ndarray, title: str) -> None:
-    """MAE per fold (O and metal vacancies side by side) and the pooled parity plot."""
+def _mean_std(values) -> dict:
+    arr = np.array([v for v in values if v is not None and np.isfinite(v)], dtype=float)
+    if arr.size == 0:
+        return {"mean": None, "std": None, "n": 0}
+    return {"mean": float(arr.mean()), "std": float(arr.std(ddof=1)) if arr.size > 1 else 0.0, "n": int(arr.size)}
+
+
+def summarize(rows: list[dict], predictions: list[dict], scheme: str = "") -> dict:
+    """Metrics of a cross-validation (eV), shared by ``adex cv`` and ``adex baseline`` so
+    their files compare key by key: mean and std (ddof=1) over folds of MAE / RMSE (all,
+    O and metal vacancies), MAE / RMSE pooled over all held-out predictions, MAE per
+    vacated element and, for leave-element-out schemes, per held-out element(s).
+
+    ``rows``: one dict per fold (fold, n_test, mae, rmse, mae_O, mae_metal);
+    ``predictions``: one dict per held-out vacancy (element, dH_eV, dH_pred_eV).
+    """
+    pred = np.array([p["dH_pred_eV"] for p in predictions], dtype=float)
+    target = np.array([p["dH_eV"] for p in predictions], dtype=float)
+    elements = np.array([p["element"] for p in predictions], dtype=str)
+    err = np.abs(pred - target)
+    mae, rmse = _mean_std(r["mae"] for r in rows), _mean_std(r["rmse"] for r in rows)
+    metrics = {
+        "unit": "eV",
+        "scheme": scheme,
+        "n_folds": len(rows),
+        "mae_mean": mae["mean"], "mae_std": mae["std"],
+        "rmse_mean": rmse["mean"], "rmse_std": rmse["std"],
+        "mae_O": _mean_std(r["mae_O"] for r in rows),
+        "mae_metal": _mean_std(r["mae_metal"] for r in rows),
+        "pooled": {
+            "mae": float(err.mean()) if err.size else None,
+            "rmse": float(np.sqrt(((pred - target) ** 2).mean())) if err.size else None,
+            "n": int(err.size),
+            "mae_O": float(err[elements == "O"].mean()) if (elements == "O").any() else None,
+            "mae_metal": float(err[elements != "O"].mean()) if (elements != "O").any() else None,
+        },
+        "per_fold": {r["fold"]: {"mae": r["mae"], "rmse": r["rmse"], "n_test": r["n_test"]} for r in rows},
+        "per_vacancy_element": {e: {"mae": float(err[elements == e].mean()), "n": int((elements == e).sum())}
+                                for e in sorted(set(elements.tolist()))},
+    }
+    if scheme in ("loeo", "l2eo"):
+        metrics["per_held_out_elements"] = {r["fold"].removeprefix("no-"): {"mae": r["mae"], "n_test": r["n_test"]}
+                                            for r in rows}
+    return metrics
+
+
+def plot_folds(path: Path, rows: list[dict], pred: np.ndarray, target: np.ndarray, elements: np.ndarray, title: str) -> None:
+    """MAE per fold (all / O / metal vacancies) and the parity plot of all held-out predictions."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -135,16 +161,18 @@ def plot_cv(path: Path, rows: list[dict], pred: np.ndarray, target: np.ndarray, 
     ax1.bar(x + 0.25, [r["mae_metal"] for r in rows], 0.25, label="metal vacancies")
     ax1.set_xticks(x, [r["fold"] for r in rows], rotation=60, fontsize=7)
     ax1.set_ylabel("MAE (eV)")
-    ax1.axhline(np.mean([r["mae"] for r in rows]), color="k", lw=1, ls="--", label="mean over folds")
+    ax1.axhline(float(np.mean([r["mae"] for r in rows])), color="k", lw=1, ls="--", label="mean over folds")
     ax1.legend(fontsize=7)
     ax1.set_title(title, fontsize=9)
     is_o = elements == "O"
     ax2.scatter(target[is_o], pred[is_o], s=6, alpha=0.6, label="O")
     ax2.scatter(target[~is_o], pred[~is_o], s=6, alpha=0.6, label="metal")
-    lo, hi = float(min(target.min(initial=0), pred.min(initial=0))), float(max(target.max(initial=1), pred.max(initial=1)))
+    lo = float(min(target.min(initial=0), pred.min(initial=0)))
+    hi = float(max(target.max(initial=1), pred.max(initial=1)))
     ax2.plot([lo, hi], [lo, hi], "k--", lw=1)
     ax2.set_xlabel("DFT dH (eV)")
     ax2.set_ylabel("predicted dH (eV)")
+    ax2.set_title(f"pooled MAE {float(np.abs(pred - target).mean()):.3f} eV (n={len(pred)})", fontsize=9)
     ax2.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=120)

@@ -61,6 +61,14 @@ def _write_rows(path: Path, rows: list[dict]) -> None:
     write_table(path, rows)
 
 
+def _record(rows: list[dict], row: dict, on_run, path: Path) -> None:
+    """Append a finished run, report it and rewrite the runs table (partial results survive a stop)."""
+    rows.append(row)
+    if on_run is not None:
+        on_run(row)
+    _write_rows(path, rows)
+
+
 def learning_curve(
     base: str,
     base_overrides: list[str],
@@ -79,7 +87,7 @@ def learning_curve(
 
     Returns ``{"rows": [...], "summary": [...], "out": Path}``; MAEs in eV.
     """
-    from adex.advisors.train import new_run_dir
+    from adex.paths import new_run_dir
     from adex.config import load_config
     from adex.datasets import dataset_root
     from adex.expert.cv import cross_validate
@@ -108,10 +116,7 @@ def learning_curve(
                        "mae": m["mae_mean"], "mae_fold_std": m["mae_std"], "rmse": m["rmse_mean"],
                        "mae_O": m["pooled"]["mae_O"], "mae_metal": m["pooled"]["mae_metal"], "n_folds": m["n_folds"],
                        "seconds": m["seconds"]}
-                rows.append(row)
-                if on_run is not None:
-                    on_run(row)
-                _write_rows(out_dir / "learning_curve_runs.csv", rows)  # partial results survive a stop
+                _record(rows, row, on_run, out_dir / "learning_curve_runs.csv")
     summary = _summarise(rows, ("fraction", "n_train", "variant"))
     _write_rows(out_dir / "learning_curve_runs.csv", rows)
     _write_rows(out_dir / "learning_curve.csv", summary)
@@ -159,7 +164,7 @@ def pooling_comparison(
     on_run=None,
 ) -> dict:
     """Cross-validated MAE of the expert for every pooling on the same folds and seeds."""
-    from adex.advisors.train import new_run_dir
+    from adex.paths import new_run_dir
     from adex.config import load_config
     from adex.expert.cv import cross_validate
     from adex.expert.model import POOLINGS
@@ -178,10 +183,7 @@ def pooling_comparison(
                                grouped=grouped, scheme=scheme).metrics
             row = {"pooling": pooling, "seed": seed, "mae": m["mae_mean"], "mae_fold_std": m["mae_std"],
                    "rmse": m["rmse_mean"], "n_folds": m["n_folds"], "seconds": m["seconds"]}
-            rows.append(row)
-            if on_run is not None:
-                on_run(row)
-            _write_rows(out_dir / "pooling_runs.csv", rows)
+            _record(rows, row, on_run, out_dir / "pooling_runs.csv")
     summary = _summarise(rows, ("pooling",))
     _write_rows(out_dir / "pooling.csv", summary)
     atomic_write_json(out_dir / "metrics.json", {"experiment": "pooling", "unit": "eV", "scheme": scheme,
@@ -221,7 +223,8 @@ def advisor_pooling_comparison(
     advisor pooling, each seed a different random train/val/test split and initialisation
     (nothing is registered)."""
     from adex.advisors.model import AdvisorConfig
-    from adex.advisors.train import new_run_dir, train_advisor
+    from adex.advisors.train import train_advisor
+    from adex.paths import new_run_dir
     from adex.config import load_config
 
     out_dir = new_run_dir(f"pooling-advisor-{name}", out)
@@ -234,10 +237,7 @@ def advisor_pooling_comparison(
             test = run.metrics["test"]
             row = {"pooling": pooling, "seed": seed, "mae": test["mae"], "rmse": test["rmse"], "n_test": test["n"],
                    "n_folds": 1, "seconds": run.metrics["train_seconds"], "unit": run.metrics["unit"]}
-            rows.append(row)
-            if on_run is not None:
-                on_run(row)
-            _write_rows(out_dir / "pooling_runs.csv", rows)
+            _record(rows, row, on_run, out_dir / "pooling_runs.csv")
     summary = _summarise(rows, ("pooling",))
     _write_rows(out_dir / "pooling.csv", summary)
     unit = rows[0]["unit"] if rows else ""

@@ -1,0 +1,90 @@
+"""``adex baseline``: the descriptor baseline (matminer-style descriptors + gradient
+boosting) cross-validated on the same folds as the GNNs (:mod:`adex.expert.baseline`)."""
+from __future__ import annotations
+
+import argparse
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser(
+        "baseline", help="descriptor + gradient-boosting baseline, cross-validated on the shared folds",
+        description="e.g. `adex baseline --cv published` (10 published folds per vacancy), `--cv published_struct` "
+                    "(per compound), `--cv published@0.10` (learning-curve fraction), `--cv loeo`, "
+                    "or `--split 1.00k0` for one published split. Writes folds.csv, predictions.csv, metrics.json, "
+                    "config.yaml and baseline.png into the run folder.")
+    p.add_argument("--cv", help="published (default), published_struct, kfold, group, loeo, l2eo; "
+                                "published@0.10 / published@0.40 for the learning-curve fractions")
+    p.add_argument("--split", help="one published split instead of --cv, e.g. 1.00k0, 1.00k0_struct, CS_Ba")
+    p.add_argument("--folds", type=int, help="number of folds (published, kfold, group; pairs for l2eo; default 10)")
+    p.add_argument("--elements", help="comma-separated elements held out by loeo/l2eo (default: all but O)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the folds (kfold, group, l2eo) and the model (default 0)")
+    p.add_argument("--loss", default="auto", help="absolute_error, squared_error, or auto (default: chosen per fold "
+                                                  "on a validation set carved from its training set)")
+    p.add_argument("--data", help="data directory (default: $ADEX_DATA, else $ADEX_HOME/data)")
+    p.add_argument("--out", help="run folder (default: $ADEX_HOME/runs/baseline-<time>)")
+    p.add_argument("--workers", type=int, default=1, help="featurization processes (default 1)")
+    p.add_argument("--threads", type=int, default=1, help="OpenMP threads of the gradient boosting (default 1)")
+    p.add_argument("--no-cache", action="store_true", help="featurize again and do not write the feature cache")
+    p.set_defaults(func=cmd_baseline)
+
+
+def cmd_baseline(args: argparse.Namespace) -> int:
+    from adex.datasets import dataset_root
+    from adex.errors import ConfigError
+    from adex.expert.baseline import GROUPED_SCHEMES, BaselineSettings, ModelSettings, load_witman_features, run_baseline
+    from adex.expert.data import read_split
+    from adex.expert.splits import Fold, make_folds, parse_scheme
+    from adex.progress import console
+
+    if args.cv and args.split:
+        raise ConfigError("give either --cv SCHEME or --split NAME, not both")
+    for flag in ("folds", "workers", "threads"):
+        value = getattr(args, flag)
+        if value is not None and value < 1:
+            raise ConfigError(f"--{flag} must be >= 1, got {value}")
+    model = ModelSettings(loss=args.loss)
+    root = dataset_root("witman2023_vacancies", args.data)
+    if args.split:
+        train, test = read_split(root, args.split)
+        folds = [Fold(args.split, tuple(train), tuple(test))]
+        scheme, grouped = f"split:{args.split}", args.split.endswith("_struct") or args.split.startswith("CS_")
+    else:
+        scheme = args.cv or "published"
+        kwargs = parse_scheme(scheme)
+        elements = [e.strip() for e in args.elements.split(",") if e.strip()] if args.elements else None
+        folds = make_folds(root, n_folds=args.folds or 10, seed=args.seed, elements=elements, **kwargs)
+        grouped = kwargs["scheme"] in GROUPED_SCHEMES or kwargs.get("per_compound", False)
+    if not folds:
+        raise ConfigError(f"--cv {scheme}: no folds (nothing to train on or to test)")
+    con = console()
+    settings = BaselineSettings()
+    table = load_witman_features(args.data, settings, workers=args.workers, use_cache=not args.no_cache)
+    con.print(f"descriptors: {len(table.ids)} vacancies x {len(table.names)} features "
+              + (f"(cache, featurized in {table.featurize_seconds:.0f} s)" if table.from_cache
+                 else f"(featurized in {table.featurize_seconds:.0f} s)"), soft_wrap=True)
+    config = {"command": "baseline", "cv": None if args.split else scheme, "split": args.split, "n_folds": args.folds,
+              "elements": args.elements, "data": str(root), "features": settings.to_dict(), "workers": args.workers}
+
+    def report(k, row, val_mae) -> None:
+        chosen = row["loss"] + (f" (validation MAE {', '.join(f'{l} {v:.3f}' for l, v in val_mae.items())})"
+                                if val_mae else "")
+        con.print(f"fold {row['fold']}: MAE {row['mae']:.3f} eV, RMSE {row['rmse']:.3f} eV (n={row['n_test']}); "
+                  f"loss {chosen}", soft_wrap=True)
+
+    result = run_baseline(table, folds, model, seed=args.seed, grouped=grouped, scheme=scheme, out=args.out,
+                          config=config, threads=args.threads, on_fold=report)
+    m = result.metrics
+    p = m["pooled"]
+
+    def fmt(value) -> str:
+        return "n/a" if value is None else f"{value:.3f}"
+
+    spread = f" ± {m['mae_std']:.3f}" if m["n_folds"] > 1 else ""
+    con.print(f"[bold]descriptor baseline[/] ({len(table.names)} descriptors, HistGradientBoosting) on {scheme}: "
+              f"{m['n_folds']} fold{'s' if m['n_folds'] > 1 else ''}, MAE {m['mae_mean']:.3f}{spread} eV"
+              + (" (mean ± std over folds)" if spread else "")
+              + f", RMSE {m['rmse_mean']:.3f} eV; O vacancies {fmt(m['mae_O']['mean'])} eV, metal vacancies "
+              f"{fmt(m['mae_metal']['mean'])} eV; pooled MAE {fmt(p['mae'])} eV over {p['n']} held-out vacancies. "
+              f"Featurization {m['featurize_seconds']:.0f} s{' (cached)' if table.from_cache else ''}, "
+              f"training {m['train_seconds']:.0f} s. Run folder: {result.out}", soft_wrap=True)
+    return 0
