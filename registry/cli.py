@@ -66,6 +66,10 @@ def register(subparsers: argparse._SubParsersAction) -> argparse._SubParsersActi
     p = sub.add_parser("export", parents=common, help="copy a version into another store root (e.g. to ship it)")
     p.add_argument("ref")
     p.add_argument("dest", help="destination store root, e.g. registry/builtin of a source checkout")
+    p.add_argument("--renumber", action="store_true", help="take the next free version number in the destination")
+    p.add_argument("--builtin-parents", action="store_true",
+                   help="the destination is the built-in store: keep parents shipped there (same files), "
+                        "move the others to notes.parents_not_shipped")
     p.set_defaults(func=_warnings_to_stderr(cmd_export))
 
     p = sub.add_parser("remove", parents=common, help="delete one version (refused if others derive from it)")
@@ -171,7 +175,8 @@ def cmd_tag(args: argparse.Namespace) -> int:
 
 def cmd_export(args: argparse.Namespace) -> int:
     """``adex registry export REF DEST_ROOT``."""
-    target = open_from_args(args).export(args.ref, args.dest)
+    target = open_from_args(args).export(args.ref, args.dest, renumber=args.renumber,
+                                         parents_as_builtin=args.builtin_parents)
     print(f"exported to {target}")
     return 0
 

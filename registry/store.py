@@ -325,16 +325,23 @@ class Registry:
             atomic_write_json(base / ALIASES, current)
         return self._user.entry(kind, name, version)
 
-    def export(self, ref: str, dest_root: Path, card_notes: Mapping | None = None) -> Path:
-        """Copy the (verified) version ``ref`` into another store root, keeping its number.
+    def export(self, ref: str, dest_root: Path, card_notes: Mapping | None = None, renumber: bool = False,
+               parents_as_builtin: bool = False) -> Path:
+        """Copy the (verified) version ``ref`` into another store root.
 
         Used to ship models in the built-in store (``registry/builtin``) or to move them
-        between machines. ``card_notes`` are merged into the copied card under ``notes``.
-        The copy is staged and renamed into place; an existing version is never replaced.
+        between machines. The version keeps its number, or with ``renumber`` becomes the
+        next free number of that name in the destination. ``card_notes`` are merged into
+        the copied card under ``notes``. With ``parents_as_builtin`` (the destination is
+        the built-in store) parents that exist there keep a ``builtin::`` reference and the
+        others move to ``notes.parents_not_shipped`` (their lineage stays readable). The
+        copy is staged and renamed into place; an existing version is never replaced.
         """
         entry = self.resolve(ref)
         entry.verify()
-        target = Path(dest_root) / entry.kind / entry.name / "versions" / str(entry.version)
+        dest = _Store("destination", Path(dest_root))
+        version = (max(dest.versions(entry.kind, entry.name), default=0) + 1) if renumber else entry.version
+        target = Path(dest_root) / entry.kind / entry.name / "versions" / str(version)
         if target.exists():
             raise RegistryError(f"{target} exists already; versions are immutable")
         target.parent.mkdir(parents=True, exist_ok=True)
@@ -345,8 +352,26 @@ class Registry:
                 shutil.copy2(entry.path / filename, staging / filename)
             card = dict(entry.card)
             card["exported_from"] = entry.ref
+            card["version"] = version
+            notes = dict(card.get("notes", {}))
+            if parents_as_builtin:
+                kept, elsewhere = [], []
+                for parent in card.get("parents", []):
+                    source_parent = self.resolve(parent)
+                    same = None
+                    if source_parent.version in dest.versions(source_parent.kind, source_parent.name):
+                        same = dest.entry(source_parent.kind, source_parent.name, source_parent.version)
+                    if same is not None and same.files == source_parent.files:  # the very same files
+                        kept.append(f"builtin::{source_parent.kind}/{source_parent.name}:{source_parent.version}")
+                    else:
+                        elsewhere.append(source_parent.ref)
+                card["parents"] = kept
+                if elsewhere:
+                    notes["parents_not_shipped"] = elsewhere
             if card_notes:
-                card["notes"] = {**card.get("notes", {}), **dict(card_notes)}
+                notes.update(dict(card_notes))
+            if notes:
+                card["notes"] = notes
             atomic_write_json(staging / CARD, card)
             os.rename(staging, target)
         except BaseException:

@@ -393,3 +393,30 @@ def test_export_copies_a_verified_version_into_another_store(tmp_path):
     with pytest.raises(IntegrityError):
         source.export("bandgap:1", tmp_path / "shipped")
     assert not (tmp_path / "shipped" / "advisor" / "bandgap" / "versions" / "1").exists()
+
+
+def test_export_renumbers_and_keeps_only_shipped_parents(tmp_path):
+    from adex.registry import Registry
+
+    shipped_root = tmp_path / "shipped"
+    source = Registry(root=tmp_path / "user", builtin_root=shipped_root)
+    source.register("advisor", "bandgap", {"weights.bin": b"adv"}, {"description": "advisor"})
+    source.export("bandgap:1", shipped_root)  # now builtin::advisor/bandgap:1 too (same files)
+    source.register("expert", "vac", {"weights.bin": b"v1"}, {"description": "first"})
+    source.register("expert", "vac", {"weights.bin": b"v2"}, {"description": "member"},
+                    parents=["user::advisor/bandgap:1", "user::expert/vac:1"])
+    # the destination already has expert/vac:1 and :2 (other models): the export gets number 3
+    for n in (1, 2):
+        (shipped_root / "expert" / "vac" / "versions").mkdir(parents=True, exist_ok=True)
+    other = Registry(root=tmp_path / "other", builtin_root=tmp_path / "none")
+    for text in (b"a", b"b"):
+        other.register("expert", "vac", {"weights.bin": text}, {"description": "shipped earlier"})
+    other.export("vac:1", shipped_root)
+    other.export("vac:2", shipped_root)
+    target = source.export("vac:2", shipped_root, card_notes={"how": "test"}, renumber=True, parents_as_builtin=True)
+    assert target.name == "3"
+    entry = Registry(root=tmp_path / "fresh", builtin_root=shipped_root).resolve("builtin::expert/vac:3")
+    assert entry.read_file("weights.bin") == b"v2" and entry.card["version"] == 3
+    # bandgap:1 is shipped with the same files; user expert/vac:1 is not (builtin vac:1 is another model)
+    assert entry.card["parents"] == ["builtin::advisor/bandgap:1"]
+    assert entry.card["notes"] == {"parents_not_shipped": ["expert/vac:1"], "how": "test"}
