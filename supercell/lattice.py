@@ -274,10 +274,20 @@ def find_supercell_matrix(
         int64 [3, 3] ``M`` with positive determinant and LLL-reduced rows;
         supercell lattice = ``M @ lattice``.
     """
-    matrix = _as_matrix(lattice)
+    matrix = np.ascontiguousarray(_as_matrix(lattice), dtype=np.float64)
     target = float(min_image_distance)
     if not math.isfinite(target) or target < 0:
         raise ValueError(f"min_image_distance must be a finite number >= 0, got {min_image_distance!r}")
+    # The vacancies of one host share its canonical lattice: search once per lattice.
+    return _find_supercell_matrix_cached(matrix.tobytes(), target, int(max_det)).copy()
+
+
+@lru_cache(maxsize=4096)
+def _find_supercell_matrix_cached(matrix_bytes: bytes, target: float, max_det: int) -> np.ndarray:
+    return _find_supercell_matrix(np.frombuffer(matrix_bytes, dtype=np.float64).reshape(3, 3), target, max_det)
+
+
+def _find_supercell_matrix(matrix: np.ndarray, target: float, max_det: int) -> np.ndarray:
     reduced, u = lll_reduce(matrix)
     need = target - LENGTH_TOL
     if shortest_vector_length(reduced) >= need:
