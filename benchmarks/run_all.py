@@ -1,0 +1,916 @@
+"""The adex benchmark suite (GitHub issue 6): featurization, training, prediction, scaling.
+
+    python benchmarks/run_all.py --data ../shared/data [--quick] [--only featurize,train,predict,scaling]
+                                 [--threads 1] [--budget-minutes 20] [--out benchmarks/results]
+
+Every measurement runs in a fresh subprocess (imports, caches and memory isolated) with
+``OMP_NUM_THREADS`` / ``MKL_NUM_THREADS`` and the torch thread count set to ``--threads``
+(default 1, like the reference). For each process the suite records wall time, CPU time
+(user + system, from ``os.wait4``, including the process's own worker processes), peak
+RSS of the largest single process (``ru_maxrss``) and, sampled every 0.25 s, the peak
+summed RSS of the process tree (differs from the former only with worker pools), plus
+how many cores *other* processes used meanwhile (``/proc/stat``): the machine is shared.
+
+Cold runs get a new, empty ``ADEX_HOME`` (no featurization cache); warm runs reuse the
+``ADEX_HOME`` a cold run filled. The real adex APIs and CLI are measured:
+``adex.datasets.load_dataset``, ``adex.graphs.Featurizer``, ``adex.expert.data.load_witman``,
+``adex advisor train``, ``adex expert train``, ``adex predict``; in-process stage timings
+come from ``benchmarks/steps.py``.
+
+Outputs (``--out``, default ``benchmarks/results``; ``--quick`` writes to ``results/quick``):
+``benchmarks.json`` (every number with its unit, machine, torch version, threads, commit,
+load average), ``benchmarks.md`` (tables with the reference column and adex/reference
+ratios), ``scaling_supercell.png``, ``scaling_vacancies.png`` and the logs of every child
+process in ``logs/``. ``--only`` reruns some groups and merges them into the existing JSON
+(each entry carries its own date).
+
+Reference (issue 6): the published dGNN code on this kind of machine (2 cores, 1 torch
+thread), same 1,481 vacancies, 4.5 Å cutoff, 12 neighbours, 2 convolutions of width 8,
+batch 256.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import datetime as dt
+import json
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parent
+STEPS_PY = HERE / "steps.py"
+GROUPS = ("featurize", "train", "predict", "scaling")
+
+REFERENCE = {
+    "graph_ms_per_structure": 39.5,
+    "graphs_per_s": 25.0,
+    "graph_cif_parse_share": 0.60,
+    "graph_neighbour_share": 0.31,
+    "epoch_s": 1.92,
+    "predict_vacancies_per_s": 27.0,
+    "model_only_vacancies_per_s": 630.0,
+    "peak_memory_GB": 0.9,
+    "epochs_1000_min": 36.0,
+    "setup": "published dGNN code, 2 cores, 1 torch thread, 1,481 Witman vacancies, 4.5 Å cutoff, "
+             "12 neighbours, 2 convolutions of width 8, batch 256 (numbers from GitHub issue 6)",
+}
+
+SIZES = {
+    "full": dict(mp=5000, pristine=1481, witman=None, adv_limit=5000, adv_epochs=2, exp_epochs=3, exp_split="1.00k0",
+                 exp_limit=None, predict=1481, hosts=100, calls=10, model=None, profile=200, sc_n=30,
+                 sc_d=[8.0, 12.0, 16.0, 20.0], vac_model=[100, 1000, 10000], vac_e2e=[100, 1000, 10000]),
+    "quick": dict(mp=300, pristine=200, witman=100, adv_limit=300, adv_epochs=1, exp_epochs=1, exp_split=None,
+                  exp_limit=100, predict=200, hosts=8, calls=2, model=100, profile=40, sc_n=6,
+                  sc_d=[8.0, 12.0, 16.0, 20.0], vac_model=[100, 300, 1000], vac_e2e=[50, 200]),
+}
+
+
+# --------------------------------------------------------------------------- machine
+
+
+def _sh(cmd: list[str]) -> str:
+    try:
+        return subprocess.run(cmd, capture_output=True, text=True, timeout=30, cwd=REPO).stdout.strip()
+    except Exception:
+        return ""
+
+
+def cpu_model() -> str:
+    for line in _sh(["lscpu"]).splitlines():
+        if line.lower().startswith("model name"):
+            return line.split(":", 1)[1].strip()
+    return platform.processor() or "unknown"
+
+
+def busy_jiffies() -> tuple[int, int]:
+    """(busy, total) CPU jiffies of the whole machine since boot."""
+    with open("/proc/stat") as handle:
+        values = [int(v) for v in handle.readline().split()[1:]]
+    idle = values[3] + (values[4] if len(values) > 4 else 0)
+    return sum(values) - idle, sum(values)
+
+
+def tree_rss_bytes(root: int) -> int:
+    """Summed RSS of ``root`` and all its descendants (from /proc)."""
+    parent: dict[int, int] = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as handle:
+                    parent[int(entry)] = int(handle.read().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                pass
+    tree, frontier = {root}, [root]
+    while frontier:
+        p = frontier.pop()
+        for child, pp in parent.items():
+            if pp == p and child not in tree:
+                tree.add(child)
+                frontier.append(child)
+    total = 0
+    page = os.sysconf("SC_PAGE_SIZE")
+    for pid in tree:
+        try:
+            with open(f"/proc/{pid}/statm") as handle:
+                total += int(handle.read().split()[1]) * page
+        except (OSError, IndexError, ValueError):
+            pass
+    return total
+
+
+def machine_info(threads: int) -> dict:
+    probe = subprocess.run(
+        [sys.executable, "-c", "import torch, json; print(json.dumps([torch.__version__, torch.get_num_threads()]))"],
+        capture_output=True, text=True, env=child_env(threads, None))
+    torch_version, torch_threads = json.loads(probe.stdout) if probe.returncode == 0 else ("unknown", None)
+    mem_kb = 0
+    try:
+        with open("/proc/meminfo") as handle:
+            mem_kb = int(handle.readline().split()[1])
+    except OSError:
+        pass
+    return {
+        "platform": platform.platform(),
+        "machine": platform.machine(),
+        "cpu_count": os.cpu_count(),
+        "cpu_model": cpu_model(),
+        "memory_GB": round(mem_kb / 1024**2, 1),
+        "python": platform.python_version(),
+        "torch": torch_version,
+        "threads": threads,
+        "torch_threads_in_child": torch_threads,
+        "git_commit": _sh(["git", "rev-parse", "HEAD"]),
+        "git_dirty": bool(_sh(["git", "status", "--porcelain", "--untracked-files=no"])),
+    }
+
+
+def child_env(threads: int, home: Path | None, progress: bool = False) -> dict:
+    env = dict(os.environ)
+    env.pop("ADEX_CACHE", None)  # the cache must live in the step's ADEX_HOME
+    env.update(OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads), OPENBLAS_NUM_THREADS=str(threads),
+               PYTHONWARNINGS="ignore")
+    if home is not None:
+        env["ADEX_HOME"] = str(home)
+    if progress:
+        env.pop("ADEX_NO_PROGRESS", None)  # training prints one line per epoch into the log
+    else:
+        env["ADEX_NO_PROGRESS"] = "1"
+    return env
+
+
+# --------------------------------------------------------------------------- running children
+
+
+@dataclass
+class Context:
+    args: argparse.Namespace
+    sizes: dict
+    tmp: Path
+    logs: Path
+    progress: object
+    task: object
+    console: object
+    started: float
+    results: dict = field(default_factory=dict)
+    _homes: dict = field(default_factory=dict)
+    _n_children: int = 0
+    children_wall_s: float = 0.0
+    children_cpu_s: float = 0.0
+
+    def home(self, name: str | None) -> Path:
+        """The ADEX_HOME called ``name`` (created empty on first use); None: a new one."""
+        if name is None:
+            name = f"fresh{len(self._homes) + 1}"
+        if name not in self._homes:
+            path = self.tmp / "homes" / name
+            path.mkdir(parents=True, exist_ok=True)
+            self._homes[name] = path
+        return self._homes[name]
+
+    def elapsed(self) -> float:
+        return time.perf_counter() - self.started
+
+    def child(self, label: str, cmd: list[str], home: str | None, progress: bool = False) -> dict:
+        """Run ``cmd`` in a fresh process; wall/CPU time, peak RSS and machine load."""
+        self._n_children += 1
+        log = self.logs / f"{self._n_children:02d}-{label.replace(' ', '_').replace('/', '_')}.log"
+        env = child_env(self.args.threads, self.home(home), progress)
+        busy0, total0 = busy_jiffies()
+        start = time.perf_counter()
+        with open(log, "w") as handle:
+            handle.write("$ " + " ".join(cmd) + f"\n# ADEX_HOME={env['ADEX_HOME']} OMP_NUM_THREADS={env['OMP_NUM_THREADS']}\n")
+            handle.flush()
+            proc = subprocess.Popen(cmd, stdout=handle, stderr=subprocess.STDOUT, env=env, cwd=self.tmp)
+        peak_tree, last_sample, status, usage = 0, 0.0, None, None
+        while True:
+            pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
+            if pid:
+                break
+            now = time.perf_counter()
+            if now - last_sample > 0.25:
+                peak_tree = max(peak_tree, tree_rss_bytes(proc.pid))
+                last_sample = now
+                self.progress.update(self.task, info=f"{label}: {now - start:5.0f} s  {_last_line(log)}"[:110])
+            time.sleep(0.05)
+        wall = time.perf_counter() - start
+        busy1, total1 = busy_jiffies()
+        proc.returncode = os.waitstatus_to_exitcode(status)
+        cpu = usage.ru_utime + usage.ru_stime
+        tick = os.sysconf("SC_CLK_TCK")
+        others = max((busy1 - busy0) / tick - cpu, 0.0) / wall if wall > 0 else 0.0
+        out = {"label": label, "command": " ".join(str(c) for c in cmd[1:]), "wall_s": round(wall, 2),
+               "cpu_s": round(cpu, 2), "user_s": round(usage.ru_utime, 2), "sys_s": round(usage.ru_stime, 2),
+               "peak_rss_MB": round(usage.ru_maxrss / 1024, 1), "peak_tree_rss_MB_sampled": round(peak_tree / 2**20, 1),
+               "other_processes_cores": round(others, 2), "returncode": proc.returncode,
+               "log": str(log.relative_to(self.logs.parent))}
+        self.children_wall_s += wall
+        self.children_cpu_s += cpu
+        if proc.returncode != 0:
+            raise StepFailed(f"{label}: exit code {proc.returncode}; see {log}\n{_tail(log)}")
+        return out
+
+    def steps(self, label: str, step: str, home: str | None, *extra: str) -> dict:
+        """Run ``benchmarks/steps.py STEP`` in a fresh process; its JSON merged with the process figures."""
+        result = self.tmp / f"result-{self._n_children + 1}-{step}.json"
+        proc = self.child(label, [sys.executable, str(STEPS_PY), step, "--result", str(result), "--data", self.args.data,
+                                  "--threads", str(self.args.threads), *extra], home)
+        return {**json.loads(result.read_text()), "process": proc}
+
+    def adex(self, label: str, home: str | None, *arguments: str, progress: bool = False) -> dict:
+        return self.child(label, [sys.executable, "-m", "adex", *arguments], home, progress)
+
+
+class StepFailed(RuntimeError):
+    pass
+
+
+def _last_line(path: Path) -> str:
+    try:
+        with open(path, "rb") as handle:
+            handle.seek(max(0, os.path.getsize(path) - 400))
+            lines = [line.strip() for line in handle.read().decode(errors="replace").replace("\r", "\n").splitlines()]
+        return next((line for line in reversed(lines) if line), "")
+    except OSError:
+        return ""
+
+
+def _tail(path: Path, n: int = 15) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-n:])
+    except OSError:
+        return ""
+
+
+# --------------------------------------------------------------------------- tables of inputs
+
+
+def witman_rows(data: str) -> list[dict]:
+    with open(Path(data) / "witman2023_vacancies" / "vacancies.csv", newline="") as handle:
+        return list(csv.DictReader(handle))
+
+
+def write_table(path: Path, rows: list[tuple]) -> Path:
+    with open(path, "w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["structure", "site", "id", "dH_eV"])
+        writer.writerows(rows)
+    return path
+
+
+def witman_table(ctx: Context, n: int, replicate_hosts: bool = False) -> Path:
+    """Table of ``n`` Witman vacancies (site 0 of each CIF). Beyond 1,481 rows the host
+    files are copied (``rep1/``, ``rep2/``, ...) so every row is a distinct host file that
+    ``adex predict`` reads and featurizes (it featurizes each (file, site) once)."""
+    rows = witman_rows(ctx.args.data)
+    src = (Path(ctx.args.data) / "witman2023_vacancies" / "structures").resolve()
+    out = []
+    for i in range(n):
+        row, rep = rows[i % len(rows)], i // len(rows)
+        path = src / f"{row['id']}.cif"
+        if replicate_hosts and rep > 0:
+            copy = ctx.tmp / "hosts" / f"rep{rep}" / f"{row['id']}.cif"
+            if not copy.exists():
+                copy.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(path, copy)
+            path = copy
+        out.append((str(path), 0, row["id"], row["dH_eV"]))
+    return write_table(ctx.tmp / f"table-{n}{'-rep' if replicate_hosts else ''}.csv", out)
+
+
+def predictions_mae(path: Path) -> tuple[int, float | None]:
+    with open(path, newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    if rows and "dH_eV" in rows[0]:
+        return len(rows), round(sum(abs(float(r["dH_pred_eV"]) - float(r["dH_eV"])) for r in rows) / len(rows), 4)
+    return len(rows), None
+
+
+def _rate(n: int, seconds: float) -> float:
+    return round(n / seconds, 2) if seconds > 0 else float("nan")
+
+
+# --------------------------------------------------------------------------- groups
+
+
+def run_featurize(ctx: Context) -> dict:
+    s, out = ctx.sizes, {}
+    n_mp = s["mp"]
+    out["mp_cold"] = ctx.steps(f"MP graphs cold ({n_mp})", "mp", "mp", "--n", str(n_mp), "--workers", "1")
+    out["mp_cached"] = ctx.steps(f"MP graphs cached ({n_mp})", "mp", "mp", "--n", str(n_mp), "--workers", "1")
+    out["witman_pristine"] = ctx.steps(f"Witman host graphs ({s['pristine']})", "witman_pristine", None, "--n", str(s["pristine"]))
+    limit = [] if s["witman"] is None else ["--n", str(s["witman"])]
+    out["witman_cold_1w"] = ctx.steps("Witman supercell graphs cold, 1 worker", "witman_vacancies", "main", *limit, "--workers", "1")
+    out["witman_cold_2w"] = ctx.steps("Witman supercell graphs cold, 2 workers", "witman_vacancies", None, *limit, "--workers", "2")
+    out["witman_cached"] = ctx.steps("Witman supercell graphs cached", "witman_vacancies", "main", *limit, "--workers", "1")
+    return out
+
+
+def _metrics(run_dir: Path) -> dict:
+    return json.loads((run_dir / "metrics.json").read_text())
+
+
+def run_train(ctx: Context) -> dict:
+    s, out, t = ctx.sizes, {}, str(ctx.args.threads)
+    data = ["--data", ctx.args.data]
+    run = ctx.tmp / "runs" / "advisor-eform"
+    proc = ctx.adex("advisor eform", "mp", "advisor", "train", "eform", "--epochs", str(s["adv_epochs"]), "--limit",
+                    str(s["adv_limit"]), "--no-register", "--threads", t, "--out", str(run), *data, progress=True)
+    m = _metrics(run)
+    out["advisor_eform"] = {"process": proc, "limit": s["adv_limit"], "epochs": m["epochs_run"],
+                            "n_train": _n_train(run), "seconds_per_epoch": m["seconds_per_epoch"],
+                            "train_seconds": m["train_seconds"], "featurize_seconds": m["featurize_seconds"],
+                            "torch_threads": m["torch_threads"]}
+    split = ["--split", s["exp_split"]] if s["exp_split"] else ["--limit", str(s["exp_limit"])]
+    variants = {
+        "expert_scratch": ("expert, no advisors", ["--advisors", "none"], "main"),
+        "expert_advised": ("expert, advisors bandgap+eform",
+                           ["--advisors", "builtin::bandgap:1,builtin::eform:1"], "main"),
+        "expert_reference_size": ("expert, reference size (cold 4.5 Å graphs)",
+                                  ["--advisors", "none", "--set", "model.atom_fea_len=8", "--set", "featurizer.cutoff=4.5",
+                                   "--set", "training.batch_size=256", "--set", "model.oxidation_states=false"], "main"),
+    }
+    for key, (label, extra, home) in variants.items():
+        run = ctx.tmp / "runs" / key
+        proc = ctx.adex(label, home, "expert", "train", *extra, *split, "--epochs", str(s["exp_epochs"]),
+                        "--no-register", "--threads", t, "--out", str(run), *data, progress=True)
+        m = _metrics(run)
+        out[key] = {"process": proc, "split": m["split"], "n_train": (m.get("train") or {}).get("n"),
+                    "n_val": (m.get("val") or {}).get("n"), "epochs": m["epochs_run"],
+                    "seconds_per_epoch": m["seconds_per_epoch"], "train_seconds": m["train_seconds"],
+                    "featurize_seconds": m["featurize_seconds"], "advisor_seconds": m["advisor_seconds"],
+                    "mean_nodes_per_vacancy": round(m["mean_nodes_per_vacancy"], 1),
+                    "mean_nodes_per_vacancy_used": round(m["mean_nodes_per_vacancy_used"], 1),
+                    "torch_threads": m["torch_threads"], "options": " ".join(extra)}
+    return out
+
+
+def _n_train(run_dir: Path) -> int | None:
+    try:
+        return _metrics(run_dir)["train"]["n"]
+    except (KeyError, TypeError):
+        return None
+
+
+def run_predict(ctx: Context) -> dict:
+    s, out = ctx.sizes, {}
+    n = s["predict"]
+    table = witman_table(ctx, n)
+    pred = ctx.tmp / "pred-input.csv"
+    proc = ctx.adex(f"predict --input ({n})", None, "predict", "--input", str(table), "--output", str(pred))
+    n_out, mae = predictions_mae(pred)
+    out["input"] = {"process": proc, "n_vacancies": n_out, "n_hosts": n_out,
+                    "vacancies_per_s": _rate(n_out, proc["wall_s"]), "vacancies_per_cpu_s": _rate(n_out, proc["cpu_s"]),
+                    "mae_vs_dft_eV": mae, "note": "whole process: start-up, cold registry load, CIF parsing, "
+                                                  "oxidation states, supercell graphs, advisors, expert"}
+    pred = ctx.tmp / "pred-input-b32.csv"
+    proc = ctx.adex(f"predict --input ({n}) --batch-size 32", None, "predict", "--input", str(table), "--output", str(pred),
+                    "--batch-size", "32")
+    n_out, mae = predictions_mae(pred)
+    out["input_batch32"] = {"process": proc, "n_vacancies": n_out, "vacancies_per_s": _rate(n_out, proc["wall_s"]),
+                            "vacancies_per_cpu_s": _rate(n_out, proc["cpu_s"]), "mae_vs_dft_eV": mae}
+    tables = ctx.tmp / "tables"
+    out["tables_setup"] = ctx.steps("distinct sites of the hosts (setup)", "make_tables", None, "--hosts", str(s["hosts"]),
+                                    "--out-dir", str(tables))
+    pred = ctx.tmp / "pred-all-sites.csv"
+    proc = ctx.adex(f"predict all sites of {s['hosts']} hosts (one table)", None, "predict", "--input",
+                    str(tables / "all_sites.csv"), "--output", str(pred))
+    n_out, _ = predictions_mae(pred)
+    out["all_sites_table"] = {"process": proc, "n_hosts": s["hosts"], "n_vacancies": n_out,
+                              "vacancies_per_s": _rate(n_out, proc["wall_s"]), "vacancies_per_cpu_s": _rate(n_out, proc["cpu_s"])}
+    hosts = (tables / "hosts.txt").read_text().split()[: s["calls"]]
+    calls = []
+    for k, host in enumerate(hosts):
+        pred = ctx.tmp / f"pred-call-{k}.csv"
+        proc = ctx.adex(f"predict --all-sites call {k + 1}/{len(hosts)}", None, "predict", "--structure", host,
+                        "--all-sites", "--output", str(pred))
+        calls.append({**proc, "n_vacancies": predictions_mae(pred)[0]})
+    wall, cpu, nv = (sum(c[k] for c in calls) for k in ("wall_s", "cpu_s", "n_vacancies"))
+    table_rate = out["all_sites_table"]["vacancies_per_s"]
+    out["all_sites_calls"] = {"n_calls": len(calls), "n_vacancies": nv, "wall_s": round(wall, 2), "cpu_s": round(cpu, 2),
+                              "seconds_per_call": round(wall / len(calls), 2), "vacancies_per_s": _rate(nv, wall),
+                              "overhead_per_call_s": round((wall - nv / table_rate) / len(calls), 2),
+                              "peak_rss_MB": max(c["peak_rss_MB"] for c in calls),
+                              "other_processes_cores": round(sum(c["other_processes_cores"] for c in calls) / len(calls), 2),
+                              "calls": calls,
+                              "note": "overhead per call = (total wall - vacancies / rate of the one-table run) / calls"}
+    model_n = [] if s["model"] is None else ["--n", str(s["model"])]
+    out["model_only"] = ctx.steps("model only (cached graphs)", "model_only", "main", *model_n, "--repeat", "2")
+    out["model_only_batch32"] = ctx.steps("model only, batch 32", "model_only", "main", *model_n, "--batch-size", "32")
+    out["model_only_reference_size"] = ctx.steps("model only, reference-size expert", "model_only", "main", *model_n,
+                                                 "--repeat", "2", "--reference-size")
+    out["profile"] = ctx.steps(f"profile of predict ({s['profile']})", "profile", None, "--n", str(s["profile"]))
+    return out
+
+
+def _capped(ctx: Context, out: dict, what: str, n: int, done: list[dict], estimate: Callable[[dict, int], float]) -> int:
+    """``n``, or less (a multiple of 1,000, at least 2,000; else 0 = skip) when ``estimate(largest
+    run so far, n)`` (seconds) says that ``n`` would not finish within the time budget."""
+    if not done or n <= done[-1]["n_vacancies"]:
+        return n
+    left = 60 * ctx.args.budget_minutes - ctx.elapsed() - 30  # ~30 s for the report and the figures
+    need = estimate(done[-1], n)
+    if need <= left:
+        return n
+    capped = max((m for m in range(2000, n, 1000) if estimate(done[-1], m) <= left), default=0)
+    capped = capped if capped > done[-1]["n_vacancies"] else 0
+    note = (f"{what}: {n:,} vacancies would take ~{need:.0f} s, over the {ctx.args.budget_minutes:g}-min budget "
+            f"({ctx.elapsed():.0f} s used); " + (f"capped at {capped:,}" if capped else "skipped"))
+    ctx.console.print(f"[yellow]scaling: {note}")
+    out.setdefault("notes", []).append(note)
+    return capped
+
+
+def _model_estimate(last: dict, n: int) -> float:
+    return last["process"]["wall_s"] - last["model_seconds"] + n / last["model_vacancies_per_s"]
+
+
+def _e2e_estimate(last: dict, n: int) -> float:
+    return n / last["vacancies_per_s"]
+
+
+def run_scaling(ctx: Context) -> dict:
+    """Supercell size, then the number of vacancies; the largest runs last, capped to the budget."""
+    s, out = ctx.sizes, {"supercell": [], "vacancies_model": [], "vacancies_e2e": []}
+    for d in s["sc_d"]:
+        out["supercell"].append(ctx.steps(f"supercell {d:g} Å ({s['sc_n']} vacancies)", "supercell", None, "--n",
+                                          str(s["sc_n"]), "--min-image", str(d)))
+    base = out["supercell"][0]["predictions_eV"] if out["supercell"] else None
+    for r in out["supercell"]:
+        r["mean_abs_change_vs_first_eV"] = round(sum(abs(a - b) for a, b in zip(r["predictions_eV"], base)) / len(base), 4)
+    model_n = [] if s["model"] is None else ["--n", str(s["model"])]
+
+    def model_run(n: int) -> None:
+        n = _capped(ctx, out, "expert only", n, out["vacancies_model"], _model_estimate)
+        if n:
+            out["vacancies_model"].append(ctx.steps(f"model only, {n} vacancies", "model_only", "main", *model_n,
+                                                    "--replicate", str(n)))
+
+    def e2e_run(n: int) -> None:
+        n = _capped(ctx, out, "end to end", n, out["vacancies_e2e"], _e2e_estimate)
+        if not n:
+            return
+        table = witman_table(ctx, n, replicate_hosts=True)
+        pred = ctx.tmp / f"pred-scaling-{n}.csv"
+        proc = ctx.adex(f"predict --input, {n} vacancies", None, "predict", "--input", str(table), "--output", str(pred))
+        n_out, mae = predictions_mae(pred)
+        out["vacancies_e2e"].append({"process": proc, "n_vacancies": n_out, "vacancies_per_s": _rate(n_out, proc["wall_s"]),
+                                     "vacancies_per_cpu_s": _rate(n_out, proc["cpu_s"]), "mae_vs_dft_eV": mae})
+
+    small_model, large_model = s["vac_model"][:-1], s["vac_model"][-1:]
+    small_e2e, large_e2e = s["vac_e2e"][:-1], s["vac_e2e"][-1:]
+    for n in small_model:
+        model_run(n)
+    for n in small_e2e:
+        e2e_run(n)
+    for n in large_model:
+        model_run(n)
+    for n in large_e2e:
+        e2e_run(n)
+    return out
+
+
+RUNNERS: dict[str, Callable[[Context], dict]] = {"featurize": run_featurize, "train": run_train,
+                                                  "predict": run_predict, "scaling": run_scaling}
+
+
+# --------------------------------------------------------------------------- report
+
+
+def _fmt(value, digits: int = 3) -> str:
+    if value is None:
+        return "–"
+    if isinstance(value, float):
+        if value != value:
+            return "–"
+        if abs(value) >= 100:
+            return f"{value:,.0f}"
+        if abs(value) >= 10:
+            return f"{value:.1f}"
+        return f"{value:.{digits - 1}f}" if abs(value) >= 1 else f"{value:.{digits}g}"
+    if isinstance(value, int):
+        return f"{value:,}"
+    return str(value)
+
+
+def _ratio(adex: float | None, ref: float | None, higher_is_better: bool) -> str:
+    if adex is None or ref is None or not adex or adex != adex:
+        return ""
+    r = adex / ref
+    better = r > 1 if higher_is_better else r < 1
+    factor = r if r >= 1 else 1 / r
+    return f"{r:.2f} ({factor:.1f}× {'faster' if better else 'slower'})" if abs(r - 1) > 0.005 else "1.00"
+
+
+def _mem_ratio(mb: float | None) -> str:
+    if not mb:
+        return ""
+    r = mb / 1024 / REFERENCE["peak_memory_GB"]
+    return f"{r:.2f} ({'less' if r < 1 else 'more'})"
+
+
+def summary_rows(results: dict) -> list[dict]:
+    """One row per headline number: what, n, wall, CPU, result (unit), peak RSS, reference, adex/ref."""
+    rows = []
+    R = REFERENCE
+
+    def add(group, what, n, proc, value, unit, ref=None, ratio="", rss=None, note=""):
+        rows.append({"group": group, "what": what, "n": n, "wall_s": proc.get("wall_s") if proc else None,
+                     "cpu_s": proc.get("cpu_s") if proc else None, "value": value, "unit": unit,
+                     "peak_rss_MB": rss if rss is not None else (proc or {}).get("peak_rss_MB"),
+                     "reference": ref, "ratio": ratio, "note": note})
+
+    f = results.get("featurize", {})
+    if f:
+        for key, label in (("mp_cold", "MP pristine graphs, cold (8 Å, 1 process)"), ("mp_cached", "MP pristine graphs, from cache")):
+            r = f[key]
+            add("featurize", label, r["n_structures"], {"wall_s": r["seconds"], "cpu_s": r["cpu_seconds"]},
+                r["structures_per_s"], "structures/s", rss=r["process"]["peak_rss_MB"],
+                note=f"random subset of {r['n_structures']:,} of 36,835; cached load includes hashing the 14 MB archive")
+        r = f["witman_pristine"]
+        p = r["parse_plus_graph_4.5A"]
+        add("featurize", "Witman host graphs (CIF as given, 4.5 Å, 12 nbrs), no cache", r["n_structures"],
+            {"wall_s": p["seconds"], "cpu_s": round(r["stage_cpu_s"]["cif_parse"] + r["stage_cpu_s"]["graph_4.5A"], 2)},
+            p["structures_per_s"], "structures/s", R["graphs_per_s"], _ratio(p["structures_per_s"], R["graphs_per_s"], True),
+            rss=r["process"]["peak_rss_MB"], note=f"{100 * p['cif_parse_share']:.0f} % CIF parsing (ref. 60 %); adex caches no host graphs")
+        for key, label in (("witman_cold_1w", "Witman supercell graphs (pristine+defected, 5 Å, 8 Å images), cold, 1 process"),
+                           ("witman_cold_2w", "Witman supercell graphs, cold, 2 worker processes"),
+                           ("witman_cached", "Witman supercell graphs, from cache")):
+            r = f[key]
+            cached = key == "witman_cached"
+            # CPU of the load itself: the parent's share plus that of its worker processes (reaped children)
+            workers_cpu = max(r["process"]["cpu_s"] - r["process_inner_cpu_s"], 0.0) if r["workers"] > 1 else 0.0
+            add("featurize", label, r["n_vacancies"], {"wall_s": r["seconds"], "cpu_s": round(r["cpu_seconds_parent"] + workers_cpu, 2)},
+                r["vacancies_per_s"], "vacancies/s", R["graphs_per_s"],
+                _ratio(r["vacancies_per_s"], R["graphs_per_s"], True) + (" (ref. is never cached)" if cached else ""),
+                rss=r["process"]["peak_rss_MB"],
+                note=f"{r['mean_nodes']:.0f} nodes per graph; includes oxidation states" + ("" if key != "witman_cold_2w" else
+                     f"; tree RSS {r['process']['peak_tree_rss_MB_sampled']:.0f} MB"))
+    t = results.get("train", {})
+    if t:
+        r = t["advisor_eform"]
+        add("train", f"advisor eform (MP subset {r['limit']:,}, {r['n_train']:,} train), per epoch", r["epochs"], r["process"],
+            r["seconds_per_epoch"], "s/epoch", rss=r["process"]["peak_rss_MB"],
+            note=f"graphs from cache in {r['featurize_seconds']} s")
+        for key, label in (("expert_scratch", "expert, no advisors"), ("expert_advised", "expert, advisors bandgap+eform"),
+                           ("expert_reference_size", "expert, reference size (width 8, 4.5 Å, batch 256, no ox. states)")):
+            r = t[key]
+            note = f"{r['n_train']:,} train + {r['n_val']} val vacancies, {r['mean_nodes_per_vacancy_used']:.0f} nodes used per graph"
+            if key == "expert_advised":
+                note += f"; advisor features once: {r['advisor_seconds']} s"
+            if key == "expert_reference_size":
+                note += f"; cold 4.5 Å graphs (2 workers) {r['featurize_seconds']} s"
+            ref = R["epoch_s"] if key == "expert_reference_size" else None
+            add("train", f"{label}, per epoch", r["epochs"], r["process"], r["seconds_per_epoch"], "s/epoch", ref,
+                _ratio(r["seconds_per_epoch"], ref, False) if ref else "", note=note)
+        r = t["expert_reference_size"]
+        minutes = round((1000 * r["seconds_per_epoch"] + r["featurize_seconds"]) / 60, 1)
+        add("train", "1,000 epochs at reference size (estimate: 1000 × s/epoch + graphs once)", 1000, None, minutes, "min",
+            R["epochs_1000_min"], _ratio(minutes, R["epochs_1000_min"], False))
+        peak = max(t[k]["process"]["peak_rss_MB"] for k in ("expert_scratch", "expert_advised", "expert_reference_size"))
+        add("train", "peak memory of the expert trainings", None, None, round(peak / 1024, 2), "GB", R["peak_memory_GB"],
+            _mem_ratio(peak), rss=peak)
+    p = results.get("predict", {})
+    if p:
+        r = p["input"]
+        add("predict", "`adex predict --input`, Witman vacancies (everything from a cold start)", r["n_vacancies"], r["process"],
+            r["vacancies_per_s"], "vacancies/s", R["predict_vacancies_per_s"],
+            _ratio(r["vacancies_per_s"], R["predict_vacancies_per_s"], True),
+            note=f"{r['vacancies_per_cpu_s']} per CPU s; MAE vs DFT {r['mae_vs_dft_eV']} eV (in-sample); "
+                 f"memory vs ref. {_mem_ratio(r['process']['peak_rss_MB'])}")
+        r = p.get("input_batch32")
+        if r:
+            add("predict", "the same with `--batch-size 32` (default 256)", r["n_vacancies"], r["process"], r["vacancies_per_s"],
+                "vacancies/s", R["predict_vacancies_per_s"], _ratio(r["vacancies_per_s"], R["predict_vacancies_per_s"], True),
+                note=f"{r['vacancies_per_cpu_s']} per CPU s; memory vs ref. {_mem_ratio(r['process']['peak_rss_MB'])}")
+        r = p["all_sites_table"]
+        add("predict", f"all distinct sites of {r['n_hosts']} hosts, one `--input` table", r["n_vacancies"], r["process"],
+            r["vacancies_per_s"], "vacancies/s", R["predict_vacancies_per_s"],
+            _ratio(r["vacancies_per_s"], R["predict_vacancies_per_s"], True))
+        r = p["all_sites_calls"]
+        add("predict", f"`--all-sites`, {r['n_calls']} separate calls (one host each)", r["n_vacancies"], r, r["vacancies_per_s"],
+            "vacancies/s", rss=r["peak_rss_MB"],
+            note=f"{r['seconds_per_call']} s per call, of which ~{r['overhead_per_call_s']} s start-up (imports, registry)")
+        for key, label in (("model_only", "model only, shipped expert (pruned graphs + advisor features in memory), batch 256"),
+                           ("model_only_batch32", "model only, batch 32"),
+                           ("model_only_reference_size", "model only, expert of the reference's size (4.5 Å, width 8, "
+                                                         "no advisors, untrained), batch 256")):
+            r = p.get(key)
+            if not r:
+                continue
+            add("predict", label, r["n_vacancies"], {"wall_s": r["model_seconds"], "cpu_s": r["model_cpu_seconds"]},
+                r["model_vacancies_per_s"], "vacancies/s", R["model_only_vacancies_per_s"],
+                _ratio(r["model_vacancies_per_s"], R["model_only_vacancies_per_s"], True), rss=r["process"]["peak_rss_MB"],
+                note=f"{r['mean_nodes_pruned']:.0f} nodes per pruned graph")
+        r = p["model_only"]
+        if "predict_packed_vacancies_per_s" in r:
+            add("predict", "`predict_packed` from cached graphs (advisors + model)", r["n_vacancies"],
+                {"wall_s": r["predict_packed_seconds"]}, r["predict_packed_vacancies_per_s"], "vacancies/s",
+                rss=r["process"]["peak_rss_MB"])
+    return rows
+
+
+def markdown(results: dict) -> str:
+    meta = results.get("meta", {})
+    m = meta.get("machine", {})
+    lines = [
+        "# adex benchmarks",
+        "",
+        f"Produced by `python benchmarks/run_all.py{' --quick' if meta.get('quick') else ''}` on {meta.get('date', '?')} "
+        f"in {meta.get('duration_min', '?')} min (children: {meta.get('children_cpu_s_total', '?')} s CPU in "
+        f"{meta.get('children_wall_s_total', '?')} s wall): {m.get('cpu_count')} × {m.get('cpu_model')} ({m.get('machine')}, "
+        f"{m.get('memory_GB')} GB), Python {m.get('python')}, torch {m.get('torch')}, {m.get('threads')} thread(s) "
+        f"(OMP_NUM_THREADS and torch; torch reports {m.get('torch_threads_in_child')} in a child), commit "
+        f"`{str(m.get('git_commit', ''))[:10]}`{' (uncommitted changes)' if m.get('git_dirty') else ''}.",
+        f"Load average before / after: {meta.get('loadavg_start')} / {meta.get('loadavg_end')} "
+        f"(other processes used {meta.get('other_processes_cores_mean', '?')} of {m.get('cpu_count')} cores on average "
+        "during the measurements: wall times are pessimistic, CPU times are the steadier figure).",
+        "",
+        f"Reference: {REFERENCE['setup']}. Ratio = adex / reference in the row's unit.",
+        "",
+        "| group | measurement | n | wall (s) | CPU (s) | result | peak RSS (MB) | reference | adex / ref. | notes |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in summary_rows(results):
+        lines.append(f"| {r['group']} | {r['what']} | {_fmt(r['n'])} | {_fmt(r['wall_s'])} | {_fmt(r['cpu_s'])} | "
+                     f"{_fmt(r['value'])} {r['unit']} | {_fmt(r['peak_rss_MB'])} | "
+                     f"{'' if r['reference'] is None else _fmt(r['reference']) + ' ' + r['unit']} | {r['ratio']} | {r['note']} |")
+    prof = results.get("predict", {}).get("profile")
+    if prof:
+        lines += ["", f"Where prediction time goes (`benchmarks/steps.py profile`: the CLI's library calls on the first "
+                      f"{prof['n_vacancies']} Witman vacancies, one host file each; process start-up and imports "
+                      f"{prof['python_and_imports_s']} s come on top):", "",
+                  "| stage | ms per vacancy (wall) | ms per vacancy (CPU) | share | process peak RSS after the stage (MB) |",
+                  "|---|---|---|---|---|"]
+        n = prof["n_vacancies"]
+        rss = prof.get("peak_rss_MB_after_stage", {})
+        for stage, share in prof["share"].items():
+            lines.append(f"| {stage} | {prof['stage_wall_s'][stage] * 1000 / n:.2f} | "
+                         f"{prof['stage_cpu_s'][stage] * 1000 / n:.2f} | {100 * share:.1f} % | {_fmt(rss.get(stage))} |")
+    sc = results.get("scaling", {})
+    if sc.get("supercell"):
+        lines += ["", f"Scaling with the supercell size ({sc['supercell'][0]['n_vacancies']} vacancies spread over the "
+                      "Witman set, shipped expert trained at 8 Å; figure `scaling_supercell.png`):", "",
+                  "| min. image distance (Å) | nodes per graph (full / pruned) | edges (full / pruned) | featurize ms/vac "
+                  "(wall / CPU) | advisors ms/vac | expert ms/vac (pruned / full graph) | peak RSS (MB) | mean abs. change of "
+                  "dH vs first (eV) |", "|---|---|---|---|---|---|---|---|"]
+        for r in sc["supercell"]:
+            lines.append(f"| {r['min_image_distance_A']:g} | {r['mean_nodes_full']:.0f} / {r['mean_nodes_pruned']:.0f} | "
+                         f"{r['mean_edges_full']:.0f} / {r['mean_edges_pruned']:.0f} | {r['featurize_ms_per_vacancy']:.0f} / "
+                         f"{r['featurize_cpu_ms_per_vacancy']:.0f} | {r['advisors_ms_per_vacancy']:.1f} | "
+                         f"{r['model_pruned_ms_per_vacancy']:.1f} / {r['model_full_ms_per_vacancy']:.1f} | "
+                         f"{r['process']['peak_rss_MB']:.0f} | {r['mean_abs_change_vs_first_eV']:.4f} |")
+    if sc.get("vacancies_model") or sc.get("vacancies_e2e"):
+        lines += ["", "Scaling with the number of vacancies (figure `scaling_vacancies.png`; end to end = `adex predict "
+                      "--input` in a fresh process on distinct host files (hosts copied beyond 1,481; the 1,481 row is the "
+                      "prediction group's run); model only = the shipped expert on cached graphs replicated, advisor "
+                      "features precomputed, batch 256; its peak RSS includes the 1,481 cached graphs it replicates from):", "",
+                  "| vacancies | end to end: wall (s) | CPU (s) | vacancies/s | peak RSS (MB) | model only: s | vacancies/s | "
+                  "peak RSS (MB) |", "|---|---|---|---|---|---|---|---|"]
+        e2e = {r["n_vacancies"]: r for r in _e2e_points(results)}
+        mod = {r["n_vacancies"]: r for r in sc.get("vacancies_model", [])}
+        for n in sorted(set(e2e) | set(mod)):
+            e, o = e2e.get(n), mod.get(n)
+            lines.append(f"| {n:,} | " + (f"{e['process']['wall_s']:.1f} | {e['process']['cpu_s']:.1f} | {e['vacancies_per_s']:.1f} | "
+                                         f"{e['process']['peak_rss_MB']:.0f} | " if e else "– | – | – | – | ")
+                         + (f"{o['model_seconds']:.2f} | {o['model_vacancies_per_s']:.0f} | {o['process']['peak_rss_MB']:.0f} |"
+                            if o else "– | – | – |"))
+        for note in sc.get("notes", []):
+            lines.append(f"\nNote: {note}.")
+    return "\n".join(lines) + "\n"
+
+
+def _e2e_points(results: dict) -> list[dict]:
+    """End-to-end ``adex predict --input`` runs: the scaling runs plus the prediction group's."""
+    points = list(results.get("scaling", {}).get("vacancies_e2e") or [])
+    r = results.get("predict", {}).get("input")
+    if r and r["n_vacancies"] not in {p["n_vacancies"] for p in points}:
+        points.append(r)
+    return sorted(points, key=lambda p: p["n_vacancies"])
+
+
+def figures(results: dict, out: Path) -> list[str]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    made = []
+    sc = results.get("scaling", {})
+    rows = sc.get("supercell") or []
+    if rows:
+        d = [r["min_image_distance_A"] for r in rows]
+        fig, axes = plt.subplots(1, 3, figsize=(13, 3.8))
+        ax = axes[0]
+        ax.plot(d, [r["featurize_ms_per_vacancy"] for r in rows], "o-", label="featurize (wall)")
+        ax.plot(d, [r["featurize_cpu_ms_per_vacancy"] for r in rows], "o--", label="featurize (CPU)")
+        ax.plot(d, [r["advisors_ms_per_vacancy"] for r in rows], "s-", label="advisors")
+        ax.plot(d, [r["model_pruned_ms_per_vacancy"] for r in rows], "^-", label="expert, pruned graph (adex)")
+        ax.plot(d, [r["model_full_ms_per_vacancy"] for r in rows], "v:", label="expert, full graph")
+        ax.set_xlabel("minimum image distance (Å)")
+        ax.set_ylabel("ms per vacancy")
+        ax.set_yscale("log")
+        ax.set_title("time")
+        ax.legend(fontsize=7)
+        ax = axes[1]
+        ax.plot(d, [r["mean_nodes_full"] for r in rows], "o-", label="nodes, full graph")
+        ax.plot(d, [r["mean_nodes_pruned"] for r in rows], "o--", label="nodes, pruned (2 hops)")
+        ax.plot(d, [r["mean_edges_full"] / 10 for r in rows], "s-", label="edges / 10, full")
+        ax.plot(d, [r["mean_edges_pruned"] / 10 for r in rows], "s--", label="edges / 10, pruned")
+        ax.set_xlabel("minimum image distance (Å)")
+        ax.set_ylabel("per vacancy graph")
+        ax.set_title("graph size")
+        ax.legend(fontsize=7)
+        ax = axes[2]
+        ax.plot(d, [r["process"]["peak_rss_MB"] for r in rows], "o-")
+        ax.set_xlabel("minimum image distance (Å)")
+        ax.set_ylabel("peak RSS of the process (MB)")
+        ax.set_title(f"memory ({rows[0]['n_vacancies']} vacancies)")
+        fig.tight_layout()
+        fig.savefig(out / "scaling_supercell.png", dpi=120)
+        plt.close(fig)
+        made.append("scaling_supercell.png")
+    e2e, mod = _e2e_points(results), sc.get("vacancies_model") or []
+    if e2e or mod:
+        fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
+        ax = axes[0]
+        if e2e:
+            n = [r["n_vacancies"] for r in e2e]
+            ax.plot(n, [r["process"]["wall_s"] for r in e2e], "o-", label="adex predict --input, wall")
+            ax.plot(n, [r["process"]["cpu_s"] for r in e2e], "o--", label="adex predict --input, CPU")
+        if mod:
+            n = [r["n_vacancies"] for r in mod]
+            ax.plot(n, [r["model_seconds"] for r in mod], "s-", label="expert only (cached graphs, advisor features given)")
+        nn = sorted({r["n_vacancies"] for r in e2e + mod})
+        ax.plot(nn, [x / REFERENCE["predict_vacancies_per_s"] for x in nn], "k:", label="reference, 27/s with featurization")
+        ax.plot(nn, [x / REFERENCE["model_only_vacancies_per_s"] for x in nn], "k-.", label="reference, 630/s model only")
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.set_xlabel("vacancies")
+        ax.set_ylabel("seconds")
+        ax.set_title("time")
+        ax.legend(fontsize=7)
+        ax = axes[1]
+        if e2e:
+            ax.plot([r["n_vacancies"] for r in e2e], [r["process"]["peak_rss_MB"] for r in e2e], "o-", label="adex predict --input")
+        if mod:
+            ax.plot([r["n_vacancies"] for r in mod], [r["process"]["peak_rss_MB"] for r in mod], "s-", label="expert only")
+        ax.axhline(REFERENCE["peak_memory_GB"] * 1024, color="k", ls=":", label="reference peak (< 0.9 GB)")
+        ax.set_xscale("log")
+        ax.set_xlabel("vacancies")
+        ax.set_ylabel("peak RSS (MB)")
+        ax.set_title("memory")
+        ax.legend(fontsize=7)
+        fig.tight_layout()
+        fig.savefig(out / "scaling_vacancies.png", dpi=120)
+        plt.close(fig)
+        made.append("scaling_vacancies.png")
+    return made
+
+
+def _other_cores(results: dict) -> float | None:
+    values = []
+
+    def walk(obj):
+        if isinstance(obj, dict):
+            if "other_processes_cores" in obj and "wall_s" in obj:
+                values.append(obj["other_processes_cores"])
+            for v in obj.values():
+                walk(v)
+        elif isinstance(obj, list):
+            for v in obj:
+                walk(v)
+
+    walk({k: v for k, v in results.items() if k != "meta"})
+    return round(sum(values) / len(values), 2) if values else None
+
+
+# --------------------------------------------------------------------------- main
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data", default=os.environ.get("ADEX_DATA", "../shared/data"))
+    parser.add_argument("--quick", action="store_true", help="small sizes (~3 min), results in OUT/quick")
+    parser.add_argument("--only", default=",".join(GROUPS), help=f"comma-separated groups ({', '.join(GROUPS)})")
+    parser.add_argument("--threads", type=int, default=1, help="OMP_NUM_THREADS and torch threads of every child")
+    parser.add_argument("--budget-minutes", type=float, default=20.0,
+                        help="the largest vacancy-scaling run is capped to finish within this")
+    parser.add_argument("--out", default=None, help="results folder (default benchmarks/results[/quick])")
+    parser.add_argument("--keep-temp", action="store_true", help="keep the temporary ADEX_HOMEs, tables and runs")
+    args = parser.parse_args(argv)
+    args.data = str(Path(args.data).expanduser().resolve())
+    groups = [g.strip() for g in args.only.split(",") if g.strip()]
+    unknown = [g for g in groups if g not in GROUPS]
+    if unknown:
+        parser.error(f"unknown group(s) {unknown}; choose from {GROUPS}")
+    if not (Path(args.data) / "witman2023_vacancies" / "vacancies.csv").is_file():
+        parser.error(f"no Witman data under {args.data} (pass --data DIR)")
+    out = Path(args.out) if args.out else HERE / "results" / ("quick" if args.quick else "")
+    out.mkdir(parents=True, exist_ok=True)
+    logs = out / "logs"
+    if logs.is_dir():
+        shutil.rmtree(logs)
+    logs.mkdir()
+
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
+    console = Console(stderr=True)
+    previous = {}
+    json_path = out / "benchmarks.json"
+    if json_path.is_file() and set(groups) != set(GROUPS):
+        previous = json.loads(json_path.read_text())
+    sizes = SIZES["quick" if args.quick else "full"]
+    started_at = dt.datetime.now(dt.timezone.utc)
+    load_start = [round(x, 2) for x in os.getloadavg()]
+    meta = {"date": started_at.strftime("%Y-%m-%d %H:%M UTC"), "quick": args.quick, "groups": groups,
+            "machine": machine_info(args.threads), "loadavg_start": load_start, "sizes": sizes,
+            "reference": REFERENCE, "command": "python benchmarks/run_all.py " + " ".join(argv if argv is not None else sys.argv[1:])}
+    console.print(f"[bold]adex benchmarks[/] ({'quick' if args.quick else 'full'}; {', '.join(groups)}) on "
+                  f"{meta['machine']['cpu_count']} × {meta['machine']['cpu_model']}, torch {meta['machine']['torch']}, "
+                  f"{args.threads} thread(s); load average {load_start}")
+    tmp = Path(tempfile.mkdtemp(prefix="adex-bench-"))
+    results = {k: v for k, v in previous.items() if k in GROUPS and k not in groups}
+    t0 = time.perf_counter()
+    status, ctx = 0, None
+    try:
+        with Progress(SpinnerColumn(), TextColumn("[bold]{task.description}"), BarColumn(bar_width=20), MofNCompleteColumn(),
+                      TimeElapsedColumn(), TextColumn("{task.fields[info]}"), console=console) as progress:
+            task = progress.add_task("benchmarks", total=len(groups), info="")
+            ctx = Context(args, sizes, tmp, logs, progress, task, console, t0)
+            original_child = ctx.child
+
+            def child_with_report(label, cmd, home, progress_env=False):
+                r = original_child(label, cmd, home, progress_env)
+                console.print(f"  [green]✓[/] {label}: {r['wall_s']:.1f} s wall, {r['cpu_s']:.1f} s CPU, "
+                              f"peak {r['peak_rss_MB']:.0f} MB, other processes {r['other_processes_cores']:.1f} cores "
+                              f"[dim](total {ctx.elapsed() / 60:.1f} min)")
+                return r
+
+            ctx.child = child_with_report
+            for group in groups:
+                progress.update(task, description=group)
+                try:
+                    results[group] = RUNNERS[group](ctx)
+                    results[group]["date"] = meta["date"]
+                except StepFailed as exc:
+                    console.print(f"[red]✗ {group}: {exc}")
+                    status = 1
+                progress.advance(task)
+    finally:
+        duration = time.perf_counter() - t0
+        if ctx is not None:
+            meta.update({"children_wall_s_total": round(ctx.children_wall_s, 1),
+                         "children_cpu_s_total": round(ctx.children_cpu_s, 1),
+                         "note_cpu_total": "the children run one after the other with 1 thread each: their summed CPU "
+                                           "time approximates the suite's duration on an otherwise idle machine"})
+        meta.update({"duration_s": round(duration, 1), "duration_min": round(duration / 60, 1),
+                     "loadavg_end": [round(x, 2) for x in os.getloadavg()]})
+        results["meta"] = meta
+        meta["other_processes_cores_mean"] = _other_cores(results)
+        if previous.get("meta") and set(groups) != set(GROUPS):
+            meta["merged_from_previous_run"] = previous["meta"].get("date")
+        ordered = {"meta": meta, **{g: results[g] for g in GROUPS if g in results}}
+        json_path.write_text(json.dumps(ordered, indent=1, ensure_ascii=False) + "\n")
+        md = markdown(ordered)
+        (out / "benchmarks.md").write_text(md)
+        made = figures(ordered, out)
+        if not args.keep_temp:
+            shutil.rmtree(tmp, ignore_errors=True)
+    print(md)
+    console.print(f"[bold]done in {duration / 60:.1f} min[/]: {json_path}, {out / 'benchmarks.md'}"
+                  + "".join(f", {out / f}" for f in made))
+    return status
+
+
+if __name__ == "__main__":
+    sys.exit(main())
