@@ -126,15 +126,20 @@ def apply_overrides(data: dict, overrides: list[str] | None) -> dict:
     result = copy.deepcopy(data)
     for text in overrides or []:
         path, value = parse_override(text)
-        node = result
-        for part in path[:-1]:
-            child = node.get(part)
-            if not isinstance(child, dict):
-                child = {}
-                node[part] = child
-            node = child
-        node[path[-1]] = value
+        set_nested(result, path, value)
     return result
+
+
+def set_nested(data: dict, path, value) -> None:
+    """``data[path[0]][path[1]]... = value``, creating (or replacing non-dict) levels."""
+    node = data
+    for part in path[:-1]:
+        child = node.get(part)
+        if not isinstance(child, dict):
+            child = {}
+            node[part] = child
+        node = child
+    node[path[-1]] = value
 
 
 def read_yaml(path: str | Path) -> dict:

@@ -276,15 +276,9 @@ def _read_base(base: str, base_dir: Path | None) -> dict:
 
 
 def _set_dotted(data: dict, key: str, value: Any) -> None:
-    node = data
-    parts = key.split(".")
-    for part in parts[:-1]:
-        child = node.get(part)
-        if not isinstance(child, dict):
-            child = {}
-            node[part] = child
-        node = child
-    node[parts[-1]] = value
+    from adex.config import set_nested
+
+    set_nested(data, key.split("."), value)
 
 
 def _get_dotted(obj: Any, key: str) -> Any:
