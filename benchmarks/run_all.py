@@ -21,7 +21,7 @@ Outputs (``--out``, default ``benchmarks/results``; ``--quick`` writes to ``resu
 ``benchmarks.json`` (every number with its unit, machine, torch version, threads, commit,
 load average), ``benchmarks.md`` (tables with the reference column and adex/reference
 ratios), ``scaling_supercell.png``, ``scaling_vacancies.png`` and the logs of every child
-process in ``logs/``. ``--only`` reruns some groups and merges them into the existing JSON
+process in ``logs/`` (written there when the run ends). ``--only`` reruns some groups and merges them into the existing JSON
 (each entry carries its own date).
 
 Reference (issue 6): the published dGNN code on this kind of machine (2 cores, 1 torch
@@ -306,6 +306,14 @@ def witman_table(ctx: Context, n: int, replicate_hosts: bool = False) -> Path:
     return write_table(ctx.tmp / f"table-{n}{'-rep' if replicate_hosts else ''}.csv", out)
 
 
+def _expert_line(log: Path) -> str | None:
+    """What ``adex predict`` printed after ``expert:`` (reference, ensemble size, advisors)."""
+    for line in log.read_text(errors="replace").splitlines():
+        if line.startswith("expert: "):
+            return line[len("expert: "):].strip()
+    return None
+
+
 def predictions_mae(path: Path) -> tuple[int, float | None]:
     with open(path, newline="") as handle:
         rows = list(csv.DictReader(handle))
@@ -387,6 +395,7 @@ def run_predict(ctx: Context) -> dict:
     pred = ctx.tmp / "pred-input.csv"
     proc = ctx.adex(f"predict --input ({n})", None, "predict", "--input", str(table), "--output", str(pred))
     n_out, mae = predictions_mae(pred)
+    out["expert"] = _expert_line(ctx.logs.parent / proc["log"])
     out["input"] = {"process": proc, "n_vacancies": n_out, "n_hosts": n_out,
                     "vacancies_per_s": _rate(n_out, proc["wall_s"]), "vacancies_per_cpu_s": _rate(n_out, proc["cpu_s"]),
                     "mae_vs_dft_eV": mae, "note": "whole process: start-up, cold registry load, CIF parsing, "
@@ -629,7 +638,8 @@ def summary_rows(results: dict) -> list[dict]:
             add("predict", label, r["n_vacancies"], {"wall_s": r["model_seconds"], "cpu_s": r["model_cpu_seconds"]},
                 r["model_vacancies_per_s"], "vacancies/s", R["model_only_vacancies_per_s"],
                 _ratio(r["model_vacancies_per_s"], R["model_only_vacancies_per_s"], True), rss=r["process"]["peak_rss_MB"],
-                note=f"{r['mean_nodes_pruned']:.0f} nodes per pruned graph")
+                note=f"{r['mean_nodes_pruned']:.0f} nodes per pruned graph; "
+                     + ("time does not depend on the weights" if key == "model_only_reference_size" else f"expert {r.get('expert', '?')}"))
         r = p["model_only"]
         if "predict_packed_vacancies_per_s" in r:
             add("predict", "`predict_packed` from cached graphs (advisors + model)", r["n_vacancies"],
@@ -654,7 +664,9 @@ def markdown(results: dict) -> str:
         f"(other processes used {meta.get('other_processes_cores_mean', '?')} of {m.get('cpu_count')} cores on average "
         "during the measurements: wall times are pessimistic, CPU times are the steadier figure).",
         "",
-        f"Reference: {REFERENCE['setup']}. Ratio = adex / reference in the row's unit.",
+        f"Reference: {REFERENCE['setup']}. Ratio = adex / reference in the row's unit."
+        + (f" Prediction rows use the default expert `{results['predict']['expert']}`."
+           if results.get("predict", {}).get("expert") else ""),
         "",
         "| group | measurement | n | wall (s) | CPU (s) | result | peak RSS (MB) | reference | adex / ref. | notes |",
         "|---|---|---|---|---|---|---|---|---|---|",
@@ -836,10 +848,6 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"no Witman data under {args.data} (pass --data DIR)")
     out = Path(args.out) if args.out else HERE / "results" / ("quick" if args.quick else "")
     out.mkdir(parents=True, exist_ok=True)
-    logs = out / "logs"
-    if logs.is_dir():
-        shutil.rmtree(logs)
-    logs.mkdir()
 
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
@@ -859,6 +867,8 @@ def main(argv: list[str] | None = None) -> int:
                   f"{meta['machine']['cpu_count']} × {meta['machine']['cpu_model']}, torch {meta['machine']['torch']}, "
                   f"{args.threads} thread(s); load average {load_start}")
     tmp = Path(tempfile.mkdtemp(prefix="adex-bench-"))
+    logs = tmp / "logs"  # moved to OUT/logs at the end, so a run never leaves a mix of two runs' logs
+    logs.mkdir()
     results = {k: v for k, v in previous.items() if k in GROUPS and k not in groups}
     t0 = time.perf_counter()
     status, ctx = 0, None
@@ -904,6 +914,10 @@ def main(argv: list[str] | None = None) -> int:
         md = markdown(ordered)
         (out / "benchmarks.md").write_text(md)
         made = figures(ordered, out)
+        final_logs = out / "logs"
+        if final_logs.is_dir() and set(groups) == set(GROUPS):
+            shutil.rmtree(final_logs)
+        shutil.copytree(logs, final_logs, dirs_exist_ok=True)
         if not args.keep_temp:
             shutil.rmtree(tmp, ignore_errors=True)
     print(md)

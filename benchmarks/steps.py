@@ -179,6 +179,14 @@ def _load_builtin_expert(t: Timer):
         return load_expert(DEFAULT_EXPERT, open_registry())
 
 
+def _expert_name(expert) -> str:
+    """Exact reference of the expert and its number of members (1: a single expert)."""
+    from adex.expert.ensemble import as_members
+
+    ref = expert.entry.ref if expert.entry is not None else "untrained"
+    return f"{ref} ({len(as_members(expert.model))} member(s))"
+
+
 def _advisor_features_timed(expert, packed, t: Timer) -> list:
     """``compute_advisor_features`` split into graphs of the primitive hosts and the network."""
     from adex.advisors.embed import run_advisor
@@ -270,7 +278,7 @@ def step_model_only(args) -> dict:
     t.wall["model_best_pass"], t.cpu["model_best_pass"] = model_s, model_cpu
     out = {"n_vacancies": n, "torch_threads": threads, "repeat": args.repeat, "batch_size": args.batch_size,
            "expert": "reference size, untrained: " + ", ".join(REFERENCE_SIZE) if args.reference_size
-           else "builtin::expert/vacancy (shipped)",
+           else _expert_name(expert),
            "model_passes_wall_cpu_s": [[round(w, 3), round(c, 3)] for w, c in passes],
            "model_seconds": round(model_s, 4), "model_cpu_seconds": round(model_cpu, 4),
            "model_vacancies_per_s": round(n / model_s, 1),
@@ -331,7 +339,8 @@ def step_profile(args) -> dict:
     n = len(rows)
     stages = {k: v for k, v in t.wall.items() if not k.startswith("_")}
     total = sum(stages.values())
-    return {"n_vacancies": n, "torch_threads": threads, "python_and_imports_s": round(t_import, 3),
+    return {"n_vacancies": n, "torch_threads": threads, "expert": _expert_name(expert),
+            "python_and_imports_s": round(t_import, 3),
             "stages_total_s": round(total, 3),
             "share": {k: round(v / total, 3) for k, v in sorted(stages.items(), key=lambda kv: -kv[1])},
             "mae_vs_dft_eV": round(float(np.abs(pred - packed.targets).mean()), 4),
@@ -403,7 +412,7 @@ def step_supercell(args) -> dict:
     pred_full = _model_only(expert, packed, features, t, "model_full", prepare=False)
     n = len(rows)
     nodes, nodes_p = np.diff(packed.graphs.node_ptr), np.diff(pruned.graphs.node_ptr)
-    return {"min_image_distance_A": args.min_image, "n_vacancies": n, "torch_threads": threads,
+    return {"min_image_distance_A": args.min_image, "n_vacancies": n, "torch_threads": threads, "expert": _expert_name(expert),
             "ids": [r["id"] for r in rows],
             "featurize_ms_per_vacancy": round(1000 * t.wall["featurize"] / n, 2),
             "featurize_cpu_ms_per_vacancy": round(1000 * t.cpu["featurize"] / n, 2),
