@@ -38,7 +38,9 @@ def _builder(name: str) -> Callable[[dict], nn.Module]:
         from adex.advisors.model import Advisor
 
         register_builder("advisor", Advisor.from_architecture)
-        register_builder("chgnet_advisor", lambda arch: __import__("adex.advisors.chgnet", fromlist=["x"]).CHGNetAdvisor.from_architecture(arch))
+        from adex.advisors.chgnet import CHGNetAdvisor  # imports chgnet itself only when a model is built
+
+        register_builder("chgnet_advisor", CHGNetAdvisor.from_architecture)
         try:
             from adex.expert.model import Expert
 

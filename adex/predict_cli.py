@@ -48,10 +48,11 @@ NUMBER_COLUMNS = ("dH_pred_eV", "dH_std_eV")
 def _prediction_columns(expert, packed, batch_size: int) -> tuple[list[str], list[dict]]:
     """Output columns and one dict per vacancy: ``dH_pred_eV`` (the member mean for an
     ensemble) and, for an ensemble, ``dH_std_eV`` (population std over its members)."""
+    from adex.expert.ensemble import ensemble_statistics
     from adex.expert.predict import predict_packed_members
 
     members = predict_packed_members(expert, packed, batch_size)
-    mean, std = members.mean(0), members.std(0)
+    mean, std = ensemble_statistics(members)
     if len(members) == 1:
         return ["dH_pred_eV"], [{"dH_pred_eV": round(float(m), 4)} for m in mean]
     return ["dH_pred_eV", "dH_std_eV"], [{"dH_pred_eV": round(float(m), 4), "dH_std_eV": round(float(s), 4)}

@@ -94,10 +94,9 @@ def learning_curve(
     from adex.expert.splits import make_folds
     from adex.expert.train import ExpertConfig
 
-    configs = {v: None for v in variants}
-    for v in variants:  # validate every variant before the long part
-        configs[v] = [*base_overrides, *variant_overrides(v)]
-        load_config(ExpertConfig, "expert", base, configs[v])
+    configs = {v: [*base_overrides, *variant_overrides(v)] for v in variants}
+    for overrides in configs.values():  # validate every variant before the long part
+        load_config(ExpertConfig, "expert", base, overrides)
     root = dataset_root("witman2023_vacancies", data)
     out_dir = new_run_dir("learning-curve", out)
     rows = []

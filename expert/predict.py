@@ -44,8 +44,6 @@ def load_expert(ref: str, registry) -> LoadedExpert:
     """
     from adex.checkpoint import WEIGHTS, load_model
 
-    from adex.expert.ensemble import ExpertEnsemble  # noqa: F401  (registers the stored class)
-
     entry = registry.resolve(ref, kind="expert")
     if entry.kind != "expert":
         raise RegistryError(f"{ref} is a {entry.kind}, not an expert")

@@ -183,6 +183,7 @@ class PreparedData:
     featurize_seconds: float
     advisor_seconds: float
     views: list = field(default_factory=list)  # VacancyDataset per augmentation, rows aligned with ``pool``
+    init_advisor: object | None = None  # the ``transfer.init_from`` advisor (loaded once for all members)
 
 
 def prepare_data(config: ExpertConfig, data, registry, fold=None, grouped: bool | None = None) -> PreparedData:
@@ -223,8 +224,15 @@ def prepare_data(config: ExpertConfig, data, registry, fold=None, grouped: bool 
         settings = dataclasses.replace(config.supercell, min_image_distance=float(distance))
         view = load_witman(config.featurizer, settings, data, ids=[str(i) for i in packed.ids[pool]])
         views.append(VacancyDataset(view, [compute_advisor_features(model, entry.ref, view) for entry, model in advisors]))
+    init_advisor = None
+    if config.transfer.init_from:
+        [(init_entry, init_advisor)] = load_advisors([config.transfer.init_from], registry)
+        if not hasattr(init_advisor, "backbone"):
+            raise ConfigError(f"--init-from {init_entry.ref}: only adex (CGCNN-style) advisors have a backbone to copy")
+    elif config.transfer.freeze:
+        raise ConfigError("transfer.freeze needs transfer.init_from (an advisor to start from)")
     return PreparedData(packed, features, advisors, test_idx, pool, grouped, base_split, featurize_seconds,
-                        advisor_seconds, views)
+                        advisor_seconds, views, init_advisor)
 
 
 def member_split(prepared: PreparedData, val_fraction: float, base_seed: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -252,9 +260,10 @@ class FittedMember:
     train_idx: np.ndarray
     val_idx: np.ndarray
     result: object  # adex.training.FitResult
+    dataset: VacancyDataset  # all vacancies, pruned to this member's receptive field
 
 
-def fit_member(config: ExpertConfig, prepared: PreparedData, seed: int, registry, description: str) -> FittedMember:
+def fit_member(config: ExpertConfig, prepared: PreparedData, seed: int, description: str) -> FittedMember:
     """Train one expert with ``seed`` (initial weights, dropout, batch order, validation split)."""
     from pymatgen.core.periodic_table import Element
 
@@ -276,14 +285,9 @@ def fit_member(config: ExpertConfig, prepared: PreparedData, seed: int, registry
         model.element_reference.copy_(reference)
     dataset = VacancyDataset(model.prepare(packed), prepared.features)
     on_epoch = None
-    if config.transfer.init_from:
-        [(init_entry, init_model)] = load_advisors([config.transfer.init_from], registry)
-        if not hasattr(init_model, "backbone"):
-            raise ConfigError(f"--init-from {init_entry.ref}: only adex (CGCNN-style) advisors have a backbone to copy")
-        model.init_from_backbone(init_model.backbone)
+    if prepared.init_advisor is not None:
+        model.init_from_backbone(prepared.init_advisor.backbone)
         on_epoch = freeze_schedule(model, config.transfer)
-    elif config.transfer.freeze:
-        raise ConfigError("transfer.freeze needs transfer.init_from (an advisor to start from)")
     val = dataset.subset(val_idx)
     train = dataset.subset(train_idx)
     if prepared.views:  # augmented views of the same training vacancies (rows of a view follow ``pool``)
@@ -293,12 +297,12 @@ def fit_member(config: ExpertConfig, prepared: PreparedData, seed: int, registry
     member_tc = dataclasses.replace(tc, seed=seed)  # batch order too
     result = fit(model, train, val if len(val) else None, member_tc, description=description, on_epoch=on_epoch)
     model.eval()
-    return FittedMember(model, seed, train_idx, val_idx, result)
+    return FittedMember(model, seed, train_idx, val_idx, result, dataset)
 
 
 def evaluate_member(member: FittedMember, prepared: PreparedData) -> tuple[dict, dict]:
     """(metrics per split, predictions per split) of one fitted member (eV)."""
-    dataset = VacancyDataset(member.model.prepare(prepared.packed), prepared.features)
+    dataset = member.dataset
     elements = prepared.packed.info[:, 0]
     metrics, predictions = {}, {}
     for split_name, idx in (("train", member.train_idx), ("val", member.val_idx), ("test", prepared.test_idx)):
@@ -354,7 +358,7 @@ def train_expert(
     members, member_metrics, member_predictions = [], [], []
     for k in range(n_members):
         description = f"expert {config.name}" + (f" member {k + 1}/{n_members}" if n_members > 1 else "")
-        member = fit_member(config, prepared, tc.seed + k, registry, description)
+        member = fit_member(config, prepared, tc.seed + k, description)
         metrics_k, predictions_k = evaluate_member(member, prepared)
         metrics_k.update(fit_summary(member))
         members.append(member)
@@ -378,7 +382,7 @@ def train_expert(
         "advisor_seconds": round(prepared.advisor_seconds, 2),
         "torch_threads": torch.get_num_threads(),
         "mean_nodes_per_vacancy": float(np.diff(packed.graphs.node_ptr).mean()),
-        "mean_nodes_per_vacancy_used": float(np.diff(members[0].model.prepare(packed).graphs.node_ptr).mean()),
+        "mean_nodes_per_vacancy_used": float(np.diff(members[0].dataset.packed.graphs.node_ptr).mean()),
         "augment_min_image_distances": list(config.augment.min_image_distances),
         "training_views": 1 + len(prepared.views),
     }
