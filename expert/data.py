@@ -96,6 +96,10 @@ class PackedVacancies:
         info: str [B, 3] (element, wyckoff label, supercell size) for reports.
         node_hops: int8 [N] graph distance (messages' hops) from the neighbourhood nodes;
             ``MAX_HOPS + 1`` or more means farther. Used by :meth:`prune`.
+        hops_from: what ``node_hops`` counts from: ``"hood"`` (the vacated node, its
+            neighbours and their defected twins; the cached form) or ``"vacancy"`` (the
+            vacated node only; made by ``prune(..., origin="vacancy")`` for models that
+            read only that node).
     """
 
     graphs: PackedGraphs
@@ -112,6 +116,7 @@ class PackedVacancies:
     info: np.ndarray
     prim_oxidation: np.ndarray
     node_hops: np.ndarray
+    hops_from: str = "hood"
 
     def __len__(self) -> int:
         return len(self.graphs)
@@ -140,6 +145,9 @@ class PackedVacancies:
         hood_off = np.cumsum([0] + [p.hood_ptr[-1] for p in parts])
         prim_off = np.cumsum([0] + [p.prim_ptr[-1] for p in parts])
         targets = [p.graphs.targets for p in parts]
+        origins = {p.hops_from for p in parts}
+        if len(origins) > 1:
+            raise ValueError(f"cannot concatenate vacancies whose hop distances count from different nodes: {sorted(origins)}")
         graphs = PackedGraphs(
             atomic_numbers=np.concatenate([p.graphs.atomic_numbers for p in parts]),
             edge_index=np.concatenate([p.graphs.edge_index for p in parts], axis=1),
@@ -164,6 +172,7 @@ class PackedVacancies:
             prim_ptr=np.concatenate([[0]] + [p.prim_ptr[1:] + o for p, o in zip(parts, prim_off)]).astype(np.int64),
             info=np.concatenate([p.info for p in parts]),
             node_hops=np.concatenate([p.node_hops for p in parts]),
+            hops_from=origins.pop() if origins else "hood",
         )
 
     def subset(self, indices: Sequence[int]) -> "PackedVacancies":
@@ -188,11 +197,21 @@ class PackedVacancies:
             prim_ptr=np.r_[0, np.cumsum(n_prim)].astype(np.int64),
             info=self.info[idx],
             node_hops=self.node_hops[node_sel],
+            hops_from=self.hops_from,
         )
 
-    def prune(self, max_hops: int) -> "PackedVacancies":
+    def hops_from_vacancy(self) -> np.ndarray:
+        """Message hops from each graph's vacated node alone: int8 [N] (``MAX_HOPS + 1``
+        beyond ``MAX_HOPS``), one breadth-first search over all graphs at once."""
+        g = self.graphs
+        edge_graph = np.repeat(np.arange(len(g)), np.diff(g.edge_ptr))
+        global_edges = g.edge_index + g.node_ptr[:-1][edge_graph]
+        return hop_distances(global_edges, self.vacancy_node + g.node_ptr[:-1], int(g.node_ptr[-1]))
+
+    def prune(self, max_hops: int, origin: str = "hood") -> "PackedVacancies":
         """Keep only nodes within ``max_hops`` message-passing hops of each vacancy's
-        neighbourhood (and the edges among them).
+        neighbourhood (``origin="hood"``) or of the vacated node alone
+        (``origin="vacancy"``, for a readout of that node only), and the edges among them.
 
         With ``n_conv <= max_hops`` convolutions, the final embeddings of the
         neighbourhood nodes are exactly those of the full supercell graph (a node at hop
@@ -201,10 +220,15 @@ class PackedVacancies:
         the cost stops growing with the supercell size. Edges into the outermost shell
         (hop ``max_hops``) are dropped too: those nodes only ever send.
         """
+        if origin not in ("hood", "vacancy"):
+            raise ValueError(f"prune: origin must be 'hood' or 'vacancy', not {origin!r}")
+        if self.hops_from != "hood" and origin != self.hops_from:
+            raise ValueError(f"prune: hop distances already count from the {self.hops_from}; cannot prune from the {origin}")
         if max_hops > MAX_HOPS:
             return self
         g = self.graphs
-        keep = self.node_hops <= max_hops
+        node_hops = self.node_hops if origin == self.hops_from else self.hops_from_vacancy()
+        keep = node_hops <= max_hops
         n_graphs = len(g)
         graph_of_node = np.repeat(np.arange(n_graphs), np.diff(g.node_ptr))
         new_counts = np.bincount(graph_of_node[keep], minlength=n_graphs)
@@ -214,7 +238,7 @@ class PackedVacancies:
         edge_graph = np.repeat(np.arange(n_graphs), n_edges)
         old_global = g.edge_index + g.node_ptr[:-1][edge_graph]
         # messages into the outermost shell (hop == max_hops) never reach the readout
-        edge_keep = keep[old_global[0]] & keep[old_global[1]] & (self.node_hops[old_global[0]] < max_hops)
+        edge_keep = keep[old_global[0]] & keep[old_global[1]] & (node_hops[old_global[0]] < max_hops)
         new_edges = new_global[old_global[:, edge_keep]] - new_ptr[:-1][edge_graph[edge_keep]]
         new_edge_counts = np.bincount(edge_graph[edge_keep], minlength=n_graphs)
 
@@ -222,22 +246,25 @@ class PackedVacancies:
             return new_global[local + g.node_ptr[:-1][graph]] - new_ptr[:-1][graph]
 
         hood_graph = np.repeat(np.arange(n_graphs), np.diff(self.hood_ptr))
+        hood_keep = keep[self.hood_node + g.node_ptr[:-1][hood_graph]]  # all of them unless origin is the vacancy
+        hood_graph = hood_graph[hood_keep]
         return PackedVacancies(
             graphs=PackedGraphs(g.atomic_numbers[keep], new_edges.astype(np.int64), g.edge_distance[edge_keep], new_ptr,
                                 np.r_[0, np.cumsum(new_edge_counts)].astype(np.int64), g.ids, g.targets),
             node_role=self.node_role[keep],
             node_primitive=self.node_primitive[keep],
             vacancy_node=remap(self.vacancy_node, np.arange(n_graphs)),
-            hood_node=remap(self.hood_node, hood_graph),
-            hood_ptr=self.hood_ptr,
-            hood_kind=self.hood_kind,
+            hood_node=remap(self.hood_node[hood_keep], hood_graph),
+            hood_ptr=np.r_[0, np.cumsum(np.bincount(hood_graph, minlength=n_graphs))].astype(np.int64),
+            hood_kind=self.hood_kind[hood_keep],
             prim_lattice=self.prim_lattice,
             prim_numbers=self.prim_numbers,
             prim_frac=self.prim_frac,
             prim_oxidation=self.prim_oxidation,
             prim_ptr=self.prim_ptr,
             info=self.info,
-            node_hops=self.node_hops[keep],
+            node_hops=node_hops[keep],
+            hops_from=origin,
         )
 
     _ARRAYS = ("node_role", "node_primitive", "vacancy_node", "hood_node", "hood_ptr", "hood_kind",
@@ -488,7 +515,8 @@ class VacancyBatch(GraphBatch):
 
     Extra attributes: node_role LongTensor [N]; node_flags FloatTensor [N, 3]
     (vacated node, pristine neighbour, defected former neighbour); node_hops
-    LongTensor [N] message hops from the vacancy neighbourhood; node_oxidation
+    LongTensor [N] message hops from the vacancy neighbourhood (or from the vacated
+    node alone: ``hops_from``); node_oxidation
     FloatTensor [N] guessed oxidation state of each node's host atom (NaN: unknown);
     vacancy_node LongTensor [B]; hood_node LongTensor [H] and hood_graph LongTensor [H];
     advisor_features list of FloatTensor [N, 2 d_a], one per advisor.
@@ -502,6 +530,7 @@ class VacancyBatch(GraphBatch):
     node_oxidation: torch.Tensor | None = None
     node_hops: torch.Tensor | None = None
     advisor_features: list = field(default_factory=list)
+    hops_from: str = "hood"  # what node_hops counts from (PackedVacancies.hops_from)
 
     def to(self, device) -> "VacancyBatch":
         moved = {}
@@ -580,4 +609,5 @@ class VacancyDataset:
             node_hops=torch.from_numpy(p.node_hops[node_sel].astype(np.int64)),
             node_oxidation=torch.from_numpy(p.prim_oxidation[prim_global].astype(np.float32)),
             advisor_features=advisor_features,
+            hops_from=p.hops_from,
         )

@@ -74,11 +74,16 @@ class ExpertEnsemble(nn.Module):
         hops = [m.receptive_hops for m in self.members]
         return None if any(h is None for h in hops) else max(hops)
 
+    @property
+    def hops_origin(self) -> str:
+        """``"vacancy"`` if every member reads the vacated node only, else ``"hood"``."""
+        return "vacancy" if all(m.hops_origin == "vacancy" for m in self.members) else "hood"
+
     def prepare(self, packed):
         """Packed graphs pruned to the largest receptive field among the members (a
         member's eval output does not change on a graph pruned to more hops than it needs)."""
         hops = self.receptive_hops
-        return packed if hops is None else packed.prune(hops)
+        return packed if hops is None else packed.prune(hops, origin=self.hops_origin)
 
     def __len__(self) -> int:
         return len(self.members)

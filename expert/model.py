@@ -156,13 +156,20 @@ class Expert(nn.Module):
         return self.config.n_conv if self.config.pooling in LOCAL_POOLINGS else None
 
     @property
+    def hops_origin(self) -> str:
+        """Where the receptive field is centred: ``"vacancy"`` (the vacated node, for the
+        ``vacancy`` readout) or ``"hood"`` (the vacated node, its neighbours and their
+        defected twins)."""
+        return "vacancy" if self.config.pooling == "vacancy" else "hood"
+
+    @property
     def reads_oxidation_states(self) -> bool:
         return self.config.oxidation_states
 
     def prepare(self, packed):
         """The packed vacancy graphs this model needs: pruned to its receptive field."""
         hops = self.receptive_hops
-        return packed if hops is None else packed.prune(hops)
+        return packed if hops is None else packed.prune(hops, origin=self.hops_origin)
 
     # ---------------------------------------------------------------- forward
     def node_features(self, batch) -> torch.Tensor:
@@ -180,7 +187,8 @@ class Expert(nn.Module):
         """Node embeddings after the convolutions: [n_nodes, F].
 
         With a local readout, convolution ``k`` (0-based) only updates nodes within
-        ``n_conv - 1 - k`` hops of the vacancy neighbourhood, from the edges into them:
+        ``n_conv - 1 - k`` hops of the vacancy neighbourhood (of the vacated node for the
+        ``vacancy`` readout), from the edges into them:
         the others' updates never reach the readout. The readout's inputs are the same
         as with every node updated (in eval mode exactly; in training the batch-norm
         statistics are taken over the nodes and edges that matter).
@@ -188,6 +196,10 @@ class Expert(nn.Module):
         x = self.node_features(batch)
         edge_attr = self.gaussian(batch.edge_distance)
         hops = batch.node_hops if self.receptive_hops is not None else None
+        if hops is not None and batch.hops_from != self.hops_origin and batch.hops_from != "hood":
+            # hops from the hood bound those from the vacancy, never the other way round
+            raise ValueError(f"{self.config.pooling} readout needs hop distances from the {self.hops_origin}, "
+                             f"the batch counts them from the {batch.hops_from} (prepare the graphs with this model)")
         if hops is not None:
             receiver_hops = hops.index_select(0, batch.edge_index[0])  # [n_edges]
         for k, conv in enumerate(self.convs):

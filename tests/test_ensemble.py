@@ -77,6 +77,8 @@ def test_ensemble_prunes_to_the_largest_receptive_field(packed, reg) -> None:  #
     ensemble = ExpertEnsemble([one, two]).eval()
     assert ensemble.receptive_hops == 2
     assert ExpertEnsemble([one, make_expert("mean", slot, seed=7)]).receptive_hops is None
+    assert ensemble.hops_origin == "hood"  # the attention member needs the whole neighbourhood
+    assert ExpertEnsemble([two, make_expert("vacancy", slot, n_conv=1, seed=8)]).hops_origin == "vacancy"
     features = [compute_advisor_features(reg.models[8], reg.refs[8], packed)]
     batch = VacancyDataset(ensemble.prepare(packed), features).batch(np.arange(len(packed)))
     alone = VacancyDataset(one.prepare(packed), features).batch(np.arange(len(packed)))

@@ -550,6 +550,39 @@ def test_pruning_to_the_receptive_field_is_exact(tiny, pooling) -> None:
 
 
 @pytest.mark.parametrize("n_conv", [1, 2, 3])
+def test_vacancy_readout_prunes_around_the_vacated_node_only(tiny, n_conv) -> None:
+    """The vacancy readout's receptive field is centred on the vacated node: fewer nodes
+    and edges than around the whole neighbourhood, the same predictions as the full graph."""
+    import dataclasses
+
+    fs, sc = FeaturizerSettings(cutoff=3.0, max_neighbors=6), SupercellSettings(min_image_distance=12.0)
+    packed = load_witman(fs, sc, data=tiny.root, ids=tiny.ids[:6], workers=1)
+    torch.manual_seed(2)
+    model = Expert(fs, ExpertModelConfig(atom_fea_len=8, n_conv=n_conv, pooling="vacancy", head_hidden=8), [], 5.0, 2.0)
+    randomize_batchnorm(model)
+    model.eval()
+    around_vacancy, around_hood = model.prepare(packed), packed.prune(n_conv)
+    assert around_vacancy.hops_from == "vacancy" and around_hood.hops_from == "hood"
+    assert around_vacancy.graphs.edge_ptr[-1] < around_hood.graphs.edge_ptr[-1]
+    assert around_vacancy.graphs.node_ptr[-1] < around_hood.graphs.node_ptr[-1]
+    everything = np.arange(len(packed))
+    naive = dataclasses.replace(VacancyDataset(packed).batch(everything), node_hops=None)
+    for pruned in (around_vacancy, around_hood):  # hood-centred hops are valid (if slower) for this readout
+        assert torch.allclose(model.predict(naive), model.predict(VacancyDataset(pruned).batch(everything)), atol=1e-5)
+    # the vacated node's own flag survives; a neighbourhood readout refuses vacancy-centred hops
+    batch = VacancyDataset(around_vacancy).batch(everything)
+    assert torch.equal(batch.node_flags[batch.vacancy_node, 0], torch.ones(len(packed)))
+    attention = Expert(fs, ExpertModelConfig(atom_fea_len=8, n_conv=n_conv, pooling="attention", head_hidden=8), [], 5.0, 2.0)
+    with pytest.raises(ValueError, match="from the hood"):
+        attention.predict(batch)
+    with pytest.raises(ValueError, match="cannot prune"):
+        around_vacancy.prune(n_conv, origin="hood")
+    # subsets keep the origin; the vacated node of each subset graph is still in it
+    part = around_vacancy.subset([4, 1])
+    assert part.hops_from == "vacancy" and np.array_equal(part.ids, around_vacancy.ids[[4, 1]])
+
+
+@pytest.mark.parametrize("n_conv", [1, 2, 3])
 @pytest.mark.parametrize("pooling", ["vacancy", "attention"])
 def test_layerwise_active_nodes_equal_the_naive_full_supercell_graph(tiny, pooling, n_conv) -> None:
     """Convolution k updates only nodes within n_conv-1-k hops of the neighbourhood; the
