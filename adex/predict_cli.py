@@ -5,7 +5,8 @@
 * every symmetry-distinct vacancy: ``--all-sites``;
 * a table: ``--input table.csv`` (columns ``structure``, ``site``; paths relative to the
   table's folder; other columns carried through) -> ``--output`` CSV with ``dH_pred_eV``
-  (or ``--format json``). Each host is read and featurized once.
+  (or ``--format json``). Each host is read and featurized once; hosts are processed in
+  chunks (bounded memory), by ``--workers N`` processes in parallel.
 
 With an ensemble expert (``adex expert train --ensemble N``) the prediction is the
 members' mean and a ``dH_std_eV`` column gives their standard deviation.
@@ -37,7 +38,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--input", help="CSV table with columns structure, site")
     p.add_argument("--output", help="output file (default: stdout)")
     p.add_argument("--format", choices=("table", "csv", "json"), help="output format (default: table on a terminal, else csv)")
-    p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--batch-size", type=int, default=32, help="vacancies per forward pass (default 32)")
+    p.add_argument("--workers", type=int, default=1,
+                   help="--input: worker processes, each reading, featurizing and predicting whole chunks of hosts "
+                        "(default 1)")
     p.add_argument("--registry", help="user registry root (default: $ADEX_HOME/registry)")
     p.set_defaults(func=cmd_predict)
 
@@ -48,10 +52,15 @@ NUMBER_COLUMNS = ("dH_pred_eV", "dH_std_eV")
 def _prediction_columns(expert, packed, batch_size: int) -> tuple[list[str], list[dict]]:
     """Output columns and one dict per vacancy: ``dH_pred_eV`` (the member mean for an
     ensemble) and, for an ensemble, ``dH_std_eV`` (population std over its members)."""
-    from adex.expert.ensemble import ensemble_statistics
     from adex.expert.predict import predict_packed_members
 
-    members = predict_packed_members(expert, packed, batch_size)
+    return _value_columns(predict_packed_members(expert, packed, batch_size))
+
+
+def _value_columns(members) -> tuple[list[str], list[dict]]:
+    """Columns and rows from member predictions [M, B] (eV)."""
+    from adex.expert.ensemble import ensemble_statistics
+
     mean, std = ensemble_statistics(members)
     if len(members) == 1:
         return ["dH_pred_eV"], [{"dH_pred_eV": round(float(m), 4)} for m in mean]
@@ -153,10 +162,8 @@ def _predict_structure(args, expert, con) -> int:
 def _predict_table(args, expert, con) -> int:
     import numpy as np
 
-    from adex.errors import AdexError, StructureError
-    from adex.expert.data import PackedVacancies
-    from adex.expert.predict import featurize_host_sites
-    from adex.io import read_structure
+    from adex.errors import AdexError
+    from adex.expert.predict import predict_sites
     from adex.progress import progress_bar
 
     table_path = Path(args.input)
@@ -182,17 +189,16 @@ def _predict_table(args, expert, con) -> int:
         path = Path(row["structure"]).expanduser()
         row["_path"] = str((path if path.is_absolute() else table_path.parent / path).resolve())
         by_host.setdefault(row["_path"], []).append(row["_site"])
-    parts, keys = [], []
+    if args.workers < 1:
+        raise AdexError(f"--workers must be >= 1, not {args.workers}")
+    jobs = [(path, sorted(set(sites))) for path, sites in by_host.items()]
     with progress_bar() as progress:
-        task = progress.add_task("hosts", total=len(by_host))
-        for path, sites in by_host.items():
-            unique = sorted(set(sites))
-            host = read_structure(path)
-            parts.append(featurize_host_sites(expert, host, unique, Path(path).name))
-            keys.extend((path, s) for s in unique)
-            progress.advance(task)
-    packed = PackedVacancies.concatenate(parts)
-    value_columns, values = _prediction_columns(expert, packed, args.batch_size)
+        task = progress.add_task(f"vacancies ({args.workers} worker{'s' if args.workers > 1 else ''})",
+                                 total=sum(len(s) for _, s in jobs))
+        predictions = predict_sites(expert, jobs, args.batch_size, args.workers,
+                                    on_progress=lambda n: progress.advance(task, n))
+    keys = list(predictions)
+    value_columns, values = _value_columns(np.stack([predictions[k] for k in keys], axis=1))
     lookup = dict(zip(keys, values))
     out_rows = []
     for row in rows:

@@ -105,7 +105,7 @@ def _loss_fn(name: str) -> nn.Module:
 
 
 @torch.no_grad()
-def predict(model: nn.Module, data: BatchSource, batch_size: int = 512, device: torch.device | str = "cpu") -> np.ndarray:
+def predict(model: nn.Module, data: BatchSource, batch_size: int = 64, device: torch.device | str = "cpu") -> np.ndarray:
     """Predictions in real units for every sample of ``data``: float64 [len(data)]."""
     model.eval()
     out = []

@@ -14,6 +14,12 @@ from adex.expert.data import PackedVacancies, VacancyDataset, compute_advisor_fe
 from adex.graphs import Featurizer
 
 DEFAULT_EXPERT = "builtin::expert/vacancy"
+#: Vacancies per forward pass. Small batches are faster on CPU (they stay in cache) and
+#: use less memory: on the 1,481 Witman vacancies 32 ran 1.11x faster than 256 at half the
+#: peak memory (benchmarks/results/benchmarks.md). Predictions do not depend on it.
+DEFAULT_BATCH_SIZE = 32
+#: Vacancies per unit of work in :func:`predict_sites` (hosts are never split).
+CHUNK_VACANCIES = 64
 
 
 class InputWarning(UserWarning):
@@ -81,7 +87,7 @@ def featurize_host_sites(expert: LoadedExpert, host: Structure, sites: list[int]
 
 
 @torch.no_grad()
-def predict_packed_members(expert: LoadedExpert, packed: PackedVacancies, batch_size: int = 256) -> np.ndarray:
+def predict_packed_members(expert: LoadedExpert, packed: PackedVacancies, batch_size: int = DEFAULT_BATCH_SIZE) -> np.ndarray:
     """dH (eV) of every member for every vacancy of ``packed``: float64 [M, B] (M = 1
     for a single expert). Featurization and advisors run once for all members."""
     from adex.expert.ensemble import as_members
@@ -97,6 +103,99 @@ def predict_packed_members(expert: LoadedExpert, packed: PackedVacancies, batch_
     return np.stack([np.concatenate(parts) if parts else np.zeros(0) for parts in out])
 
 
-def predict_packed(expert: LoadedExpert, packed: PackedVacancies, batch_size: int = 256) -> np.ndarray:
+def predict_packed(expert: LoadedExpert, packed: PackedVacancies, batch_size: int = DEFAULT_BATCH_SIZE) -> np.ndarray:
     """dH (eV) for every vacancy of ``packed`` (the member mean for an ensemble): float64 [B]."""
     return predict_packed_members(expert, packed, batch_size).mean(0)
+
+
+# --------------------------------------------------------------------------- many hosts
+_WORKER_EXPERT: LoadedExpert | None = None  # the expert a forked worker process predicts with
+
+
+def _init_worker(threads: int) -> None:
+    torch.set_num_threads(threads)
+
+
+def _predict_chunk(expert: LoadedExpert | None, chunk: list[tuple[str, list[int]]], batch_size: int):
+    """Read, featurize and predict one chunk of hosts: ``[(path, sites, members [M, S])]``."""
+    from pathlib import Path
+
+    from adex.io import read_structure
+
+    expert = expert or _WORKER_EXPERT
+    parts, sizes = [], []
+    for path, sites in chunk:
+        parts.append(featurize_host_sites(expert, read_structure(path), sites, Path(path).name))
+        sizes.append(len(sites))
+    members = predict_packed_members(expert, PackedVacancies.concatenate(parts), batch_size)
+    bounds = np.cumsum([0, *sizes])
+    return [(path, sites, members[:, a:b]) for (path, sites), a, b in zip(chunk, bounds[:-1], bounds[1:])]
+
+
+def host_chunks(jobs: list[tuple[str, list[int]]], chunk_vacancies: int = CHUNK_VACANCIES) -> list[list[tuple[str, list[int]]]]:
+    """Consecutive hosts grouped into chunks of about ``chunk_vacancies`` sites (a host is
+    never split, so its structure is read and its advisors run once)."""
+    chunks, current, size = [], [], 0
+    for path, sites in jobs:
+        current.append((path, sites))
+        size += len(sites)
+        if size >= chunk_vacancies:
+            chunks.append(current)
+            current, size = [], 0
+    return chunks + ([current] if current else [])
+
+
+def predict_sites(
+    expert: LoadedExpert,
+    jobs: list[tuple[str, list[int]]],
+    batch_size: int = DEFAULT_BATCH_SIZE,
+    workers: int = 1,
+    on_progress=None,
+    chunk_vacancies: int | None = None,
+) -> dict[tuple[str, int], np.ndarray]:
+    """Vacancy formation enthalpies for many host files.
+
+    Args:
+        jobs: ``(structure path, [site, ...])`` per host (0-based atom indices).
+        workers: processes; each reads, featurizes and predicts whole chunks of hosts
+            (``chunk_vacancies`` sites, default ``CHUNK_VACANCIES``), so memory stays
+            bounded by the chunk, not the input.
+            Workers are forked from this process (the loaded expert is shared, not
+            reloaded) and run 1 torch thread each.
+        on_progress: called with the number of vacancies finished, after each chunk.
+
+    Returns:
+        ``{(path, site): member predictions float64 [M]}`` (eV; M = 1 for a single expert).
+
+    Raises:
+        AdexError (e.g. StructureError) of the first failing host, with its file named.
+    """
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    global _WORKER_EXPERT
+    chunks = host_chunks(jobs, chunk_vacancies or CHUNK_VACANCIES)
+    out: dict[tuple[str, int], np.ndarray] = {}
+
+    def collect(result) -> None:
+        for path, sites, members in result:
+            for k, site in enumerate(sites):
+                out[(path, site)] = members[:, k]
+        if on_progress is not None:
+            on_progress(sum(len(sites) for _, sites, _ in result))
+
+    workers = max(1, min(int(workers), len(chunks)))
+    if workers == 1 or "fork" not in multiprocessing.get_all_start_methods():
+        for chunk in chunks:
+            collect(_predict_chunk(expert, chunk, batch_size))
+        return out
+    _WORKER_EXPERT = expert
+    try:
+        with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork"),
+                                 initializer=_init_worker, initargs=(1,)) as pool:
+            futures = [pool.submit(_predict_chunk, None, chunk, batch_size) for chunk in chunks]
+            for future in futures:
+                collect(future.result())
+    finally:
+        _WORKER_EXPERT = None
+    return out

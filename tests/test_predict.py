@@ -260,6 +260,32 @@ def test_table_values_equal_single_site_values(capsys, ctx, hosts, tmp_path) -> 
     assert abs(single[0] - single[2]) > 1e-3  # O and Fe of FeO differ: the comparison means something
 
 
+def test_table_with_worker_processes_and_small_chunks_equals_one_process(capsys, ctx, hosts, tmp_path, monkeypatch) -> None:
+    """--workers 2 with hosts spread over several chunks gives the same rows as one process."""
+    rows = [["../hosts/srtio3.cif", "0", "a"], ["../hosts/feo.cif", "3", "b"], ["../hosts/srtio3.cif", "2", "c"],
+            ["../hosts/feo.cif", "1", "d"], ["../hosts/srtio3.cif", "1", "e"]]
+    table = write_table(tmp_path, hosts, rows)
+    rc, one, err = predict(capsys, ctx, "--input", str(table))
+    assert rc == 0, err
+    monkeypatch.setattr(adex.expert.predict, "CHUNK_VACANCIES", 1)  # one host per chunk: 2 chunks, 2 processes
+    chunks = adex.expert.predict.host_chunks([("a", [0, 1]), ("b", [3]), ("c", [0])], 2)
+    assert chunks == [[("a", [0, 1])], [("b", [3]), ("c", [0])]]  # hosts are never split
+    rc, two, err = predict(capsys, ctx, "--input", str(table), "--workers", "2", "--batch-size", "1")
+    assert rc == 0, err
+    a, b = read_csv(one), read_csv(two)
+    assert [r["note"] for r in b] == ["a", "b", "c", "d", "e"]
+    np.testing.assert_allclose([float(r["dH_pred_eV"]) for r in a], [float(r["dH_pred_eV"]) for r in b], atol=1e-5)
+    np.testing.assert_allclose([float(r["dH_pred_eV"]) for r in b], ctx.srtio3[[0]].tolist() + [ctx.feo[3], ctx.srtio3[2], ctx.feo[1], ctx.srtio3[1]], atol=1e-4)
+
+
+def test_bad_host_in_a_worker_is_a_one_line_error(capsys, ctx, hosts, tmp_path) -> None:
+    table = write_table(tmp_path, hosts, [["../hosts/srtio3.cif", "0", "a"], ["../hosts/feo.cif", "99", "b"]])
+    rc, out, err = predict(capsys, ctx, "--input", str(table), "--workers", "2")
+    assert_one_line_error(rc, err, "99")
+    rc, out, err = predict(capsys, ctx, "--input", str(table), "--workers", "0")
+    assert_one_line_error(rc, err, "--workers")
+
+
 def test_table_to_output_file_and_json(capsys, ctx, hosts, tmp_path) -> None:
     table = write_table(tmp_path, hosts, [["../hosts/srtio3.cif", "1", "a"], ["../hosts/srtio3.cif", "3", "b"]])
     out_csv = tmp_path / "out" / "pred.csv"
