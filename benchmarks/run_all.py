@@ -362,6 +362,8 @@ def run_train(ctx: Context) -> dict:
         "expert_scratch": ("expert, no advisors", ["--advisors", "none"], "main"),
         "expert_advised": ("expert, advisors bandgap+eform",
                            ["--advisors", "builtin::bandgap:1,builtin::eform:1"], "main"),
+        "expert_advised_attention": ("expert, advisors bandgap+eform, attention readout",
+                                     ["--advisors", "builtin::bandgap:1,builtin::eform:1", "--pooling", "attention"], "main"),
         "expert_reference_size": ("expert, reference size (cold 4.5 Å graphs)",
                                   ["--advisors", "none", "--set", "model.atom_fea_len=8", "--set", "featurizer.cutoff=4.5",
                                    "--set", "training.batch_size=256", "--set", "model.oxidation_states=false"], "main"),
@@ -400,11 +402,11 @@ def run_predict(ctx: Context) -> dict:
                     "vacancies_per_s": _rate(n_out, proc["wall_s"]), "vacancies_per_cpu_s": _rate(n_out, proc["cpu_s"]),
                     "mae_vs_dft_eV": mae, "note": "whole process: start-up, cold registry load, CIF parsing, "
                                                   "oxidation states, supercell graphs, advisors, expert"}
-    pred = ctx.tmp / "pred-input-b32.csv"
-    proc = ctx.adex(f"predict --input ({n}) --batch-size 32", None, "predict", "--input", str(table), "--output", str(pred),
-                    "--batch-size", "32")
+    pred = ctx.tmp / "pred-input-w2.csv"
+    proc = ctx.adex(f"predict --input ({n}) --workers 2", None, "predict", "--input", str(table), "--output", str(pred),
+                    "--workers", "2")
     n_out, mae = predictions_mae(pred)
-    out["input_batch32"] = {"process": proc, "n_vacancies": n_out, "vacancies_per_s": _rate(n_out, proc["wall_s"]),
+    out["input_workers2"] = {"process": proc, "n_vacancies": n_out, "vacancies_per_s": _rate(n_out, proc["wall_s"]),
                             "vacancies_per_cpu_s": _rate(n_out, proc["cpu_s"]), "mae_vs_dft_eV": mae}
     tables = ctx.tmp / "tables"
     out["tables_setup"] = ctx.steps("distinct sites of the hosts (setup)", "make_tables", None, "--hosts", str(s["hosts"]),
@@ -589,15 +591,19 @@ def summary_rows(results: dict) -> list[dict]:
         add("train", f"advisor eform (MP subset {r['limit']:,}, {r['n_train']:,} train), per epoch", r["epochs"], r["process"],
             r["seconds_per_epoch"], "s/epoch", rss=r["process"]["peak_rss_MB"],
             note=f"graphs from cache in {r['featurize_seconds']} s")
-        for key, label in (("expert_scratch", "expert, no advisors"), ("expert_advised", "expert, advisors bandgap+eform"),
+        for key, label in (("expert_scratch", "expert (default config), no advisors"),
+                           ("expert_advised", "expert (default config), advisors bandgap+eform"),
+                           ("expert_advised_attention", "expert, advisors bandgap+eform, attention readout"),
                            ("expert_reference_size", "expert, reference size (width 8, 4.5 Å, batch 256, no ox. states)")):
-            r = t[key]
+            r = t.get(key)
+            if r is None:
+                continue
             note = f"{r['n_train']:,} train + {r['n_val']} val vacancies, {r['mean_nodes_per_vacancy_used']:.0f} nodes used per graph"
-            if key == "expert_advised":
+            if key.startswith("expert_advised"):
                 note += f"; advisor features once: {r['advisor_seconds']} s"
             if key == "expert_reference_size":
                 note += f"; cold 4.5 Å graphs (2 workers) {r['featurize_seconds']} s"
-            ref = R["epoch_s"] if key == "expert_reference_size" else None
+            ref = R["epoch_s"] if key in ("expert_reference_size", "expert_advised") else None
             add("train", f"{label}, per epoch", r["epochs"], r["process"], r["seconds_per_epoch"], "s/epoch", ref,
                 _ratio(r["seconds_per_epoch"], ref, False) if ref else "", note=note)
         r = t["expert_reference_size"]
@@ -615,9 +621,9 @@ def summary_rows(results: dict) -> list[dict]:
             _ratio(r["vacancies_per_s"], R["predict_vacancies_per_s"], True),
             note=f"{r['vacancies_per_cpu_s']} per CPU s; MAE vs DFT {r['mae_vs_dft_eV']} eV (in-sample); "
                  f"memory vs ref. {_mem_ratio(r['process']['peak_rss_MB'])}")
-        r = p.get("input_batch32")
+        r = p.get("input_workers2")
         if r:
-            add("predict", "the same with `--batch-size 32` (default 256)", r["n_vacancies"], r["process"], r["vacancies_per_s"],
+            add("predict", "the same with `--workers 2` (2 processes)", r["n_vacancies"], r["process"], r["vacancies_per_s"],
                 "vacancies/s", R["predict_vacancies_per_s"], _ratio(r["vacancies_per_s"], R["predict_vacancies_per_s"], True),
                 note=f"{r['vacancies_per_cpu_s']} per CPU s; memory vs ref. {_mem_ratio(r['process']['peak_rss_MB'])}")
         r = p["all_sites_table"]
