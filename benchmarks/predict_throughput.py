@@ -7,7 +7,7 @@ thread count to ``benchmarks/results/predict_throughput.json`` (+ ``.md``). The 
 predictions against the DFT values is reported too (in-sample for the shipped expert,
 which was trained on all 1,481 vacancies).
 
-    python benchmarks/predict_throughput.py --data ../shared/data [--expert REF] [--n 1481] [--threads 1]
+    python benchmarks/predict_throughput.py --data ../shared/data [--expert REF] [--n 1481] [--threads 1] [--workers 2]
 """
 from __future__ import annotations
 
@@ -30,6 +30,7 @@ def main() -> int:
     parser.add_argument("--expert", default=None)
     parser.add_argument("--n", type=int, default=None, help="number of vacancies (default: all)")
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--workers", type=int, default=1, help="adex predict --workers (processes)")
     parser.add_argument("--out", default=str(Path(__file__).parent / "results"))
     args = parser.parse_args()
 
@@ -48,6 +49,8 @@ def main() -> int:
     command = [sys.executable, "-m", "adex", "predict", "--input", str(table), "--output", str(output)]
     if args.expert:
         command += ["--expert", args.expert]
+    if args.workers > 1:
+        command += ["--workers", str(args.workers)]
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     start = time.perf_counter()
     proc = subprocess.run(command, env=env, capture_output=True, text=True)
@@ -68,13 +71,14 @@ def main() -> int:
         "python": platform.python_version(),
         "torch": torch.__version__,
         "threads": args.threads,
+        "workers": args.workers,
         "expert": proc.stderr.split("expert: ", 1)[-1].split("\n", 1)[0] if "expert: " in proc.stderr else args.expert,
         "n_vacancies": len(pred),
         "n_hosts": len({r["structure"] for r in pred}),
         "wall_seconds": round(wall, 2),
         "cpu_seconds": round(cpu, 2),
         "vacancies_per_second": round(len(pred) / wall, 1),
-        "peak_rss_mb": round(after.ru_maxrss / 1024, 1),
+        "peak_rss_mb": round(after.ru_maxrss / 1024, 1),  # the largest single process
         "mae_vs_dft_eV": round(mae, 4),
         "command": " ".join(command[1:]),
     }
