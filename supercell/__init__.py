@@ -15,7 +15,10 @@ adex canonicalises the input:
 3. :func:`build_vacancy`: pristine supercell, vacated index, defected supercell and the
    correspondence maps (defected -> pristine twin, supercell atom -> primitive atom).
 4. :func:`build_vacancy_graph`: one graph with the pristine and defected supercells as
-   two node blocks, bonds within each, and twin correspondence edges between them.
+   two node blocks, bonds within each, and twin correspondence edges between them. By
+   default the bonds come from a neighbour search on the primitive host mapped onto the
+   supercell, the defected bonds from the pristine ones (:mod:`adex.supercell.fast_graph`);
+   ``method="naive"`` featurizes both supercells (same edges, tested).
 
 Because every step is a deterministic function of the canonical primitive cell and
 orbit, the expert's input is identical (up to floating-point noise of the symmetrized

@@ -24,13 +24,14 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from adex.errors import StructureError
 from adex.supercell.vacancy import VacancySupercell
 
 if TYPE_CHECKING:  # adex.graphs imports torch; keep this module torch-free at import
     from adex.graphs import Featurizer
 
 __all__ = ["EDGE_PRISTINE", "EDGE_DEFECTED", "EDGE_DEFECTED_TO_PRISTINE", "EDGE_PRISTINE_TO_DEFECTED",
-           "ROLE_PRISTINE", "ROLE_DEFECTED", "VacancyGraph", "build_vacancy_graph"]
+           "GRAPH_METHODS", "ROLE_PRISTINE", "ROLE_DEFECTED", "VacancyGraph", "build_vacancy_graph"]
 
 ROLE_PRISTINE, ROLE_DEFECTED = 0, 1
 EDGE_PRISTINE, EDGE_DEFECTED, EDGE_DEFECTED_TO_PRISTINE, EDGE_PRISTINE_TO_DEFECTED = 0, 1, 2, 3
@@ -115,18 +116,66 @@ class VacancyGraph:
         return all(np.array_equal(getattr(self, f.name), getattr(other, f.name)) for f in fields(self))
 
 
-def build_vacancy_graph(vac: VacancySupercell, featurizer: "Featurizer") -> VacancyGraph:
-    """Featurize the pristine and defected supercells (one call each) and join them.
+#: Graph construction methods of :func:`build_vacancy_graph`.
+GRAPH_METHODS = ("fast", "naive")
 
+
+def build_vacancy_graph(vac: VacancySupercell, featurizer: "Featurizer", method: str = "fast") -> VacancyGraph:
+    """The combined pristine + defected graph of one vacancy.
+
+    Args:
+        vac: the vacancy supercell.
+        featurizer: :class:`adex.graphs.Featurizer` (its settings define the bonds).
+        method: ``"fast"`` (default): neighbour candidates from the primitive host
+            (memoised per host) mapped onto the supercell, and the defected graph derived
+            from the pristine one by re-selecting only the neighbours of the vacated atom
+            (:mod:`adex.supercell.fast_graph`); it falls back to ``"naive"`` when a
+            candidate distance lies within 1e-9 Å of a selection threshold (there float
+            rounding could flip the naive decision), or when the featurizer overrides
+            ``featurize``. ``"naive"``: ``featurizer.featurize`` on
+            the pristine and on the defected supercell. Both give the same edges (tested);
+            the fast path's distances differ by float rounding (~1e-14 Å before the
+            float32 cast), and neighbours of one atom whose distances differ only by such
+            rounding may come in a different order.
     Raises:
-        StructureError: from the featurizer (e.g. an atom isolated by the vacancy).
+        StructureError: from the featurizer (e.g. an atom isolated by the vacancy), or a
+            one-atom supercell (nothing left once the atom is removed).
         UnknownElementError: an element missing from the featurizer's embedding.
+        ValueError: unknown ``method``.
     """
+    if method not in GRAPH_METHODS:
+        raise ValueError(f"unknown graph method {method!r} (choose from {', '.join(GRAPH_METHODS)})")
+    if len(vac.defected) == 0:
+        raise StructureError(
+            "defected supercell: no atom left (one-atom supercell); use a larger min_image_distance"
+        )
+    if method == "fast" and _has_standard_featurize(featurizer):
+        from adex.supercell.fast_graph import fast_supercell_graphs
+
+        parts = fast_supercell_graphs(vac, featurizer)
+        if parts is not None:
+            z_p, (p_recv, p_send, p_dist), z_d, (d_recv, d_send, d_dist) = parts
+            return _join(vac, z_p, np.stack([p_recv, p_send]), p_dist, z_d, np.stack([d_recv, d_send]), d_dist)
     pristine = featurizer.featurize(vac.pristine, source="pristine supercell")
     defected = featurizer.featurize(vac.defected, source="defected supercell")
-    p, d = pristine.n_atoms, defected.n_atoms
+    return _join(vac, pristine.atomic_numbers, pristine.edge_index, pristine.edge_distance,
+                 defected.atomic_numbers, defected.edge_index, defected.edge_distance)
+
+
+def _has_standard_featurize(featurizer) -> bool:
+    """The fast path reproduces :meth:`adex.graphs.Featurizer.featurize` only."""
+    from adex.graphs import Featurizer
+
+    return isinstance(featurizer, Featurizer) and type(featurizer).featurize is Featurizer.featurize
+
+
+def _join(vac: VacancySupercell, pristine_z: np.ndarray, pristine_edges: np.ndarray, pristine_dist: np.ndarray,
+          defected_z: np.ndarray, defected_edges: np.ndarray, defected_dist: np.ndarray) -> VacancyGraph:
+    """Join the pristine and defected supercell graphs (edges [2, E], row 0 receiver)."""
+    p, d = len(pristine_z), len(defected_z)
     twins = vac.defected_to_pristine  # [D] pristine twin of each defected atom
     vacancy = vac.vacancy_index
+    n_p_edges, n_d_edges = pristine_edges.shape[1], defected_edges.shape[1]
 
     pristine_to_defected = np.full(p, -1, dtype=np.int64)
     pristine_to_defected[twins] = np.arange(d)
@@ -135,25 +184,25 @@ def build_vacancy_graph(vac: VacancySupercell, featurizer: "Featurizer") -> Vaca
     corr_d2p = np.stack([twins, defected_nodes])  # i = pristine twin <- j = defected atom
     corr_p2d = np.stack([defected_nodes, twins])  # i = defected atom <- j = pristine twin
     edge_index = np.concatenate(
-        [pristine.edge_index, defected.edge_index + p, corr_d2p, corr_p2d], axis=1
+        [pristine_edges, defected_edges + p, corr_d2p, corr_p2d], axis=1
     ).astype(np.int64)
     edge_distance = np.concatenate(
-        [pristine.edge_distance, defected.edge_distance, np.zeros(2 * d, dtype=np.float32)]
+        [pristine_dist, defected_dist, np.zeros(2 * d, dtype=np.float32)]
     ).astype(np.float32)
     edge_type = np.concatenate([
-        np.full(pristine.n_edges, EDGE_PRISTINE, dtype=np.int8),
-        np.full(defected.n_edges, EDGE_DEFECTED, dtype=np.int8),
+        np.full(n_p_edges, EDGE_PRISTINE, dtype=np.int8),
+        np.full(n_d_edges, EDGE_DEFECTED, dtype=np.int8),
         np.full(d, EDGE_DEFECTED_TO_PRISTINE, dtype=np.int8),
         np.full(d, EDGE_PRISTINE_TO_DEFECTED, dtype=np.int8),
     ])
 
-    center, neighbor = pristine.edge_index
+    center, neighbor = pristine_edges
     touching = np.concatenate([neighbor[center == vacancy], center[neighbor == vacancy]])
     neighbors = np.unique(touching[touching != vacancy]).astype(np.int64)
 
     return VacancyGraph(
-        atomic_numbers=np.concatenate([pristine.atomic_numbers, defected.atomic_numbers]).astype(np.int64),
-        node_role=np.r_[np.full(p, ROLE_PRISTINE, np.int8), np.full(d, ROLE_DEFECTED, np.int8)],
+        atomic_numbers=np.concatenate([pristine_z, defected_z]).astype(np.int64),
+        node_role=np.concatenate([np.full(p, ROLE_PRISTINE, np.int8), np.full(d, ROLE_DEFECTED, np.int8)]),
         node_primitive=np.concatenate([vac.pristine_to_primitive, vac.pristine_to_primitive[twins]]).astype(np.int64),
         edge_index=edge_index,
         edge_distance=edge_distance,
@@ -162,5 +211,5 @@ def build_vacancy_graph(vac: VacancySupercell, featurizer: "Featurizer") -> Vaca
         vacancy_node=int(vacancy),
         vacancy_neighbors=neighbors,
         former_neighbors_defected=pristine_to_defected[neighbors] + p,
-        vacancy_element=int(pristine.atomic_numbers[vacancy]),
+        vacancy_element=int(pristine_z[vacancy]),
     )
