@@ -1,0 +1,43 @@
+#!/usr/bin/env bash
+# The research experiments behind the README's Results section (GitHub issue 5), one CLI
+# command each. Long: about 5 core-hours on a 2-core CPU machine with the default
+# (vacancy-readout) expert; run two at a time. Every command writes a run folder with its
+# resolved config, per-fold tables, metrics.json and a PNG; `adex report` turns them into one
+# Markdown file.
+#
+#   ADEX_DATA=../shared/data bash benchmarks/experiments.sh OUT_DIR
+set -euo pipefail
+OUT=${1:?usage: experiments.sh OUT_DIR}
+mkdir -p "$OUT"
+ADVISORS=builtin::bandgap:1,builtin::eform:1
+COMMON=(--threads 1 --no-register)
+
+# Descriptor baseline, the same folds
+adex baseline --cv published --out "$OUT/baseline"
+adex baseline --cv published_struct --out "$OUT/baseline_struct"
+
+# Learning curve (10 published folds per fraction; 1.00 = the 10-fold CV per vacancy)
+adex experiment learning-curve --advisors $ADVISORS --fractions 1.00,0.40,0.10 --variants advised,scratch \
+    --seeds 0 --folds 10 "${COMMON[@]}" --out "$OUT/lc"
+# 10-fold CV per compound
+adex experiment learning-curve --per-compound --advisors $ADVISORS --fractions 1.00 --variants advised,scratch \
+    --seeds 0 --folds 10 "${COMMON[@]}" --out "$OUT/lc_struct"
+# transfer from the eform advisor at 10 % data; a second seed for advised / scratch there
+adex experiment learning-curve --advisors $ADVISORS --fractions 0.10 --variants transfer,transfer-gradual,advised-transfer \
+    --seeds 0 --folds 10 "${COMMON[@]}" --out "$OUT/lc_transfer"
+adex experiment learning-curve --advisors $ADVISORS --fractions 0.10 --variants advised,scratch \
+    --seeds 1 --folds 10 "${COMMON[@]}" --out "$OUT/lc_seeds"
+
+# Foundation-model advisor (pip install adex[chgnet]; adex advisor import chgnet)
+adex cv --advisors $ADVISORS,chgnet --cv published --folds 10 "${COMMON[@]}" --out "$OUT/chgnet"
+
+# Poolings: the expert's on three 10 % folds, the eform advisor's on 2,000 MP crystals
+adex experiment pooling --advisors $ADVISORS --cv published@0.10 --folds 3 --seeds 0 --epochs 60 "${COMMON[@]}" \
+    --out "$OUT/pool_expert"
+adex experiment pooling --advisor eform --limit 2000 --epochs 20 --seeds 0 "${COMMON[@]}" --out "$OUT/pool_advisor"
+
+# Augmentation: each training vacancy also in a >= 10 A supercell
+adex cv --advisors $ADVISORS --cv published@0.40 --fold 0.40k0 --fold 0.40k1 --fold 0.40k2 \
+    --set 'augment.min_image_distances=[10.0]' "${COMMON[@]}" --out "$OUT/augment"
+
+adex report "$OUT"/* -o "$OUT/report.md"
