@@ -93,7 +93,7 @@ def test_cv_command_writes_consistent_fold_and_pooled_numbers(tiny, reg, tmp_pat
         err = [abs(float(p["dH_pred_eV"]) - float(p["dH_eV"])) for p in mine]
         assert float(row["mae"]) == pytest.approx(np.mean(err), abs=1e-4)
         assert (out / row["fold"] / "metrics.json").is_file()  # each fold's run folder is kept
-    assert metrics["mae_mean"] == pytest.approx(np.mean([float(r["mae"]) for r in folds]), abs=1e-6)
+    assert metrics["mae_mean"] == pytest.approx(np.mean([float(r["mae"]) for r in folds]), abs=1e-4)  # folds.csv holds rounded values
     assert (out / "cv.png").read_bytes()[:4] == b"\x89PNG" and (out / "config.yaml").is_file()
     assert "MAE" in capsys.readouterr().err  # the console writes to stderr; stdout stays for data
 
