@@ -435,9 +435,9 @@ def run_predict(ctx: Context) -> dict:
                               "note": "overhead per call = (total wall - vacancies / rate of the one-table run) / calls"}
     model_n = [] if s["model"] is None else ["--n", str(s["model"])]
     out["model_only"] = ctx.steps("model only (cached graphs)", "model_only", "main", *model_n, "--repeat", "2")
-    out["model_only_batch32"] = ctx.steps("model only, batch 32", "model_only", "main", *model_n, "--batch-size", "32")
+    out["model_only_batch256"] = ctx.steps("model only, batch 256", "model_only", "main", *model_n, "--batch-size", "256")
     out["model_only_reference_size"] = ctx.steps("model only, reference-size expert", "model_only", "main", *model_n,
-                                                 "--repeat", "2", "--reference-size")
+                                                 "--repeat", "2", "--reference-size", "--batch-size", "256")
     out["profile"] = ctx.steps(f"profile of predict ({s['profile']})", "profile", None, "--n", str(s["profile"]))
     return out
 
@@ -634,8 +634,8 @@ def summary_rows(results: dict) -> list[dict]:
         add("predict", f"`--all-sites`, {r['n_calls']} separate calls (one host each)", r["n_vacancies"], r, r["vacancies_per_s"],
             "vacancies/s", rss=r["peak_rss_MB"],
             note=f"{r['seconds_per_call']} s per call, of which ~{r['overhead_per_call_s']} s start-up (imports, registry)")
-        for key, label in (("model_only", "model only, shipped expert (pruned graphs + advisor features in memory), batch 256"),
-                           ("model_only_batch32", "model only, batch 32"),
+        for key, label in (("model_only", "model only, shipped expert (pruned graphs + advisor features in memory), batch 32"),
+                           ("model_only_batch256", "model only, batch 256"),
                            ("model_only_reference_size", "model only, expert of the reference's size (4.5 Å, width 8, "
                                                          "no advisors, untrained), batch 256")):
             r = p.get(key)
@@ -710,7 +710,7 @@ def markdown(results: dict) -> str:
         lines += ["", "Scaling with the number of vacancies (figure `scaling_vacancies.png`; end to end = `adex predict "
                       "--input` in a fresh process on distinct host files (hosts copied beyond 1,481; the 1,481 row is the "
                       "prediction group's run); model only = the shipped expert on cached graphs replicated, advisor "
-                      "features precomputed, batch 256; its peak RSS includes the 1,481 cached graphs it replicates from):", "",
+                      "features precomputed, batch 32; its peak RSS includes the 1,481 cached graphs it replicates from):", "",
                   "| vacancies | end to end: wall (s) | CPU (s) | vacancies/s | peak RSS (MB) | model only: s | vacancies/s | "
                   "peak RSS (MB) |", "|---|---|---|---|---|---|---|---|"]
         e2e = {r["n_vacancies"]: r for r in _e2e_points(results)}

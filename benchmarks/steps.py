@@ -188,21 +188,26 @@ def _expert_name(expert) -> str:
 
 
 def _advisor_features_timed(expert, packed, t: Timer) -> list:
-    """``compute_advisor_features`` split into graphs of the primitive hosts and the network."""
+    """``compute_advisor_features`` (once per distinct primitive host, as the CLI does) split
+    into graphs of the primitive hosts and the network."""
     from adex.advisors.embed import run_advisor
-    from adex.expert.data import AdvisorFeatures
-    from adex.graphs import Featurizer, PackedGraphs
+    from adex.expert.data import AdvisorFeatures, unique_hosts
+    from adex.graphs import Featurizer, PackedGraphs, _ranges
 
     features = []
+    with t("advisor_primitive_graphs"):
+        first, inverse = unique_hosts(packed)
+        structures = [packed.primitive_structure(int(b)) for b in first]
+        ids = [str(packed.ids[b]) for b in first]
+    sizes = np.array([len(s) for s in structures], dtype=np.int64)
+    rows = _ranges(np.r_[0, np.cumsum(sizes)[:-1]][inverse], sizes[inverse])
     for entry, model in expert.advisors:
         featurizer = Featurizer(model.featurizer_settings)
         with t("advisor_primitive_graphs"):
-            graphs = PackedGraphs.from_graphs(
-                [featurizer.featurize(packed.primitive_structure(b), str(packed.ids[b])) for b in range(len(packed))],
-                list(packed.ids))
+            graphs = PackedGraphs.from_graphs([featurizer.featurize(s, i) for s, i in zip(structures, ids)], ids)
         with t("advisor_networks"):
             emb = run_advisor(model, graphs)
-        features.append(AdvisorFeatures(entry.ref, emb.atom.astype(np.float32), emb.crystal.astype(np.float32)))
+        features.append(AdvisorFeatures(entry.ref, emb.atom.astype(np.float32)[rows], emb.crystal.astype(np.float32)[inverse]))
     return features
 
 
@@ -445,7 +450,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--min-image", type=float, default=None)
     parser.add_argument("--replicate", type=int, default=None)
     parser.add_argument("--repeat", type=int, default=1)
-    parser.add_argument("--batch-size", type=int, default=256, help="expert batch size (adex predict's default: 256)")
+    parser.add_argument("--batch-size", type=int, default=32, help="expert batch size (adex predict's default: 32)")
     parser.add_argument("--hosts", type=int, default=100)
     parser.add_argument("--reference-size", action="store_true", help="model_only: an expert of the reference's size")
     parser.add_argument("--out-dir", default=None)
