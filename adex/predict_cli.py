@@ -42,6 +42,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--workers", type=int, default=1,
                    help="--input: worker processes, each reading, featurizing and predicting whole chunks of hosts "
                         "(default 1)")
+    p.add_argument("--cache", action="store_true",
+                   help="--input: keep featurized vacancies in $ADEX_HOME/cache/predict (content-addressed: file bytes, "
+                        "sites, featurizer and supercell settings); a rerun over the same files skips featurization")
     p.add_argument("--registry", help="user registry root (default: $ADEX_HOME/registry)")
     p.set_defaults(func=cmd_predict)
 
@@ -196,7 +199,7 @@ def _predict_table(args, expert, con) -> int:
         task = progress.add_task(f"vacancies ({args.workers} worker{'s' if args.workers > 1 else ''})",
                                  total=sum(len(s) for _, s in jobs))
         predictions = predict_sites(expert, jobs, args.batch_size, args.workers,
-                                    on_progress=lambda n: progress.advance(task, n))
+                                    on_progress=lambda n: progress.advance(task, n), cache=args.cache)
     keys = list(predictions)
     value_columns, values = _value_columns(np.stack([predictions[k] for k in keys], axis=1))
     lookup = dict(zip(keys, values))

@@ -73,16 +73,66 @@ def featurize_host_sites(expert: LoadedExpert, host: Structure, sites: list[int]
     model = expert.model
     featurizer = Featurizer(model.featurizer_settings)
     settings = SupercellSettings.from_dict(model.supercell)
-    unseen = sorted({site.specie.symbol for site in host} - set(model.training_elements))
-    if model.training_elements and unseen:
-        warnings.warn(f"{host_id}: element(s) {', '.join(unseen)} never seen in the expert's training data; "
-                      "the prediction is an extrapolation", ElementWarning, stacklevel=2)
     packed = PackedVacancies.concatenate(
         [featurize_vacancy(host, site, f"{host_id}#{site}", None, featurizer, settings) for site in sites]
     )
+    warn_about_inputs(expert, packed, host_id)
+    return packed
+
+
+def warn_about_inputs(expert: LoadedExpert, packed: PackedVacancies, host_id: str) -> None:
+    """Warn (once per host) about elements the expert never saw in training and about
+    hosts without charge-balanced oxidation states (for an expert that reads them)."""
+    from pymatgen.core.periodic_table import Element
+
+    model = expert.model
+    unseen = sorted({Element.from_Z(int(z)).symbol for z in np.unique(packed.prim_numbers)} - set(model.training_elements))
+    if model.training_elements and unseen:
+        warnings.warn(f"{host_id}: element(s) {', '.join(unseen)} never seen in the expert's training data; "
+                      "the prediction is an extrapolation", ElementWarning, stacklevel=3)
     if model.reads_oxidation_states and np.isnan(packed.prim_oxidation).any():
         warnings.warn(f"{host_id}: no charge-balanced oxidation states found (bond valence and composition guesses "
-                      "failed); predicted with oxidation states marked unknown", OxidationStateWarning, stacklevel=2)
+                      "failed); predicted with oxidation states marked unknown", OxidationStateWarning, stacklevel=3)
+
+
+def cached_host_sites(expert: LoadedExpert, path: str, sites: list[int]) -> PackedVacancies:
+    """:func:`featurize_host_sites` through a content-addressed cache.
+
+    The key is the sha256 of the file's bytes, the sites, the featurizer fingerprint, the
+    supercell settings and the graph format version, so an edited file or any changed
+    setting misses. Entries are written atomically under ``$ADEX_HOME/cache/predict``
+    (two processes filling the same entry write identical bytes); a hit skips reading,
+    symmetry, oxidation states and graph construction altogether.
+    """
+    import hashlib
+    from pathlib import Path
+
+    from adex.expert.data import GRAPH_FORMAT_VERSION
+    from adex.io import read_structure
+    from adex.paths import cache_dir
+
+    model = expert.model
+    try:
+        content = Path(path).read_bytes()
+    except OSError:
+        content = None  # read_structure below names the problem
+    if content is not None:
+        settings = repr(sorted(model.supercell.items()))
+        key = hashlib.sha256(b"|".join([content, ",".join(map(str, sites)).encode(), GRAPH_FORMAT_VERSION.encode(),
+                                        model.featurizer_settings.fingerprint().encode(), settings.encode()])).hexdigest()
+        entry = cache_dir() / "predict" / key[:2] / f"{key[2:26]}.npz"
+        if entry.is_file():
+            try:
+                packed = PackedVacancies.load(entry)
+            except Exception:  # a damaged entry is rebuilt, never trusted
+                packed = None
+            if packed is not None and [str(i) for i in packed.ids] == [f"{Path(path).name}#{s}" for s in sites]:
+                warn_about_inputs(expert, packed, Path(path).name)
+                return packed
+    packed = featurize_host_sites(expert, read_structure(path), sites, Path(path).name)
+    if content is not None:
+        entry.parent.mkdir(parents=True, exist_ok=True)
+        packed.save(entry)
     return packed
 
 
@@ -116,7 +166,7 @@ def _init_worker(threads: int) -> None:
     torch.set_num_threads(threads)
 
 
-def _predict_chunk(expert: LoadedExpert | None, chunk: list[tuple[str, list[int]]], batch_size: int):
+def _predict_chunk(expert: LoadedExpert | None, chunk: list[tuple[str, list[int]]], batch_size: int, cache: bool = False):
     """Read, featurize and predict one chunk of hosts: ``[(path, sites, members [M, S])]``."""
     from pathlib import Path
 
@@ -125,7 +175,8 @@ def _predict_chunk(expert: LoadedExpert | None, chunk: list[tuple[str, list[int]
     expert = expert or _WORKER_EXPERT
     parts, sizes = [], []
     for path, sites in chunk:
-        parts.append(featurize_host_sites(expert, read_structure(path), sites, Path(path).name))
+        parts.append(cached_host_sites(expert, path, sites) if cache
+                     else featurize_host_sites(expert, read_structure(path), sites, Path(path).name))
         sizes.append(len(sites))
     members = predict_packed_members(expert, PackedVacancies.concatenate(parts), batch_size)
     bounds = np.cumsum([0, *sizes])
@@ -152,6 +203,7 @@ def predict_sites(
     workers: int = 1,
     on_progress=None,
     chunk_vacancies: int | None = None,
+    cache: bool = False,
 ) -> dict[tuple[str, int], np.ndarray]:
     """Vacancy formation enthalpies for many host files.
 
@@ -163,6 +215,8 @@ def predict_sites(
             Workers are forked from this process (the loaded expert is shared, not
             reloaded) and run 1 torch thread each.
         on_progress: called with the number of vacancies finished, after each chunk.
+        cache: keep featurized vacancies in the content-addressed cache
+            (:func:`cached_host_sites`); a second run over the same files skips featurization.
 
     Returns:
         ``{(path, site): member predictions float64 [M]}`` (eV; M = 1 for a single expert).
@@ -187,13 +241,13 @@ def predict_sites(
     workers = max(1, min(int(workers), len(chunks)))
     if workers == 1 or "fork" not in multiprocessing.get_all_start_methods():
         for chunk in chunks:
-            collect(_predict_chunk(expert, chunk, batch_size))
+            collect(_predict_chunk(expert, chunk, batch_size, cache))
         return out
     _WORKER_EXPERT = expert
     try:
         with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork"),
                                  initializer=_init_worker, initargs=(1,)) as pool:
-            futures = [pool.submit(_predict_chunk, None, chunk, batch_size) for chunk in chunks]
+            futures = [pool.submit(_predict_chunk, None, chunk, batch_size, cache) for chunk in chunks]
             for future in futures:
                 collect(future.result())
     finally:

@@ -278,6 +278,30 @@ def test_table_with_worker_processes_and_small_chunks_equals_one_process(capsys,
     np.testing.assert_allclose([float(r["dH_pred_eV"]) for r in b], ctx.srtio3[[0]].tolist() + [ctx.feo[3], ctx.srtio3[2], ctx.feo[1], ctx.srtio3[1]], atol=1e-4)
 
 
+def test_cached_featurization_is_reused_and_content_addressed(capsys, ctx, hosts, tmp_path, monkeypatch, spies) -> None:
+    """--cache: a rerun over the same files featurizes nothing and gives the same numbers;
+    an edited file is a different entry."""
+    monkeypatch.setenv("ADEX_CACHE", str(tmp_path / "cache"))
+    folder = tmp_path / "own"
+    shutil.copytree(hosts, folder)
+    table = folder / "t.csv"
+    table.write_text("structure,site\nsrtio3.cif,0\nfeo.cif,3\nsrtio3.cif,2\n")
+    rc, first, err = predict(capsys, ctx, "--input", str(table), "--cache")
+    assert rc == 0, err
+    assert len(spies.vacancies) == 3 and len(list((tmp_path / "cache" / "predict").rglob("*.npz"))) == 2
+    rc, again, err = predict(capsys, ctx, "--input", str(table), "--cache")
+    assert rc == 0, err
+    assert again == first and len(spies.vacancies) == 3  # nothing featurized the second time
+    np.testing.assert_allclose([float(r["dH_pred_eV"]) for r in read_csv(again)], [ctx.srtio3[0], ctx.feo[3], ctx.srtio3[2]],
+                               atol=1e-4)
+    # a different structure under the same name misses the cache
+    (folder / "srtio3.cif").write_text((folder / "feo.cif").read_text())
+    rc, edited, err = predict(capsys, ctx, "--input", str(table), "--cache")
+    assert rc == 0, err
+    assert len(spies.vacancies) == 5
+    np.testing.assert_allclose(float(read_csv(edited)[0]["dH_pred_eV"]), ctx.feo[0], atol=1e-4)
+
+
 def test_bad_host_in_a_worker_is_a_one_line_error(capsys, ctx, hosts, tmp_path) -> None:
     table = write_table(tmp_path, hosts, [["../hosts/srtio3.cif", "0", "a"], ["../hosts/feo.cif", "99", "b"]])
     rc, out, err = predict(capsys, ctx, "--input", str(table), "--workers", "2")
