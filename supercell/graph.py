@@ -145,7 +145,7 @@ def build_vacancy_graph(vac: VacancySupercell, featurizer: "Featurizer", method:
     """
     if method not in GRAPH_METHODS:
         raise ValueError(f"unknown graph method {method!r} (choose from {', '.join(GRAPH_METHODS)})")
-    if len(vac.defected) == 0:
+    if len(vac.defected_to_pristine) == 0:
         raise StructureError(
             "defected supercell: no atom left (one-atom supercell); use a larger min_image_distance"
         )

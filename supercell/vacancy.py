@@ -4,6 +4,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from dataclasses import dataclass, field
+from functools import cached_property
 
 import numpy as np
 from pymatgen.core import Lattice, Structure
@@ -56,33 +57,43 @@ class VacancySupercell:
     Atom order of ``pristine``: primitive-atom major, ``index = p * n_cells + t`` for
     primitive atom ``p`` and cell translation ``t`` (translation 0 is the origin cell).
 
+    The supercell is index arithmetic on the primitive cell; the pymatgen structures
+    ``pristine`` and ``defected`` are only built when asked for (the fast graph
+    construction of :mod:`adex.supercell.fast_graph` never needs them).
+
     Attributes:
         canonical: the canonicalised vacancy (primitive cell, representative site, ...).
         supercell_matrix: int64 [3, 3], rows = supercell vectors in the primitive basis.
-        pristine: the perfect supercell (``n_prist = n_prim * n_cells`` atoms).
+        n_cells: number of primitive cells in the supercell (``|det supercell_matrix|``).
         vacancy_index: index in ``pristine`` of the vacated atom (the representative
             primitive atom's copy in the origin cell).
-        defected: ``pristine`` without the vacated atom (``n_prist - 1`` atoms, same order).
         defected_to_pristine: int64 [n_prist - 1], pristine index of each defected atom.
         pristine_to_primitive: int64 [n_prist], primitive atom each pristine atom copies.
         image_distance: shortest distance between the vacancy and its images, Å.
         settings: the settings used.
+        pristine: (property) the perfect supercell (``n_prist = n_prim * n_cells`` atoms).
+        defected: (property) ``pristine`` without the vacated atom (``n_prist - 1``
+            atoms, same order).
     """
 
     canonical: CanonicalVacancy
     supercell_matrix: np.ndarray
-    pristine: Structure
+    n_cells: int
     vacancy_index: int
-    defected: Structure
     defected_to_pristine: np.ndarray
     pristine_to_primitive: np.ndarray
     image_distance: float
     settings: SupercellSettings = field(default_factory=SupercellSettings)
 
-    @property
-    def n_cells(self) -> int:
-        """Number of primitive cells in the supercell (``|det supercell_matrix|``)."""
-        return len(self.pristine) // len(self.canonical.primitive)
+    @cached_property
+    def pristine(self) -> Structure:
+        return supercell_of(self.canonical.primitive, self.supercell_matrix)[0]
+
+    @cached_property
+    def defected(self) -> Structure:
+        pristine = self.pristine
+        return Structure(pristine.lattice, _species(pristine)[self.defected_to_pristine].tolist(),
+                         pristine.frac_coords[self.defected_to_pristine], coords_are_cartesian=False)
 
     @property
     def vacancy_element(self) -> str:
@@ -135,26 +146,18 @@ def build_vacancy(
     canonical = canonical_host(host, site, settings.symprec)
     primitive = canonical.primitive
     matrix = find_supercell_matrix(primitive.lattice, settings.min_image_distance, max_det=max_det)
-    pristine, pristine_to_primitive = supercell_of(primitive, matrix)
-    n_cells = len(pristine) // len(primitive)
+    n_cells = int(round(abs(np.linalg.det(matrix))))
+    n_pristine = len(primitive) * n_cells
     vacancy_index = canonical.site * n_cells  # translation 0 = origin cell
-    keep = np.ones(len(pristine), dtype=bool)
+    keep = np.ones(n_pristine, dtype=bool)
     keep[vacancy_index] = False
-    defected_to_pristine = np.flatnonzero(keep).astype(np.int64)
-    defected = Structure(
-        pristine.lattice,
-        _species(pristine)[keep].tolist(),
-        pristine.frac_coords[keep],
-        coords_are_cartesian=False,
-    )
     return VacancySupercell(
         canonical=canonical,
         supercell_matrix=matrix,
-        pristine=pristine,
+        n_cells=n_cells,
         vacancy_index=int(vacancy_index),
-        defected=defected,
-        defected_to_pristine=defected_to_pristine,
-        pristine_to_primitive=pristine_to_primitive,
+        defected_to_pristine=np.flatnonzero(keep).astype(np.int64),
+        pristine_to_primitive=np.repeat(np.arange(len(primitive), dtype=np.int64), n_cells),
         image_distance=min_image_distance(primitive.lattice, matrix),
         settings=settings,
     )
