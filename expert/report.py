@@ -19,8 +19,13 @@ from adex.fileio import atomic_write_text
 
 
 def _fmt(value, digits: int = 3) -> str:
-    if value is None:
+    if value is None or value == "":
         return "–"
+    if isinstance(value, str):  # CSV cells: numbers are shown rounded, text as is
+        try:
+            value = int(value) if value.lstrip("-").isdigit() else float(value)
+        except ValueError:
+            return value
     if isinstance(value, float):
         return f"{value:.{digits}f}"
     return str(value)
@@ -41,6 +46,10 @@ def _describe_config(run: Path) -> str:
     if not path.is_file():
         return ""
     config = yaml.safe_load(path.read_text()) or {}
+    if "advisors" not in config and "model" not in config:  # the descriptor baseline
+        metrics = json.loads((run / "metrics.json").read_text()) if (run / "metrics.json").is_file() else {}
+        n = metrics.get("n_features")
+        return f"descriptor baseline ({n} matminer descriptors, scikit-learn HistGradientBoostingRegressor)" if n else ""
     advisors = config.get("advisors")
     model = config.get("model") or {}
     bits = []
@@ -123,6 +132,60 @@ def _calibration(c: dict) -> list[str]:
             f"{_fmt(c.get('mae_low_std_half'))} / {_fmt(c.get('mae_high_std_half'))} eV.", ""]
 
 
+def fold_results(run: Path) -> list[tuple[str, dict[str, float]]]:
+    """``[(label, {fold: MAE})]`` of every cross-validation in ``run``: the run itself (``adex
+    cv`` / ``adex baseline``) or each CV run inside an experiment folder."""
+    import csv
+
+    found = []
+    for folder in [run, *sorted(p for p in run.iterdir() if p.is_dir())]:
+        path = folder / "folds.csv"
+        if path.is_file() and (folder == run or not (run / "folds.csv").is_file()):
+            with open(path, newline="") as handle:
+                rows = list(csv.DictReader(handle))
+            if rows and "mae" in rows[0]:
+                label = run.name if folder == run else f"{run.name}/{folder.name}"
+                found.append((label, {r["fold"]: float(r["mae"]) for r in rows}))
+    return found
+
+
+def comparison(runs: list[Path]) -> list[str]:
+    """Models evaluated on the same folds, side by side: MAE mean ± std over folds and,
+    against the reference of the group (a descriptor baseline if present, else the first
+    entry), the mean ± std of the per-fold MAE difference and on how many folds each model
+    is better. Empty when no two runs share their folds."""
+    import numpy as np
+
+    groups: dict[tuple[str, ...], list[tuple[str, dict[str, float]]]] = {}
+    for run in runs:
+        for label, maes in fold_results(run):
+            groups.setdefault(tuple(sorted(maes)), []).append((label, maes))
+    lines = []
+    for folds, entries in groups.items():
+        if len(entries) < 2:
+            continue
+        ref_label, ref = next((e for e in entries if "baseline" in e[0] or e[0].startswith("published")), entries[0])
+        rows = []
+        for label, maes in entries:
+            values = np.array([maes[f] for f in folds])
+            diff = values - np.array([ref[f] for f in folds])
+            rows.append({"model": label, "MAE mean": float(values.mean()),
+                         "MAE std": float(values.std(ddof=1)) if len(values) > 1 else 0.0,
+                         f"Δ vs {ref_label}": "–" if label == ref_label else
+                         f"{diff.mean():+.3f} ± {diff.std(ddof=1) if len(diff) > 1 else 0.0:.3f}",
+                         "folds better": "–" if label == ref_label else f"{int((diff < 0).sum())} / {len(folds)}"})
+        rows.sort(key=lambda r: r["MAE mean"])
+        shown = ", ".join(folds[:3]) + (", ..." if len(folds) > 3 else "")
+        lines += [f"### Same {len(folds)} folds ({shown})", ""]
+        lines += _table(rows, list(rows[0]))
+        lines += [""]
+    if lines:
+        lines = ["## Comparison on shared folds", "",
+                 "MAE in eV, mean ± std over folds; Δ = per-fold MAE minus the reference's (negative: better), "
+                 "mean ± std over folds.", ""] + lines
+    return lines
+
+
 def write_report(runs: list[Path], output: str | os.PathLike) -> Path:
     """Write the Markdown report of ``runs`` to ``output``; returns its path."""
     from adex import __version__
@@ -134,6 +197,8 @@ def write_report(runs: list[Path], output: str | os.PathLike) -> Path:
     for run in runs:
         if not run.is_dir():
             raise AdexError(f"{run}: no such run folder")
+    lines += comparison([run.resolve() for run in runs])
+    for run in runs:
         lines += section(run.resolve(), out_dir)
     atomic_write_text(output, "\n".join(lines))
     return output

@@ -106,3 +106,37 @@ def test_advisor_pooling_comparison(small_data, tmp_path, capsys) -> None:
     assert "pooling: max" in (out / "max_seed1" / "config.yaml").read_text()
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["experiment"] == "pooling-advisor" and metrics["unit"] == "eV"
+
+
+def test_report_compares_models_on_shared_folds(tmp_path) -> None:
+    """Runs evaluated on the same folds get one table: mean ± std over folds, the per-fold
+    difference to the descriptor baseline and how many folds each model wins."""
+    from adex.expert.report import comparison, write_report
+
+    def cv_folder(path: Path, maes: dict[str, float]) -> Path:
+        path.mkdir(parents=True)
+        with open(path / "folds.csv", "w", newline="") as handle:
+            writer = csv.writer(handle)
+            writer.writerow(["fold", "n_test", "mae"])
+            writer.writerows([[f, 10, m] for f, m in maes.items()])
+        values = list(maes.values())
+        (path / "metrics.json").write_text(json.dumps({"mae_mean": sum(values) / len(values), "scheme": "published",
+                                                       "n_folds": len(values)}))
+        return path
+
+    base = cv_folder(tmp_path / "baseline", {"k0": 0.40, "k1": 0.30, "k2": 0.35})
+    gnn = cv_folder(tmp_path / "gnn", {"k0": 0.45, "k1": 0.25, "k2": 0.50})
+    other = cv_folder(tmp_path / "other_folds", {"j0": 1.0, "j1": 2.0})
+    experiment = tmp_path / "lc"
+    cv_folder(experiment / "1.00_scratch_seed0", {"k0": 0.50, "k1": 0.40, "k2": 0.45})
+    lines = comparison([base, gnn, other, experiment])
+    text = "\n".join(lines)
+    assert "### Same 3 folds (k0, k1, k2)" in text and "j0" not in text  # a lone fold set gets no table
+    rows = {line.split(" | ")[0].strip("| "): line for line in lines if line.startswith("| ") and "---" not in line}
+    assert "+0.050 ± 0.100" in rows["gnn"] and "1 / 3" in rows["gnn"]  # diffs +0.05, -0.05, +0.15
+    assert "+0.100 ± 0.000" in rows["lc/1.00_scratch_seed0"] and "0 / 3" in rows["lc/1.00_scratch_seed0"]
+    assert [line.split(" | ")[0].strip("| ") for line in lines if line.startswith("| ") and "---" not in line][1:] == [
+        "baseline", "gnn", "lc/1.00_scratch_seed0"]  # sorted by mean MAE (after the header row)
+    (experiment / "metrics.json").write_text(json.dumps({"experiment": "learning-curve", "summary": []}))
+    report = write_report([base, gnn, experiment], tmp_path / "r.md").read_text()
+    assert "## Comparison on shared folds" in report and "| 0.400 |" in report  # CSV cells shown rounded
