@@ -244,6 +244,10 @@ def predict_sites(
             collect(_predict_chunk(expert, chunk, batch_size, cache))
         return out
     _WORKER_EXPERT = expert
+    if getattr(expert.model, "reads_oxidation_states", False):
+        # pymatgen's bond-valence module parses its YAML tables at import (~2-4 s): do it
+        # once here, so the forked workers inherit it instead of each paying it again
+        import pymatgen.analysis.bond_valence  # noqa: F401
     try:
         with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork"),
                                  initializer=_init_worker, initargs=(1,)) as pool:
