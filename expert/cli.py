@@ -90,6 +90,12 @@ def register_experiments(subparsers: argparse._SubParsersAction) -> None:
     add_training_options(po)
     po.set_defaults(func=cmd_pooling)
 
+    mg = sub.add_parser("merge", help="one learning curve (table + figure) from several learning-curve run folders",
+                        description="e.g. `adex experiment merge RUNS/lc-variants RUNS/lc-seeds --out RUNS/lc-all`")
+    mg.add_argument("runs", nargs="+", help="learning-curve run folders")
+    mg.add_argument("--out", required=True, help="folder for the merged table, metrics.json and figure")
+    mg.set_defaults(func=cmd_merge)
+
     rep = subparsers.add_parser("report", help="one Markdown report (tables + figures) from run folders",
                                 description="e.g. `adex report RUNS/cv-* RUNS/learning-curve-* -o report.md`")
     rep.add_argument("runs", nargs="+", help="run folders (adex cv, experiment, baseline, expert train)")
@@ -214,6 +220,21 @@ def cmd_learning_curve(args: argparse.Namespace) -> int:
     for r in result["summary"]:
         con.print(f"[bold]{r['fraction']}[/] (n_train {r['n_train']}) {r['variant']}: "
                   f"{r['mae_mean']:.3f} ± {r['mae_std']:.3f} eV over {r['n_seeds']} seeds")
+    con.print(f"folder: {result['out']}")
+    return 0
+
+
+def cmd_merge(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from adex.expert.experiments import merge_learning_curves
+    from adex.progress import console
+
+    result = merge_learning_curves([Path(r) for r in args.runs], args.out)
+    con = console()
+    for r in result["summary"]:
+        con.print(f"[bold]{r['fraction']}[/] (n_train {r['n_train']}) {r['variant']}: "
+                  f"{r['mae_mean']:.3f} ± {r['mae_std']:.3f} eV over {r['n_seeds']} seed(s)")
     con.print(f"folder: {result['out']}")
     return 0
 

@@ -127,6 +127,47 @@ def learning_curve(
     return {"rows": rows, "summary": summary, "out": out_dir}
 
 
+def merge_learning_curves(runs: list[Path], out: str | os.PathLike) -> dict:
+    """One learning curve from several ``learning-curve`` run folders (e.g. variants or
+    seeds run in parallel, on other machines): their runs tables are concatenated (a
+    repeated (fraction, variant, seed) is an error), summarised over seeds and plotted.
+    Writes ``learning_curve_runs.csv``, ``learning_curve.csv``, ``metrics.json`` (with
+    the source folders) and ``learning_curve.png`` into ``out``."""
+    import csv
+
+    rows, sources, per_compound = [], [], set()
+    seen: dict[tuple, Path] = {}
+    for run in runs:
+        metrics_path = Path(run) / "metrics.json"
+        metrics = __import__("json").loads(metrics_path.read_text()) if metrics_path.is_file() else {}
+        if metrics.get("experiment") != "learning-curve":
+            raise ConfigError(f"{run}: not a finished learning-curve run (no metrics.json of a learning curve)")
+        per_compound.add(bool(metrics.get("per_compound")))
+        with open(Path(run) / "learning_curve_runs.csv", newline="") as handle:
+            for row in csv.DictReader(handle):
+                key = (row["fraction"], row["variant"], row["seed"])
+                if key in seen:
+                    raise ConfigError(f"fraction {key[0]}, variant {key[1]}, seed {key[2]} is in both {seen[key]} and {run}")
+                seen[key] = Path(run)
+                rows.append({**row, "n_train": int(row["n_train"]), "seed": int(row["seed"]), "n_folds": int(row["n_folds"]),
+                             **{k: float(row[k]) for k in ("mae", "mae_fold_std", "rmse", "seconds")},
+                             "source": Path(run).name})
+        sources.append(str(Path(run).resolve()))
+    if len(per_compound) > 1:
+        raise ConfigError("cannot merge per-vacancy and per-compound learning curves")
+    is_per_compound = per_compound.pop() if per_compound else False
+    out_dir = Path(out)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    summary = _summarise(rows, ("fraction", "n_train", "variant"))
+    summary.sort(key=lambda r: (r["variant"], r["n_train"]))
+    _write_rows(out_dir / "learning_curve_runs.csv", rows)
+    _write_rows(out_dir / "learning_curve.csv", summary)
+    atomic_write_json(out_dir / "metrics.json", {"experiment": "learning-curve", "unit": "eV", "merged_from": sources,
+                                                 "per_compound": is_per_compound, "summary": summary, "runs": rows})
+    plot_learning_curve(out_dir / "learning_curve.png", summary, is_per_compound)
+    return {"rows": rows, "summary": summary, "out": out_dir}
+
+
 def plot_learning_curve(path: Path, summary: list[dict], per_compound: bool) -> None:
     """MAE (mean +- std over seeds) vs training vacancies, one line per variant, log x."""
     import matplotlib

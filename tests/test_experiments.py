@@ -65,6 +65,25 @@ def test_learning_curve_table_and_plot(curve_data, reg, tmp_path, capsys) -> Non
     assert "Cross-validation" in text and "| fold |" in text
 
 
+def test_merge_learning_curves(curve_data, reg, tmp_path, capsys) -> None:  # noqa: F811
+    """Variants and seeds run separately merge into one table and figure; overlaps are refused."""
+    common = ["experiment", "learning-curve", "--data", str(curve_data), "--registry", str(reg.root), *TINY,
+              "--advisors", "adv8", "--epochs", "1", "--fractions", "0.50,1.00", "--folds", "1"]
+    assert main([*common, "--variants", "scratch", "--seeds", "0", "--out", str(tmp_path / "a")]) == 0
+    assert main([*common, "--variants", "scratch,advised", "--seeds", "1", "--out", str(tmp_path / "b")]) == 0
+    rc = main(["experiment", "merge", str(tmp_path / "a"), str(tmp_path / "b"), "--out", str(tmp_path / "m")])
+    assert rc == 0, capsys.readouterr().err
+    summary = list(csv.DictReader(open(tmp_path / "m" / "learning_curve.csv")))
+    scratch = [r for r in summary if r["variant"] == "scratch"]
+    assert len(summary) == 4 and {r["n_seeds"] for r in scratch} == {"2"}
+    runs = list(csv.DictReader(open(tmp_path / "m" / "learning_curve_runs.csv")))
+    mine = [float(r["mae"]) for r in runs if r["variant"] == "scratch" and r["fraction"] == "1.00"]
+    assert float(next(r for r in scratch if r["fraction"] == "1.00")["mae_mean"]) == pytest.approx(sum(mine) / 2, rel=1e-5)
+    assert (tmp_path / "m" / "learning_curve.png").read_bytes()[:4] == b"\x89PNG"
+    rc = main(["experiment", "merge", str(tmp_path / "a"), str(tmp_path / "a"), "--out", str(tmp_path / "n")])
+    assert_one_line_error(rc, capsys.readouterr().err, "seed 0")
+
+
 def test_pooling_comparison_on_the_same_folds(curve_data, reg, tmp_path, capsys) -> None:  # noqa: F811
     out = tmp_path / "pool"
     rc = main(["experiment", "pooling", "--data", str(curve_data), "--registry", str(reg.root), *TINY,
