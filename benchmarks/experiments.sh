@@ -40,4 +40,5 @@ adex experiment pooling --advisor eform --limit 2000 --epochs 20 --seeds 0 "${CO
 adex cv --advisors $ADVISORS --cv published@0.40 --fold 0.40k0 --fold 0.40k1 --fold 0.40k2 \
     --set 'augment.min_image_distances=[10.0]' "${COMMON[@]}" --out "$OUT/augment"
 
+adex experiment merge "$OUT/lc" "$OUT/lc_transfer" "$OUT/lc_seeds" --out "$OUT/lc_all"
 adex report "$OUT"/* -o "$OUT/report.md"
