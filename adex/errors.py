@@ -30,5 +30,9 @@ class RegistryError(AdexError):
     """A registry reference is unknown, or a stored model fails verification."""
 
 
+class MissingExtraError(RegistryError):
+    """A stored model needs an optional package that is not installed (e.g. CHGNet)."""
+
+
 class IntegrityError(RegistryError):
     """A stored file's sha256 does not match its card: tampered or truncated."""

@@ -11,7 +11,9 @@
 With an ensemble expert (``adex expert train --ensemble N``) the prediction is the
 members' mean and a ``dH_std_eV`` column gives their standard deviation.
 
-Without ``--expert`` the shipped default expert is used (its reference is printed).
+Without ``--expert`` the shipped default expert is used (its reference is printed); if it
+needs an optional package that is missing (CHGNet), the best shipped expert without one
+(``builtin::expert/vacancy-core``) is used instead, with a note.
 Hosts with elements absent from the expert's training data, or whose oxidation states
 cannot be guessed (for an expert that reads them), are predicted with a warning on stderr.
 """
@@ -109,7 +111,7 @@ def _emit(rows: list[dict], columns: list[str], args: argparse.Namespace, title:
 def cmd_predict(args: argparse.Namespace) -> int:
     from adex.cli_common import open_registry_from
     from adex.errors import AdexError
-    from adex.expert.predict import DEFAULT_EXPERT, load_expert
+    from adex.expert.predict import load_default_expert, load_expert
     from adex.progress import console
 
     if bool(args.structure) == bool(args.input):
@@ -123,7 +125,12 @@ def cmd_predict(args: argparse.Namespace) -> int:
         warnings.simplefilter("always", InputWarning)
         warnings.simplefilter("always", ShadowWarning)
         warnings.showwarning = lambda message, category, *a, **k: print(f"warning: {message}", file=sys.stderr)
-        expert = load_expert(args.expert or DEFAULT_EXPERT, open_registry_from(args))
+        if args.expert:
+            expert = load_expert(args.expert, open_registry_from(args))
+        else:
+            expert, note = load_default_expert(open_registry_from(args))
+            if note:
+                print(f"note: {note}", file=sys.stderr)
         from adex.expert.ensemble import as_members
 
         n_members = len(as_members(expert.model))

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from adex.errors import RegistryError
+from adex.errors import MissingExtraError, RegistryError
 
 INSTALL_HINT = "the CHGNet advisor needs the optional CHGNet package: pip install 'adex[chgnet]' (or pip install chgnet)"
 
@@ -29,7 +29,7 @@ def _chgnet_class():
     try:
         from chgnet.model import CHGNet
     except ImportError:
-        raise RegistryError(INSTALL_HINT) from None
+        raise MissingExtraError(INSTALL_HINT) from None
     return CHGNet
 
 
@@ -39,7 +39,7 @@ def chgnet_version() -> str:
     try:
         return version("chgnet")
     except PackageNotFoundError:
-        raise RegistryError(INSTALL_HINT) from None
+        raise MissingExtraError(INSTALL_HINT) from None
 
 
 class CHGNetAdvisor(nn.Module):

@@ -14,6 +14,9 @@ from adex.expert.data import PackedVacancies, VacancyDataset, compute_advisor_fe
 from adex.graphs import Featurizer
 
 DEFAULT_EXPERT = "builtin::expert/vacancy"
+#: The best shipped expert whose advisors need no optional package: used when the default
+#: cannot load because an optional package (CHGNet) is missing.
+CORE_EXPERT = "builtin::expert/vacancy-core"
 #: Vacancies per forward pass. Small batches are faster on CPU (they stay in cache) and
 #: use less memory: on the 1,481 Witman vacancies 32 ran 1.11x faster than 256 at half the
 #: peak memory (benchmarks/results/benchmarks.md). Predictions do not depend on it.
@@ -64,6 +67,21 @@ def load_expert(ref: str, registry) -> LoadedExpert:
         adv_model = load_model(adv_entry)
         advisors.append((adv_entry, adv_model))
     return LoadedExpert(entry, model, advisors)
+
+
+def load_default_expert(registry) -> tuple[LoadedExpert, str | None]:
+    """The shipped default expert, or :data:`CORE_EXPERT` when the default needs an
+    optional package that is not installed. Returns (expert, note for the user or None)."""
+    from adex.errors import MissingExtraError
+
+    try:
+        return load_expert(DEFAULT_EXPERT, registry), None
+    except MissingExtraError as exc:
+        try:
+            core = load_expert(CORE_EXPERT, registry)
+        except RegistryError:
+            raise exc from None
+        return core, f"{exc}; using {core.entry.ref} instead (the best shipped expert without optional packages)"
 
 
 def featurize_host_sites(expert: LoadedExpert, host: Structure, sites: list[int], host_id: str) -> PackedVacancies:

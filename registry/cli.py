@@ -70,6 +70,7 @@ def register(subparsers: argparse._SubParsersAction) -> argparse._SubParsersActi
     p.add_argument("--builtin-parents", action="store_true",
                    help="the destination is the built-in store: keep parents shipped there (same files), "
                         "move the others to notes.parents_not_shipped")
+    p.add_argument("--name", help="file it under this name in the destination (default: its own name)")
     p.set_defaults(func=_warnings_to_stderr(cmd_export))
 
     p = sub.add_parser("remove", parents=common, help="delete one version (refused if others derive from it)")
@@ -176,7 +177,7 @@ def cmd_tag(args: argparse.Namespace) -> int:
 def cmd_export(args: argparse.Namespace) -> int:
     """``adex registry export REF DEST_ROOT``."""
     target = open_from_args(args).export(args.ref, args.dest, renumber=args.renumber,
-                                         parents_as_builtin=args.builtin_parents)
+                                         parents_as_builtin=args.builtin_parents, name=args.name)
     print(f"exported to {target}")
     return 0
 

@@ -326,13 +326,14 @@ class Registry:
         return self._user.entry(kind, name, version)
 
     def export(self, ref: str, dest_root: Path, card_notes: Mapping | None = None, renumber: bool = False,
-               parents_as_builtin: bool = False) -> Path:
+               parents_as_builtin: bool = False, name: str | None = None) -> Path:
         """Copy the (verified) version ``ref`` into another store root.
 
         Used to ship models in the built-in store (``registry/builtin``) or to move them
         between machines. The version keeps its number, or with ``renumber`` becomes the
         next free number of that name in the destination. ``card_notes`` are merged into
-        the copied card under ``notes``. With ``parents_as_builtin`` (the destination is
+        the copied card under ``notes``. ``name`` files it under another name there (e.g.
+        a second default under its own name). With ``parents_as_builtin`` (the destination is
         the built-in store) parents that exist there keep a ``builtin::`` reference and the
         others move to ``notes.parents_not_shipped`` (their lineage stays readable). The
         copy is staged and renamed into place; an existing version is never replaced.
@@ -340,8 +341,11 @@ class Registry:
         entry = self.resolve(ref)
         entry.verify()
         dest = _Store("destination", Path(dest_root))
-        version = (max(dest.versions(entry.kind, entry.name), default=0) + 1) if renumber else entry.version
-        target = Path(dest_root) / entry.kind / entry.name / "versions" / str(version)
+        name = name or entry.name
+        if name != entry.name:
+            check_token(name, "name")
+        version = (max(dest.versions(entry.kind, name), default=0) + 1) if renumber else entry.version
+        target = Path(dest_root) / entry.kind / name / "versions" / str(version)
         if target.exists():
             raise RegistryError(f"{target} exists already; versions are immutable")
         target.parent.mkdir(parents=True, exist_ok=True)
@@ -353,6 +357,7 @@ class Registry:
             card = dict(entry.card)
             card["exported_from"] = entry.ref
             card["version"] = version
+            card["name"] = name
             notes = dict(card.get("notes", {}))
             if parents_as_builtin:
                 kept, elsewhere = [], []

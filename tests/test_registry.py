@@ -420,3 +420,19 @@ def test_export_renumbers_and_keeps_only_shipped_parents(tmp_path):
     # bandgap:1 is shipped with the same files; user expert/vac:1 is not (builtin vac:1 is another model)
     assert entry.card["parents"] == ["builtin::advisor/bandgap:1"]
     assert entry.card["notes"] == {"parents_not_shipped": ["expert/vac:1"], "how": "test"}
+
+
+def test_export_under_another_name(tmp_path):
+    from adex.errors import RegistryError
+    from adex.registry import Registry
+
+    source = Registry(root=tmp_path / "user", builtin_root=tmp_path / "none")
+    source.register("expert", "vacancy", {"weights.bin": b"core"}, {"description": "x"})
+    target = source.export("vacancy:1", tmp_path / "shipped", name="vacancy-core", renumber=True)
+    assert target == tmp_path / "shipped" / "expert" / "vacancy-core" / "versions" / "1"
+    entry = Registry(root=tmp_path / "other", builtin_root=tmp_path / "shipped").resolve("builtin::expert/vacancy-core")
+    entry.verify()
+    assert entry.card["name"] == "vacancy-core" and entry.card["exported_from"] == "expert/vacancy:1"
+    assert entry.read_file("weights.bin") == b"core"
+    with pytest.raises(RegistryError, match="name"):
+        source.export("vacancy:1", tmp_path / "shipped", name="../evil")

@@ -57,3 +57,56 @@ def test_default_expert_predicts_without_flags(shipped: Registry, data_dir, caps
     assert "expert: builtin::expert/vacancy:" in captured.err  # the default is named with its version
     value = json.loads(captured.out)["predictions"][0]["dH_pred_eV"]
     assert 0.0 < value < 15.0 and np.isfinite(value)
+
+
+def test_default_falls_back_to_the_core_expert_without_chgnet(shipped: Registry, data_dir, capsys, monkeypatch) -> None:
+    """If the default expert needs CHGNet and it is not installed, prediction still works
+    with the best shipped expert that needs no optional package, and says so."""
+    import adex.advisors.chgnet
+    from adex.errors import MissingExtraError
+
+    try:
+        entry = shipped.resolve("builtin::expert/vacancy")
+        shipped.resolve("builtin::expert/vacancy-core")
+    except Exception:
+        pytest.skip("no shipped default / core expert in this checkout")
+    if not any("chgnet" in parent for parent in entry.card.get("parents", [])):
+        pytest.skip("the shipped default does not need CHGNet")
+
+    def missing():
+        raise MissingExtraError(adex.advisors.chgnet.INSTALL_HINT)
+
+    monkeypatch.setattr(adex.advisors.chgnet, "_chgnet_class", missing)
+    cif = data_dir / "witman2023_vacancies" / "structures" / "0009491-O1.cif"
+    assert main(["predict", "--structure", str(cif), "--site", "0", "--format", "json"]) == 0
+    captured = capsys.readouterr()
+    assert "note:" in captured.err and "adex[chgnet]" in captured.err
+    assert "expert: builtin::expert/vacancy-core:" in captured.err
+    assert 0.0 < json.loads(captured.out)["predictions"][0]["dH_pred_eV"] < 15.0
+    # asking for the default explicitly is an error naming the missing package, not a silent switch
+    assert main(["predict", "--expert", "builtin::expert/vacancy", "--structure", str(cif), "--site", "0"]) == 2
+    assert "adex[chgnet]" in capsys.readouterr().err
+
+
+def test_load_default_expert_only_falls_back_for_a_missing_extra(monkeypatch) -> None:
+    import adex.expert.predict as predict
+    from adex.errors import MissingExtraError, RegistryError
+
+    calls = []
+
+    def fake(ref, registry):
+        calls.append(ref)
+        if ref == predict.DEFAULT_EXPERT:
+            raise MissingExtraError("needs chgnet")
+        return type("Loaded", (), {"entry": type("E", (), {"ref": "builtin::expert/vacancy-core:1"})()})()
+
+    monkeypatch.setattr(predict, "load_expert", fake)
+    expert, note = predict.load_default_expert(None)
+    assert calls == [predict.DEFAULT_EXPERT, predict.CORE_EXPERT] and "needs chgnet" in note and "vacancy-core:1" in note
+
+    def broken(ref, registry):
+        raise RegistryError("tampered")
+
+    monkeypatch.setattr(predict, "load_expert", broken)
+    with pytest.raises(RegistryError, match="tampered"):
+        predict.load_default_expert(None)
