@@ -22,14 +22,13 @@ adex experiment learning-curve --advisors $ADVISORS --fractions 1.00,0.40,0.10 -
 # 10-fold CV per compound
 adex experiment learning-curve --per-compound --advisors $ADVISORS --fractions 1.00 --variants advised,scratch \
     --seeds 0 --folds 10 "${COMMON[@]}" --out "$OUT/lc_struct"
-# transfer from the eform advisor at 10 % data; a second seed for advised / scratch there
+# transfer from the eform advisor at 10 % data
 adex experiment learning-curve --advisors $ADVISORS --fractions 0.10 --variants transfer,transfer-gradual,advised-transfer \
     --seeds 0 --folds 10 "${COMMON[@]}" --out "$OUT/lc_transfer"
-adex experiment learning-curve --advisors $ADVISORS --fractions 0.10 --variants advised,scratch \
-    --seeds 1 --folds 10 "${COMMON[@]}" --out "$OUT/lc_seeds"
 
 # Foundation-model advisor (pip install adex[chgnet]; adex advisor import chgnet)
 adex cv --advisors $ADVISORS,chgnet --cv published --folds 10 "${COMMON[@]}" --out "$OUT/chgnet"
+adex cv --advisors $ADVISORS,chgnet --cv published_struct --folds 3 "${COMMON[@]}" --out "$OUT/chgnet_struct"
 
 # Poolings: the expert's on three 10 % folds, the eform advisor's on 2,000 MP crystals
 adex experiment pooling --advisors $ADVISORS --cv published@0.10 --folds 3 --seeds 0 --epochs 60 "${COMMON[@]}" \
@@ -40,5 +39,5 @@ adex experiment pooling --advisor eform --limit 2000 --epochs 20 --seeds 0 "${CO
 adex cv --advisors $ADVISORS --cv published@0.40 --fold 0.40k0 --fold 0.40k1 --fold 0.40k2 \
     --set 'augment.min_image_distances=[10.0]' "${COMMON[@]}" --out "$OUT/augment"
 
-adex experiment merge "$OUT/lc" "$OUT/lc_transfer" "$OUT/lc_seeds" --out "$OUT/lc_all"
+adex experiment merge "$OUT/lc" "$OUT/lc_transfer" --out "$OUT/lc_all"
 adex report "$OUT"/* -o "$OUT/report.md"
