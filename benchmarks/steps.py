@@ -202,12 +202,18 @@ def _advisor_features_timed(expert, packed, t: Timer) -> list:
     sizes = np.array([len(s) for s in structures], dtype=np.int64)
     rows = _ranges(np.r_[0, np.cumsum(sizes)[:-1]][inverse], sizes[inverse])
     for entry, model in expert.advisors:
-        featurizer = Featurizer(model.featurizer_settings)
-        with t("advisor_primitive_graphs"):
-            graphs = PackedGraphs.from_graphs([featurizer.featurize(s, i) for s, i in zip(structures, ids)], ids)
-        with t("advisor_networks"):
-            emb = run_advisor(model, graphs)
-        features.append(AdvisorFeatures(entry.ref, emb.atom.astype(np.float32)[rows], emb.crystal.astype(np.float32)[inverse]))
+        if hasattr(model, "embed_structures"):  # e.g. CHGNet: its own graphs, counted with the network
+            with t("advisor_networks"):
+                atom, crystal = model.embed_structures(structures)
+        else:
+            featurizer = Featurizer(model.featurizer_settings)
+            with t("advisor_primitive_graphs"):
+                graphs = PackedGraphs.from_graphs([featurizer.featurize(s, i) for s, i in zip(structures, ids)], ids)
+            with t("advisor_networks"):
+                emb = run_advisor(model, graphs)
+            atom, crystal = emb.atom, emb.crystal
+        features.append(AdvisorFeatures(entry.ref, np.asarray(atom, dtype=np.float32)[rows],
+                                        np.asarray(crystal, dtype=np.float32)[inverse]))
     return features
 
 
