@@ -94,6 +94,8 @@ def register_experiments(subparsers: argparse._SubParsersAction) -> None:
                         description="e.g. `adex experiment merge RUNS/lc-variants RUNS/lc-seeds --out RUNS/lc-all`")
     mg.add_argument("runs", nargs="+", help="learning-curve run folders")
     mg.add_argument("--out", required=True, help="folder for the merged table, metrics.json and figure")
+    mg.add_argument("--baseline", action="append", default=[],
+                    help="an `adex baseline --cv published[@fraction]` folder to draw as one more line (repeatable)")
     mg.set_defaults(func=cmd_merge)
 
     rep = subparsers.add_parser("report", help="one Markdown report (tables + figures) from run folders",
@@ -230,11 +232,11 @@ def cmd_merge(args: argparse.Namespace) -> int:
     from adex.expert.experiments import merge_learning_curves
     from adex.progress import console
 
-    result = merge_learning_curves([Path(r) for r in args.runs], args.out)
+    result = merge_learning_curves([Path(r) for r in args.runs], args.out, [Path(b) for b in args.baseline])
     con = console()
     for r in result["summary"]:
         con.print(f"[bold]{r['fraction']}[/] (n_train {r['n_train']}) {r['variant']}: "
-                  f"{r['mae_mean']:.3f} ± {r['mae_std']:.3f} eV over {r['n_seeds']} seed(s)")
+                  f"{r['mae_mean']:.3f} ± {r['mae_std']:.3f} eV (± over {r['spread_over']}; {r['n_seeds']} seed(s))")
     con.print(f"folder: {result['out']}")
     return 0
 

@@ -127,10 +127,35 @@ def learning_curve(
     return {"rows": rows, "summary": summary, "out": out_dir}
 
 
-def merge_learning_curves(runs: list[Path], out: str | os.PathLike) -> dict:
+def _baseline_rows(run: Path) -> list[dict]:
+    """Learning-curve rows of a descriptor-baseline CV folder (``adex baseline --cv
+    published[@fraction]``), as variant ``descriptor baseline``."""
+    import csv
+    import json
+
+    metrics = json.loads((run / "metrics.json").read_text())
+    scheme = str(metrics.get("scheme", ""))
+    if "n_features" not in metrics or not scheme.startswith("published"):
+        raise ConfigError(f"{run}: not a descriptor-baseline run on published folds (adex baseline --cv published...)")
+    with open(run / "folds.csv", newline="") as handle:
+        folds = list(csv.DictReader(handle))
+    fraction = scheme.split("@", 1)[1] if "@" in scheme else "1.00"
+    maes = np.array([float(f["mae"]) for f in folds])
+    return [{"fraction": f"{float(fraction):.2f}", "n_train": int(np.mean([int(f["n_train"]) for f in folds])),
+             "variant": "descriptor baseline", "seed": 0, "mae": float(maes.mean()),
+             "mae_fold_std": float(maes.std(ddof=1)) if len(maes) > 1 else 0.0,
+             "rmse": float(np.mean([float(f["rmse"]) for f in folds])),
+             **{k: float(np.mean([float(f[k]) for f in folds])) for k in ("mae_O", "mae_metal")},
+             "n_folds": len(folds), "seconds": 0.0,
+             "source": run.name, "_per_compound": "struct" in scheme}]
+
+
+def merge_learning_curves(runs: list[Path], out: str | os.PathLike, baselines: list[Path] = ()) -> dict:
     """One learning curve from several ``learning-curve`` run folders (e.g. variants or
     seeds run in parallel, on other machines): their runs tables are concatenated (a
     repeated (fraction, variant, seed) is an error), summarised over seeds and plotted.
+    ``baselines``: ``adex baseline --cv published[@fraction]`` folders, drawn as one more
+    line (``descriptor baseline``; its spread is over folds, not seeds).
     Writes ``learning_curve_runs.csv``, ``learning_curve.csv``, ``metrics.json`` (with
     the source folders) and ``learning_curve.png`` into ``out``."""
     import csv
@@ -150,8 +175,13 @@ def merge_learning_curves(runs: list[Path], out: str | os.PathLike) -> dict:
                     raise ConfigError(f"fraction {key[0]}, variant {key[1]}, seed {key[2]} is in both {seen[key]} and {run}")
                 seen[key] = Path(run)
                 rows.append({**row, "n_train": int(row["n_train"]), "seed": int(row["seed"]), "n_folds": int(row["n_folds"]),
-                             **{k: float(row[k]) for k in ("mae", "mae_fold_std", "rmse", "seconds")},
+                             **{k: float(row[k]) for k in ("mae", "mae_fold_std", "rmse", "seconds", "mae_O", "mae_metal")},
                              "source": Path(run).name})
+        sources.append(str(Path(run).resolve()))
+    for run in baselines:
+        for row in _baseline_rows(Path(run)):
+            per_compound.add(row.pop("_per_compound"))
+            rows.append(row)
         sources.append(str(Path(run).resolve()))
     if len(per_compound) > 1:
         raise ConfigError("cannot merge per-vacancy and per-compound learning curves")
@@ -159,6 +189,12 @@ def merge_learning_curves(runs: list[Path], out: str | os.PathLike) -> dict:
     out_dir = Path(out)
     out_dir.mkdir(parents=True, exist_ok=True)
     summary = _summarise(rows, ("fraction", "n_train", "variant"))
+    for entry in summary:  # one run per point (one seed, or the baseline): its spread over folds
+        entry["spread_over"] = "seeds"
+        if entry["n_seeds"] == 1:
+            entry["mae_std"] = next(r["mae_fold_std"] for r in rows if r["variant"] == entry["variant"]
+                                    and r["fraction"] == entry["fraction"])
+            entry["spread_over"] = "folds"
     summary.sort(key=lambda r: (r["variant"], r["n_train"]))
     _write_rows(out_dir / "learning_curve_runs.csv", rows)
     _write_rows(out_dir / "learning_curve.csv", summary)
@@ -183,7 +219,9 @@ def plot_learning_curve(path: Path, summary: list[dict], per_compound: bool) -> 
     ax.set_xscale("log")
     ax.set_xlabel("training vacancies")
     ax.set_ylabel("CV MAE (eV)")
-    ax.set_title(f"learning curve ({'per compound' if per_compound else 'per vacancy'})", fontsize=9)
+    over = {r.get("spread_over", "seeds") for r in summary}
+    bars = "std over seeds" if over == {"seeds"} else "std over folds" if over == {"folds"} else "std over seeds (several) or folds (one seed)"
+    ax.set_title(f"learning curve ({'per compound' if per_compound else 'per vacancy'}; error bars: {bars})", fontsize=8)
     ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=120)

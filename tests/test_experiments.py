@@ -82,6 +82,17 @@ def test_merge_learning_curves(curve_data, reg, tmp_path, capsys) -> None:  # no
     assert (tmp_path / "m" / "learning_curve.png").read_bytes()[:4] == b"\x89PNG"
     rc = main(["experiment", "merge", str(tmp_path / "a"), str(tmp_path / "a"), "--out", str(tmp_path / "n")])
     assert_one_line_error(rc, capsys.readouterr().err, "seed 0")
+    # a descriptor-baseline CV folder becomes one more line, its spread over folds
+    base = tmp_path / "baseline"
+    base.mkdir()
+    (base / "metrics.json").write_text(json.dumps({"scheme": "published@0.50", "n_features": 248, "mae_mean": 0.5}))
+    (base / "folds.csv").write_text("fold,n_train,n_test,mae,rmse,mae_O,mae_metal\n0.50k0,5,2,0.4,0.5,0.3,0.5\n"
+                                    "0.50k1,5,2,0.6,0.7,0.5,0.7\n")
+    rc = main(["experiment", "merge", str(tmp_path / "a"), "--baseline", str(base), "--out", str(tmp_path / "mb")])
+    assert rc == 0, capsys.readouterr().err
+    line = next(r for r in csv.DictReader(open(tmp_path / "mb" / "learning_curve.csv")) if r["variant"] == "descriptor baseline")
+    assert line["fraction"] == "0.50" and float(line["mae_mean"]) == pytest.approx(0.5)
+    assert float(line["mae_std"]) == pytest.approx(0.1414, abs=1e-3) and line["spread_over"] == "folds"
 
 
 def test_pooling_comparison_on_the_same_folds(curve_data, reg, tmp_path, capsys) -> None:  # noqa: F811
