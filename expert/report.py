@@ -46,10 +46,10 @@ def _describe_config(run: Path) -> str:
     if not path.is_file():
         return ""
     config = yaml.safe_load(path.read_text()) or {}
-    if "advisors" not in config and "model" not in config:  # the descriptor baseline
-        metrics = json.loads((run / "metrics.json").read_text()) if (run / "metrics.json").is_file() else {}
-        n = metrics.get("n_features")
-        return f"descriptor baseline ({n} matminer descriptors, scikit-learn HistGradientBoostingRegressor)" if n else ""
+    metrics = json.loads((run / "metrics.json").read_text()) if (run / "metrics.json").is_file() else {}
+    if metrics.get("n_features"):  # the descriptor baseline
+        return (f"descriptor baseline ({metrics['n_features']} matminer descriptors, scikit-learn "
+                "HistGradientBoostingRegressor)")
     advisors = config.get("advisors")
     model = config.get("model") or {}
     bits = []
