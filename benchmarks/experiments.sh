@@ -30,10 +30,10 @@ adex experiment learning-curve --advisors $ADVISORS --fractions 0.10 --variants 
 adex cv --advisors $ADVISORS,chgnet --cv published --folds 10 "${COMMON[@]}" --out "$OUT/chgnet"
 adex cv --advisors $ADVISORS,chgnet --cv published_struct --folds 3 "${COMMON[@]}" --out "$OUT/chgnet_struct"
 
-# Poolings: the expert's on three 10 % folds, the eform advisor's on 2,000 MP crystals
+# Poolings: the expert's on three 10 % folds, the eform advisor's on 1,000 MP crystals
 adex experiment pooling --advisors $ADVISORS --cv published@0.10 --folds 3 --seeds 0 --epochs 60 "${COMMON[@]}" \
     --out "$OUT/pool_expert"
-adex experiment pooling --advisor eform --limit 2000 --epochs 20 --seeds 0 "${COMMON[@]}" --out "$OUT/pool_advisor"
+adex experiment pooling --advisor eform --limit 1000 --epochs 15 --seeds 0 "${COMMON[@]}" --out "$OUT/pool_advisor"
 
 # Augmentation: each training vacancy also in a >= 10 A supercell
 adex cv --advisors $ADVISORS --cv published@0.40 --fold 0.40k0 --fold 0.40k1 --fold 0.40k2 \
