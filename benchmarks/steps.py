@@ -191,16 +191,12 @@ def _advisor_features_timed(expert, packed, t: Timer) -> list:
     """``compute_advisor_features`` (once per distinct primitive host, as the CLI does) split
     into graphs of the primitive hosts and the network."""
     from adex.advisors.embed import run_advisor
-    from adex.expert.data import AdvisorFeatures, unique_hosts
-    from adex.graphs import Featurizer, PackedGraphs, _ranges
+    from adex.expert.data import distinct_hosts, per_vacancy_features
+    from adex.graphs import Featurizer, PackedGraphs
 
     features = []
     with t("advisor_primitive_graphs"):
-        first, inverse = unique_hosts(packed)
-        structures = [packed.primitive_structure(int(b)) for b in first]
-        ids = [str(packed.ids[b]) for b in first]
-    sizes = np.array([len(s) for s in structures], dtype=np.int64)
-    rows = _ranges(np.r_[0, np.cumsum(sizes)[:-1]][inverse], sizes[inverse])
+        structures, ids, inverse = distinct_hosts(packed)
     for entry, model in expert.advisors:
         if hasattr(model, "embed_structures"):  # e.g. CHGNet: its own graphs, counted with the network
             with t("advisor_networks"):
@@ -212,8 +208,7 @@ def _advisor_features_timed(expert, packed, t: Timer) -> list:
             with t("advisor_networks"):
                 emb = run_advisor(model, graphs)
             atom, crystal = emb.atom, emb.crystal
-        features.append(AdvisorFeatures(entry.ref, np.asarray(atom, dtype=np.float32)[rows],
-                                        np.asarray(crystal, dtype=np.float32)[inverse]))
+        features.append(per_vacancy_features(entry.ref, atom, crystal, structures, inverse))
     return features
 
 

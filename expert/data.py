@@ -481,6 +481,23 @@ def unique_hosts(packed: PackedVacancies) -> tuple[np.ndarray, np.ndarray]:
     return np.asarray(first, dtype=np.int64), inverse
 
 
+def distinct_hosts(packed: PackedVacancies) -> tuple[list[Structure], list[str], np.ndarray]:
+    """The distinct primitive hosts of ``packed`` (structures [U], ids of their first
+    vacancy [U]) and the host index of every vacancy [B]: what an advisor runs on."""
+    first, inverse = unique_hosts(packed)
+    return [packed.primitive_structure(int(b)) for b in first], [str(packed.ids[b]) for b in first], inverse
+
+
+def per_vacancy_features(ref: str, atom: np.ndarray, crystal: np.ndarray, structures: list[Structure],
+                         inverse: np.ndarray) -> AdvisorFeatures:
+    """Lay out advisor embeddings of the distinct hosts (atom [sum n_u, d], crystal [U, d])
+    per vacancy (atom rows follow ``prim_ptr``)."""
+    sizes = np.array([len(s) for s in structures], dtype=np.int64)
+    starts = np.r_[0, np.cumsum(sizes)[:-1]]
+    rows = _ranges(starts[inverse], sizes[inverse])  # the host's atom rows for every vacancy, in order
+    return AdvisorFeatures(ref, np.asarray(atom, dtype=np.float32)[rows], np.asarray(crystal, dtype=np.float32)[inverse])
+
+
 def compute_advisor_features(advisor, ref: str, packed: PackedVacancies) -> AdvisorFeatures:
     """Run a (frozen) advisor once on each distinct primitive host of ``packed`` and lay
     its embeddings out per vacancy (atom rows follow ``prim_ptr``).
@@ -489,21 +506,16 @@ def compute_advisor_features(advisor, ref: str, packed: PackedVacancies) -> Advi
     method (e.g. a foundation model with its own graph construction) are called with the
     pymatgen structures; adex advisors get graphs from their own featurizer settings.
     """
-    first, inverse = unique_hosts(packed)
-    structures = [packed.primitive_structure(int(b)) for b in first]
+    structures, ids, inverse = distinct_hosts(packed)
     if hasattr(advisor, "embed_structures"):
         atom, crystal = advisor.embed_structures(structures)
     else:
         from adex.advisors.embed import run_advisor
 
         featurizer = Featurizer(advisor.featurizer_settings)
-        ids = [str(packed.ids[b]) for b in first]
         emb = run_advisor(advisor, PackedGraphs.from_graphs([featurizer.featurize(s, i) for s, i in zip(structures, ids)], ids))
         atom, crystal = emb.atom, emb.crystal
-    sizes = np.array([len(s) for s in structures], dtype=np.int64)
-    starts = np.r_[0, np.cumsum(sizes)[:-1]]
-    rows = _ranges(starts[inverse], sizes[inverse])  # the host's atom rows for every vacancy, in order
-    return AdvisorFeatures(ref, np.asarray(atom, dtype=np.float32)[rows], np.asarray(crystal, dtype=np.float32)[inverse])
+    return per_vacancy_features(ref, atom, crystal, structures, inverse)
 
 
 # --------------------------------------------------------------------------- batches

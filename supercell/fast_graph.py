@@ -362,13 +362,6 @@ def _isolated(source: str, structure: "Structure", index: int, cutoff: float) ->
     )
 
 
-def _ranges(starts: np.ndarray, lengths: np.ndarray) -> np.ndarray:
-    """Concatenation of ``arange(s, s + n)`` for each (s, n)."""
-    total = int(lengths.sum())
-    offsets = np.cumsum(lengths) - lengths
-    return np.repeat(starts - offsets, lengths) + np.arange(total)
-
-
 def fast_supercell_graphs(vac: "VacancySupercell", featurizer: "Featurizer"):
     """Pristine and defected supercell edge lists, equal to ``featurizer.featurize`` on
     ``vac.pristine`` and ``vac.defected`` (edge sets exactly; distances to float rounding;
@@ -385,7 +378,7 @@ def fast_supercell_graphs(vac: "VacancySupercell", featurizer: "Featurizer"):
             as the Featurizer).
         UnknownElementError: an element missing from the embedding.
     """
-    from adex.graphs import select_nearest
+    from adex.graphs import _ranges, select_nearest
 
     settings = featurizer.settings
     primitive = vac.canonical.primitive
