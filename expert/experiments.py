@@ -159,12 +159,13 @@ def merge_learning_curves(runs: list[Path], out: str | os.PathLike, baselines: l
     Writes ``learning_curve_runs.csv``, ``learning_curve.csv``, ``metrics.json`` (with
     the source folders) and ``learning_curve.png`` into ``out``."""
     import csv
+    import json
 
     rows, sources, per_compound = [], [], set()
     seen: dict[tuple, Path] = {}
     for run in runs:
         metrics_path = Path(run) / "metrics.json"
-        metrics = __import__("json").loads(metrics_path.read_text()) if metrics_path.is_file() else {}
+        metrics = json.loads(metrics_path.read_text()) if metrics_path.is_file() else {}
         if metrics.get("experiment") != "learning-curve":
             raise ConfigError(f"{run}: not a finished learning-curve run (no metrics.json of a learning curve)")
         per_compound.add(bool(metrics.get("per_compound")))

@@ -132,9 +132,15 @@ def _calibration(c: dict) -> list[str]:
             f"{_fmt(c.get('mae_low_std_half'))} / {_fmt(c.get('mae_high_std_half'))} eV.", ""]
 
 
-def fold_results(run: Path) -> list[tuple[str, dict[str, float]]]:
-    """``[(label, {fold: MAE})]`` of every cross-validation in ``run``: the run itself (``adex
-    cv`` / ``adex baseline``) or each CV run inside an experiment folder."""
+def _is_baseline(folder: Path) -> bool:
+    """A descriptor-baseline run (its metrics record the descriptor count)."""
+    path = folder / "metrics.json"
+    return path.is_file() and bool(json.loads(path.read_text()).get("n_features"))
+
+
+def fold_results(run: Path) -> list[tuple[str, dict[str, float], bool]]:
+    """``[(label, {fold: MAE}, is_baseline)]`` of every cross-validation in ``run``: the run
+    itself (``adex cv`` / ``adex baseline``) or each CV run inside an experiment folder."""
     import csv
 
     found = []
@@ -145,7 +151,7 @@ def fold_results(run: Path) -> list[tuple[str, dict[str, float]]]:
                 rows = list(csv.DictReader(handle))
             if rows and "mae" in rows[0]:
                 label = run.name if folder == run else f"{run.name}/{folder.name}"
-                found.append((label, {r["fold"]: float(r["mae"]) for r in rows}))
+                found.append((label, {r["fold"]: float(r["mae"]) for r in rows}, _is_baseline(folder)))
     return found
 
 
@@ -156,17 +162,17 @@ def comparison(runs: list[Path]) -> list[str]:
     is better. Empty when no two runs share their folds."""
     import numpy as np
 
-    groups: dict[tuple[str, ...], list[tuple[str, dict[str, float]]]] = {}
+    groups: dict[tuple[str, ...], list[tuple[str, dict[str, float], bool]]] = {}
     for run in runs:
-        for label, maes in fold_results(run):
-            groups.setdefault(tuple(sorted(maes)), []).append((label, maes))
+        for label, maes, is_baseline in fold_results(run):
+            groups.setdefault(tuple(sorted(maes)), []).append((label, maes, is_baseline))
     lines = []
     for folds, entries in groups.items():
         if len(entries) < 2:
             continue
-        ref_label, ref = next((e for e in entries if "baseline" in e[0] or e[0].startswith("published")), entries[0])
+        ref_label, ref, _ = next((e for e in entries if e[2]), entries[0])
         rows = []
-        for label, maes in entries:
+        for label, maes, _ in entries:
             values = np.array([maes[f] for f in folds])
             diff = values - np.array([ref[f] for f in folds])
             rows.append({"model": label, "MAE mean": float(values.mean()),

@@ -143,7 +143,7 @@ def test_report_compares_models_on_shared_folds(tmp_path) -> None:
     difference to the descriptor baseline and how many folds each model wins."""
     from adex.expert.report import comparison, write_report
 
-    def cv_folder(path: Path, maes: dict[str, float]) -> Path:
+    def cv_folder(path: Path, maes: dict[str, float], **extra) -> Path:
         path.mkdir(parents=True)
         with open(path / "folds.csv", "w", newline="") as handle:
             writer = csv.writer(handle)
@@ -151,15 +151,15 @@ def test_report_compares_models_on_shared_folds(tmp_path) -> None:
             writer.writerows([[f, 10, m] for f, m in maes.items()])
         values = list(maes.values())
         (path / "metrics.json").write_text(json.dumps({"mae_mean": sum(values) / len(values), "scheme": "published",
-                                                       "n_folds": len(values)}))
+                                                       "n_folds": len(values), **extra}))
         return path
 
-    base = cv_folder(tmp_path / "baseline", {"k0": 0.40, "k1": 0.30, "k2": 0.35})
+    base = cv_folder(tmp_path / "baseline", {"k0": 0.40, "k1": 0.30, "k2": 0.35}, n_features=248)
     gnn = cv_folder(tmp_path / "gnn", {"k0": 0.45, "k1": 0.25, "k2": 0.50})
     other = cv_folder(tmp_path / "other_folds", {"j0": 1.0, "j1": 2.0})
     experiment = tmp_path / "lc"
     cv_folder(experiment / "1.00_scratch_seed0", {"k0": 0.50, "k1": 0.40, "k2": 0.45})
-    lines = comparison([base, gnn, other, experiment])
+    lines = comparison([gnn, base, other, experiment])  # the baseline is found by its metrics, not its place
     text = "\n".join(lines)
     assert "### Same 3 folds (k0, k1, k2)" in text and "j0" not in text  # a lone fold set gets no table
     rows = {line.split(" | ")[0].strip("| "): line for line in lines if line.startswith("| ") and "---" not in line}
