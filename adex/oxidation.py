@@ -9,6 +9,7 @@ where that fails too the states are unknown (NaN). Results are memoised per stru
 from __future__ import annotations
 
 import hashlib
+import math
 import warnings
 from collections import OrderedDict
 
@@ -36,14 +37,12 @@ def guess_oxidation_states(structure: Structure) -> np.ndarray:
     if key in _MEMO:
         _MEMO.move_to_end(key)
         return _MEMO[key].copy()
-    from pymatgen.analysis.bond_valence import BVAnalyzer
-
     species = [site.specie.symbol for site in structure]
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         try:
-            states = np.array(BVAnalyzer().get_valences(structure), dtype=np.float32)
-        except Exception:  # BVAnalyzer raises ValueError (and others) when no assignment balances
+            states = bond_valence_states(structure).astype(np.float32)
+        except Exception:  # no charge-balanced assignment (ValueError), unknown BV parameters, ... ValueError (and others) when no assignment balances
             try:
                 guesses = structure.composition.oxi_state_guesses(max_sites=-1)
             except Exception:
@@ -56,3 +55,124 @@ def guess_oxidation_states(structure: Structure) -> np.ndarray:
     if len(_MEMO) > _MEMO_SIZE:
         _MEMO.popitem(last=False)
     return states.copy()
+
+
+def bond_valence_states(structure: Structure, symprec: float = 0.1, max_radius: float = 4.0,
+                        max_permutations: int = 100_000, distance_scale: float = 1.015) -> np.ndarray:
+    """Integer oxidation state of every site of an ordered structure: int64 [n_sites].
+
+    The algorithm and defaults of pymatgen's ``BVAnalyzer().get_valences`` (O'Keefe-Brese
+    bond-valence sums within ``max_radius`` Å of one representative per symmetry orbit,
+    ICSD-mined posterior probability of each state, the most probable charge-neutral
+    assignment with at most one unit of spread per element), returning the same states.
+    What differs is only the bookkeeping: the orbits come straight from the spglib dataset
+    (no symmetrized structure is built), the neighbours of all representatives come from
+    one neighbour-list call, and states are mapped back to sites by index (``BVAnalyzer``
+    keys a dict by ``Site``, whose hash is the same for all atoms of an element, which makes
+    that step quadratic in the number of atoms).
+
+    Raises:
+        ValueError: disordered structure, an element without bond-valence parameters, or no
+            charge-balanced assignment ("Valences cannot be assigned!").
+    """
+    from pymatgen.core import Element
+    from pymatgen.core.bond_valence import BV_PARAMS, ELECTRONEG, ICSD_BV_DATA, PRIOR_PROB
+    from pymatgen.symmetry.analyzer import SpacegroupAnalyzer
+
+    if not structure.is_ordered:
+        raise ValueError("bond_valence_states needs an ordered structure")
+    if missing := {Element(el.symbol) for el in structure.elements} - set(BV_PARAMS):
+        raise ValueError(f"Structure contains elements not in set of BV parameters: {missing}")
+    equivalent = np.asarray(SpacegroupAnalyzer(structure, symprec).get_symmetry_dataset().equivalent_atoms)
+    _, orbit_of_site = np.unique(equivalent, return_inverse=True)
+    orbit_of_site = np.atleast_1d(orbit_of_site)
+    orbits: list[list[int]] = [[] for _ in range(int(orbit_of_site.max()) + 1)]
+    for index, orbit in enumerate(orbit_of_site):
+        orbits[orbit].append(index)
+    # BVAnalyzer's order: decreasing electronegativity of the orbit (stable sort)
+    orbits.sort(key=lambda members: -structure[members[0]].species.average_electroneg)
+    representatives = [members[0] for members in orbits]
+    symbols = [site.specie.symbol for site in structure]
+
+    centers, neighbours, _, distances = structure.get_neighbor_list(
+        max_radius, sites=[structure[i] for i in representatives])
+    keep = distances > 1e-8  # the centre itself (get_neighbors' numerical_tol)
+    centers, neighbours, distances = centers[keep], neighbours[keep], distances[keep]
+
+    valences: list[list[int]] = []
+    probabilities: list[dict] = []
+    for k, site in enumerate(representatives):
+        el1 = Element(symbols[site])
+        bv_sum = 0.0
+        for j, d in zip(neighbours[centers == k], distances[centers == k]):
+            el2 = Element(symbols[j])
+            if (el1 in ELECTRONEG or el2 in ELECTRONEG) and el1 != el2:
+                r1, r2 = BV_PARAMS[el1]["r"], BV_PARAMS[el2]["r"]
+                c1, c2 = BV_PARAMS[el1]["c"], BV_PARAMS[el2]["c"]
+                bond_length = r1 + r2 - r1 * r2 * (math.sqrt(c1) - math.sqrt(c2)) ** 2 / (c1 * r1 + c2 * r2)
+                bv_sum += math.exp((bond_length - d * distance_scale) / 0.31) * (1 if el1.X < el2.X else -1)
+        prob = {}
+        for species, data in ICSD_BV_DATA.items():
+            if species.symbol == el1.symbol and species.oxi_state != 0 and data["std"] > 0:
+                mean, sigma = data["mean"], data["std"]
+                prob[species.oxi_state] = math.exp(-((bv_sum - mean) ** 2) / 2 / (sigma**2)) / sigma * PRIOR_PROB[species]
+        total = sum(prob.values())
+        prob = {state: p / total for state, p in prob.items()} if total else dict.fromkeys(prob, 0)
+        probabilities.append(prob)
+        ranked = sorted(prob, key=lambda state: -prob[state])
+        valences.append([state for state in ranked if prob[state] > 0.01 * prob[ranked[0]]])
+    if any(not v for v in valences):
+        raise ValueError("Valences cannot be assigned!")
+
+    best = _most_probable_neutral(valences, probabilities, [len(m) for m in orbits],
+                                  [symbols[m[0]] for m in orbits], max_permutations)
+    if best is None:
+        raise ValueError("Valences cannot be assigned!")
+    states = np.empty(len(structure), dtype=np.int64)
+    for state, members in zip(best, orbits):
+        states[members] = int(state)
+    return states
+
+
+def _most_probable_neutral(valences, probabilities, n_sites, symbols, max_permutations):
+    """BVAnalyzer's depth-first search: the charge-neutral assignment of one state per orbit
+    (candidates in decreasing probability) with the highest product of probabilities, in
+    which no element's states spread by more than 1; prunes branches that can no longer
+    reach neutrality and stops after ``max_permutations`` visited leaves."""
+    n_sites = np.array(n_sites)
+    valence_min = np.array([min(v) for v in valences])
+    valence_max = np.array([max(v) for v in valences])
+    search = {"n": 0, "score": 0, "best": None}
+
+    def evaluate(assigned):
+        by_element: dict[str, list] = {}
+        for symbol, state in zip(symbols, assigned):
+            by_element.setdefault(symbol, []).append(state)
+        if max(max(v) - min(v) for v in by_element.values()) > 1:
+            return
+        score = 1
+        for prob, state in zip(probabilities, assigned):
+            score = score * prob[state]
+        if score > search["score"]:
+            search["best"], search["score"] = assigned, score
+
+    def recurse(assigned):
+        if search["n"] > max_permutations:
+            return
+        i = len(assigned)
+        highest = valence_max.copy()
+        highest[:i] = assigned
+        lowest = valence_min.copy()
+        lowest[:i] = assigned
+        if np.sum(highest * n_sites) < 0 or np.sum(lowest * n_sites) > 0:
+            search["n"] += 1
+            return
+        if i == len(valences):
+            evaluate(assigned)
+            search["n"] += 1
+            return
+        for state in valences[i]:
+            recurse([*assigned, state])
+
+    recurse([])
+    return search["best"]

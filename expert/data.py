@@ -507,15 +507,31 @@ def compute_advisor_features(advisor, ref: str, packed: PackedVacancies) -> Advi
     pymatgen structures; adex advisors get graphs from their own featurizer settings.
     """
     structures, ids, inverse = distinct_hosts(packed)
+    atom, crystal = embed_hosts(advisor, structures, ids)
+    return per_vacancy_features(ref, atom, crystal, structures, inverse)
+
+
+def embed_hosts(advisor, structures: list[Structure], ids: list[str]) -> tuple[np.ndarray, np.ndarray]:
+    """A frozen advisor's embeddings of whole hosts: (atom [sum n_u, d], crystal [U, d]),
+    atom rows in the order of ``structures`` and of their sites."""
+    if not structures:
+        raise ValueError("embed_hosts needs at least one structure")
     if hasattr(advisor, "embed_structures"):
         atom, crystal = advisor.embed_structures(structures)
-    else:
-        from adex.advisors.embed import run_advisor
+        return np.asarray(atom, dtype=np.float32), np.asarray(crystal, dtype=np.float32)
+    from adex.advisors.embed import run_advisor
 
-        featurizer = Featurizer(advisor.featurizer_settings)
-        emb = run_advisor(advisor, PackedGraphs.from_graphs([featurizer.featurize(s, i) for s, i in zip(structures, ids)], ids))
-        atom, crystal = emb.atom, emb.crystal
-    return per_vacancy_features(ref, atom, crystal, structures, inverse)
+    featurizer = Featurizer(advisor.featurizer_settings)
+    emb = run_advisor(advisor, PackedGraphs.from_graphs([featurizer.featurize(s, i) for s, i in zip(structures, ids)], ids))
+    return np.asarray(emb.atom, dtype=np.float32), np.asarray(emb.crystal, dtype=np.float32)
+
+
+def host_digest(packed: PackedVacancies, b: int) -> str:
+    """sha256 (hex) of vacancy ``b``'s canonical primitive host: lattice, atomic numbers
+    and fractional coordinates, bit for bit (the identity :func:`unique_hosts` uses)."""
+    sl = slice(packed.prim_ptr[b], packed.prim_ptr[b + 1])
+    return hashlib.sha256(b"".join(np.ascontiguousarray(a).tobytes() for a in
+                                   (packed.prim_lattice[b], packed.prim_numbers[sl], packed.prim_frac[sl]))).hexdigest()
 
 
 # --------------------------------------------------------------------------- batches

@@ -10,7 +10,7 @@ import torch
 from pymatgen.core import Structure
 
 from adex.errors import RegistryError
-from adex.expert.data import PackedVacancies, VacancyDataset, compute_advisor_features, featurize_vacancy
+from adex.expert.data import AdvisorFeatures, PackedVacancies, VacancyDataset, compute_advisor_features, featurize_vacancy
 from adex.graphs import Featurizer
 
 DEFAULT_EXPERT = "builtin::expert/vacancy"
@@ -154,13 +154,66 @@ def cached_host_sites(expert: LoadedExpert, path: str, sites: list[int]) -> Pack
     return packed
 
 
+def cached_advisor_features(entry, advisor, packed: PackedVacancies) -> AdvisorFeatures:
+    """:func:`compute_advisor_features` through a content-addressed cache of per-host
+    embeddings: the advisor runs only on hosts it has not embedded before.
+
+    The key is the sha256 of the advisor's files (weights and model card, as recorded in
+    its registry entry) and of the host's canonical primitive cell (:func:`host_digest`);
+    entries (``atom`` float32 [n, d], ``crystal`` float32 [d]) are written atomically
+    under ``$ADEX_HOME/cache/advisors``. An advisor embeds each host independently of the
+    others, so a hit gives the same embeddings as a cold run (to float rounding: matrix
+    kernels may sum in another order for another batch).
+    """
+    import hashlib
+    from io import BytesIO
+
+    from adex.expert.data import distinct_hosts, embed_hosts, host_digest, per_vacancy_features, unique_hosts
+    from adex.fileio import atomic_write_bytes
+    from adex.paths import cache_dir
+
+    files = getattr(entry, "files", {}) or {}
+    identity = "|".join(f"{name}:{info.get('sha256')}" for name, info in sorted(files.items()))
+    if not identity:  # an advisor without recorded files cannot be cached safely
+        return compute_advisor_features(advisor, entry.ref, packed)
+    folder = cache_dir() / "advisors" / hashlib.sha256(identity.encode()).hexdigest()[:24]
+    structures, ids, inverse = distinct_hosts(packed)
+    first, _ = unique_hosts(packed)
+    paths = [folder / digest[:2] / f"{digest[2:26]}.npz" for digest in (host_digest(packed, int(b)) for b in first)]
+    atoms: list = [None] * len(structures)
+    crystals: list = [None] * len(structures)
+    for u, path in enumerate(paths):
+        if path.is_file():
+            try:
+                with np.load(path, allow_pickle=False) as stored:
+                    atom, crystal = stored["atom"], stored["crystal"]
+            except Exception:  # a damaged entry is recomputed, never trusted
+                continue
+            if atom.shape[0] == len(structures[u]):
+                atoms[u], crystals[u] = atom, crystal
+    missing = [u for u in range(len(structures)) if atoms[u] is None]
+    if missing:
+        atom, crystal = embed_hosts(advisor, [structures[u] for u in missing], [ids[u] for u in missing])
+        starts = np.r_[0, np.cumsum([len(structures[u]) for u in missing])]
+        for k, u in enumerate(missing):
+            atoms[u], crystals[u] = atom[starts[k]:starts[k + 1]], crystal[k]
+            buffer = BytesIO()
+            np.savez(buffer, atom=atoms[u], crystal=crystals[u])
+            paths[u].parent.mkdir(parents=True, exist_ok=True)
+            atomic_write_bytes(paths[u], buffer.getvalue())
+    return per_vacancy_features(entry.ref, np.concatenate(atoms), np.stack(crystals), structures, inverse)
+
+
 @torch.no_grad()
-def predict_packed_members(expert: LoadedExpert, packed: PackedVacancies, batch_size: int = DEFAULT_BATCH_SIZE) -> np.ndarray:
+def predict_packed_members(expert: LoadedExpert, packed: PackedVacancies, batch_size: int = DEFAULT_BATCH_SIZE,
+                           cache: bool = False) -> np.ndarray:
     """dH (eV) of every member for every vacancy of ``packed``: float64 [M, B] (M = 1
-    for a single expert). Featurization and advisors run once for all members."""
+    for a single expert). Featurization and advisors run once for all members; with
+    ``cache`` the advisors' host embeddings go through :func:`cached_advisor_features`."""
     from adex.expert.ensemble import as_members
 
-    features = [compute_advisor_features(model, entry.ref, packed) for entry, model in expert.advisors]
+    features = [cached_advisor_features(entry, model, packed) if cache else compute_advisor_features(model, entry.ref, packed)
+                for entry, model in expert.advisors]
     dataset = VacancyDataset(expert.model.prepare(packed), features)
     members = as_members(expert.model)
     out = [[] for _ in members]
@@ -196,7 +249,7 @@ def _predict_chunk(expert: LoadedExpert | None, chunk: list[tuple[str, list[int]
         parts.append(cached_host_sites(expert, path, sites) if cache
                      else featurize_host_sites(expert, read_structure(path), sites, Path(path).name))
         sizes.append(len(sites))
-    members = predict_packed_members(expert, PackedVacancies.concatenate(parts), batch_size)
+    members = predict_packed_members(expert, PackedVacancies.concatenate(parts), batch_size, cache=cache)
     bounds = np.cumsum([0, *sizes])
     return [(path, sites, members[:, a:b]) for (path, sites), a, b in zip(chunk, bounds[:-1], bounds[1:])]
 

@@ -14,6 +14,9 @@ spglib conventions used (checked against the positions in :func:`_primitive_map`
 """
 from __future__ import annotations
 
+import dataclasses
+import hashlib
+from collections import OrderedDict
 from dataclasses import dataclass
 
 import numpy as np
@@ -34,7 +37,7 @@ class HostSymmetry:
             (Z, fractional x, y, z); symmetrized positions.
         input_to_primitive: int64 [n_input], primitive atom of each input atom.
         orbit: int64 [n_prim], lowest primitive index of each primitive atom's orbit.
-        wyckoff: list[str] [n_prim], Wyckoff letter of each primitive atom.
+        wyckoff: tuple[str] [n_prim], Wyckoff letter of each primitive atom.
         multiplicity: int64 [n_prim], Wyckoff multiplicity (conventional cell).
         space_group: international symbol, e.g. ``"Fm-3m"``.
         space_group_number: 1..230.
@@ -43,7 +46,7 @@ class HostSymmetry:
     primitive: Structure
     input_to_primitive: np.ndarray
     orbit: np.ndarray
-    wyckoff: list[str]
+    wyckoff: tuple[str, ...]
     multiplicity: np.ndarray
     space_group: str
     space_group_number: int
@@ -119,12 +122,19 @@ OVERLAP_DISTANCE = 0.5
 
 
 def _cell(structure: Structure, symprec: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """spglib cell of an ordered structure, after checking that ``symprec`` is small
-    against the closest atom-atom distance (spglib can crash on huge tolerances)."""
+    """spglib cell (lattice [3, 3] Å, fractional coordinates [n, 3], atomic numbers [n])
+    of an ordered structure; ``symprec`` must be a positive distance (Å)."""
     if not structure.is_ordered:
         raise StructureError("host has disordered sites (partial occupancy); adex needs an ordered structure")
     if not (np.isfinite(symprec) and symprec > 0):
         raise StructureError(f"symprec must be > 0 (Å), got {symprec!r}")
+    numbers = np.array(structure.atomic_numbers, dtype=np.intc)
+    return structure.lattice.matrix.copy(), structure.frac_coords.copy(), numbers
+
+
+def _check_distances(structure: Structure, symprec: float) -> None:
+    """Refuse overlapping atoms and a ``symprec`` that is not small against the closest
+    atom-atom distance (spglib can crash on huge tolerances)."""
     from adex.supercell.lattice import shortest_vector_length
 
     closest = shortest_vector_length(structure.lattice.matrix)
@@ -142,8 +152,6 @@ def _cell(structure: Structure, symprec: float) -> tuple[np.ndarray, np.ndarray,
             f"symprec={symprec} Å is too large for this host (closest atoms {closest:.3f} Å apart); "
             "use a tolerance well below the interatomic distances"
         )
-    numbers = np.array([site.specie.Z for site in structure], dtype=np.intc)
-    return structure.lattice.matrix.copy(), structure.frac_coords.copy(), numbers
 
 
 def _dataset(cell, symprec: float, what: str):
@@ -211,8 +219,13 @@ def analyze_host(structure: Structure, symprec: float = 0.01) -> HostSymmetry:
     (at most a few times) until its space group is stable, so that the result is the
     same whichever of the equivalent inputs is given.
 
+    Results are memoised per crystal (whatever the atom order of the input): the
+    ``primitive`` structure and the arrays other than ``input_to_primitive`` are shared
+    between calls and must be treated as read-only (copy before modifying).
+
     Raises:
-        StructureError: disordered host, spglib failure or inconsistent spglib output.
+        StructureError: disordered host, overlapping atoms, spglib failure or inconsistent
+            spglib output.
     """
     if len(structure) == 0:
         raise StructureError("host has no atoms")
@@ -223,9 +236,32 @@ def analyze_host(structure: Structure, symprec: float = 0.01) -> HostSymmetry:
     wrapped = np.round(frac % 1.0, 5) % 1.0
     input_order = np.lexsort((wrapped[:, 2], wrapped[:, 1], wrapped[:, 0], numbers))
     cell = (lattice, frac[input_order], numbers[input_order])
-    dataset, prim_cell, sorted_mapping = _standardize(cell, symprec, "host")
-    mapping = np.empty_like(sorted_mapping)
-    mapping[input_order] = sorted_mapping
+    # The same crystal given with its atoms in another order (one CIF per vacancy, each
+    # with its vacated atom first) is the same sorted cell: analysed once, memoised.
+    key = hashlib.sha256(b"".join(np.ascontiguousarray(a).tobytes() for a in cell) + repr(float(symprec)).encode())
+    key = key.hexdigest()
+    if key in _SORTED_CELL_MEMO:
+        _SORTED_CELL_MEMO.move_to_end(key)
+        sorted_sym = _SORTED_CELL_MEMO[key]
+    else:
+        _check_distances(structure, symprec)  # a function of the cell: checked once per sorted cell
+        sorted_sym = _analyze_sorted_cell(cell, symprec)
+        _SORTED_CELL_MEMO[key] = sorted_sym
+        if len(_SORTED_CELL_MEMO) > _MEMO_SIZE:
+            _SORTED_CELL_MEMO.popitem(last=False)
+    mapping = np.empty_like(sorted_sym.input_to_primitive)
+    mapping[input_order] = sorted_sym.input_to_primitive
+    return dataclasses.replace(sorted_sym, input_to_primitive=mapping)
+
+
+_SORTED_CELL_MEMO: "OrderedDict[str, HostSymmetry]" = OrderedDict()
+_MEMO_SIZE = 256
+
+
+def _analyze_sorted_cell(cell, symprec: float) -> HostSymmetry:
+    """:func:`analyze_host` of a cell whose atoms are already in canonical order;
+    ``input_to_primitive`` refers to that order."""
+    dataset, prim_cell, mapping = _standardize(cell, symprec, "host")
     for _ in range(4):
         prim_dataset = _dataset(prim_cell, symprec, "primitive cell")
         if prim_dataset.number == dataset.number and len(prim_dataset.mapping_to_primitive) == len(prim_cell[2]) \
@@ -258,12 +294,14 @@ def analyze_host(structure: Structure, symprec: float = 0.01) -> HostSymmetry:
     orbit_size = np.bincount(orbit, minlength=n_prim)[orbit]
     cells_per_conventional = len(prim_dataset.std_types) // n_prim
     primitive = Structure(Lattice(prim_lattice), prim_types.tolist(), prim_pos, coords_are_cartesian=False)
+    multiplicity = (orbit_size * cells_per_conventional).astype(np.int64)
+    orbit.flags.writeable = multiplicity.flags.writeable = False  # shared through the memo
     return HostSymmetry(
         primitive=primitive,
         input_to_primitive=mapping,
         orbit=orbit,
-        wyckoff=wyckoff,
-        multiplicity=(orbit_size * cells_per_conventional).astype(np.int64),
+        wyckoff=tuple(wyckoff),
+        multiplicity=multiplicity,
         space_group=str(prim_dataset.international),
         space_group_number=int(prim_dataset.number),
     )

@@ -289,9 +289,18 @@ def test_cached_featurization_is_reused_and_content_addressed(capsys, ctx, hosts
     rc, first, err = predict(capsys, ctx, "--input", str(table), "--cache")
     assert rc == 0, err
     assert len(spies.vacancies) == 3 and len(list((tmp_path / "cache" / "predict").rglob("*.npz"))) == 2
+    assert len(list((tmp_path / "cache" / "advisors").rglob("*.npz"))) == 2  # one embedding per host and advisor
+    import adex.expert.data as expert_data
+
+    def no_advisor_runs(*_args, **_kwargs):
+        raise AssertionError("the advisor ran although its embeddings are cached")
+
+    embed_hosts = expert_data.embed_hosts
+    monkeypatch.setattr(expert_data, "embed_hosts", no_advisor_runs)
     rc, again, err = predict(capsys, ctx, "--input", str(table), "--cache")
     assert rc == 0, err
-    assert again == first and len(spies.vacancies) == 3  # nothing featurized the second time
+    assert again == first and len(spies.vacancies) == 3  # nothing featurized or embedded the second time
+    monkeypatch.setattr(expert_data, "embed_hosts", embed_hosts)
     np.testing.assert_allclose([float(r["dH_pred_eV"]) for r in read_csv(again)], [ctx.srtio3[0], ctx.feo[3], ctx.srtio3[2]],
                                atol=1e-4)
     # a different structure under the same name misses the cache

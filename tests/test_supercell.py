@@ -482,9 +482,32 @@ def test_structure_errors(monkeypatch):
         canonical_host(disordered, 0)
     import adex.supercell.symmetry as symmetry
 
+    monkeypatch.setattr(symmetry, "_SORTED_CELL_MEMO", type(symmetry._SORTED_CELL_MEMO)())  # not analysed before
     monkeypatch.setattr(symmetry.spglib, "get_symmetry_dataset", lambda *a, **k: None)
     with pytest.raises(StructureError, match="spglib symmetry search failed"):
         distinct_sites(perovskite())
+
+
+def test_host_analysis_is_memoised_across_atom_orders(monkeypatch):
+    """One CIF per vacancy lists the same crystal in another atom order: spglib runs once,
+    and every order still gets its own, correct input -> primitive map."""
+    import adex.supercell.symmetry as symmetry
+
+    monkeypatch.setattr(symmetry, "_SORTED_CELL_MEMO", type(symmetry._SORTED_CELL_MEMO)())
+    calls = []
+    real = symmetry.spglib.get_symmetry_dataset
+    monkeypatch.setattr(symmetry.spglib, "get_symmetry_dataset", lambda *a, **k: calls.append(1) or real(*a, **k))
+    host = perovskite().make_supercell([1, 1, 2], in_place=False)
+    first = analyze_host(host)
+    n_calls = len(calls)
+    permutation = np.random.default_rng(0).permutation(len(host))
+    shuffled = Structure(host.lattice, [host[i].specie for i in permutation], host.frac_coords[permutation])
+    second = analyze_host(shuffled)
+    assert len(calls) == n_calls  # memo hit
+    assert np.array_equal(second.input_to_primitive, first.input_to_primitive[permutation])
+    assert second.primitive is first.primitive and not second.orbit.flags.writeable
+    for i in range(len(host)):  # each input atom maps onto a primitive atom of its element
+        assert shuffled[i].specie == second.primitive[int(second.input_to_primitive[i])].specie
 
 
 # --------------------------------------------------------------------------- real data
