@@ -25,6 +25,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--workers", type=int, default=1, help="featurization processes (default 1)")
     p.add_argument("--threads", type=int, default=1, help="OpenMP threads of the gradient boosting (default 1)")
     p.add_argument("--no-cache", action="store_true", help="featurize again and do not write the feature cache")
+    p.add_argument("--advisors", help="comma-separated advisor refs (e.g. chgnet): their embeddings of the vacated site "
+                                      "and of the host are added to the descriptors")
+    p.add_argument("--registry", help="user registry root (default: $ADEX_HOME/registry)")
     p.set_defaults(func=cmd_baseline)
 
 
@@ -62,8 +65,19 @@ def cmd_baseline(args: argparse.Namespace) -> int:
     con.print(f"descriptors: {len(table.ids)} vacancies x {len(table.names)} features "
               + (f"(cache, featurized in {table.featurize_seconds:.0f} s)" if table.from_cache
                  else f"(featurized in {table.featurize_seconds:.0f} s)"), soft_wrap=True)
+    advisor_refs = [r.strip() for r in (args.advisors or "").split(",") if r.strip()]
+    if advisor_refs:
+        from adex.cli_common import open_registry_from
+        from adex.expert.baseline import add_advisor_features
+        from adex.expert.train import load_advisors
+
+        advisors = load_advisors(advisor_refs, open_registry_from(args))
+        table = add_advisor_features(table, root, advisors)
+        advisor_refs = [entry.ref for entry, _ in advisors]
+        con.print(f"+ advisor embeddings of {', '.join(advisor_refs)}: {len(table.names)} features", soft_wrap=True)
     config = {"command": "baseline", "cv": None if args.split else scheme, "split": args.split, "n_folds": args.folds,
-              "elements": args.elements, "data": str(root), "features": settings.to_dict(), "workers": args.workers}
+              "elements": args.elements, "data": str(root), "features": settings.to_dict(), "workers": args.workers,
+              "advisors": advisor_refs}
 
     def report(k, row, val_mae) -> None:
         chosen = row["loss"] + (f" (validation MAE {', '.join(f'{l} {v:.3f}' for l, v in val_mae.items())})"

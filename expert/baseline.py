@@ -430,6 +430,54 @@ class FeatureTable:
         return self._pos
 
 
+def add_advisor_features(table: FeatureTable, root: Path, advisors: list[tuple[object, object]]) -> FeatureTable:
+    """The descriptors plus, per advisor, its embedding of the vacated site and of the host
+    crystal (``<name>_site_k``, ``<name>_crystal_k``; 2 d columns per advisor).
+
+    Each Witman CIF (atom 0 vacated) is mapped onto its host's canonical primitive cell
+    (:func:`adex.supercell.canonical_host`); the advisor embeds every distinct primitive
+    host once (:func:`adex.expert.data.embed_hosts`) and the vacated site's row is that of
+    its orbit representative, as the expert reads it.
+
+    Args:
+        advisors: ``(registry entry, frozen model)`` pairs, e.g. from
+            :func:`adex.expert.train.load_advisors`.
+    """
+    import dataclasses
+
+    from adex.expert.data import embed_hosts
+    from adex.io import read_structure
+    from adex.progress import progress_bar
+    from adex.supercell import canonical_host
+
+    t0 = time.perf_counter()
+    host_index: dict[bytes, int] = {}
+    primitives, representative, vacancy_host = [], [], []
+    with progress_bar() as progress:
+        task = progress.add_task("vacancies -> primitive hosts", total=len(table.ids))
+        for vacancy_id in table.ids:
+            can = canonical_host(read_structure(root / "structures" / f"{vacancy_id}.cif"), 0)
+            key = b"".join(np.ascontiguousarray(a).tobytes() for a in
+                           (can.primitive.lattice.matrix, np.array(can.primitive.atomic_numbers), can.primitive.frac_coords))
+            if key not in host_index:
+                host_index[key] = len(primitives)
+                primitives.append(can.primitive)
+            vacancy_host.append(host_index[key])
+            representative.append(can.site)
+            progress.advance(task)
+    vacancy_host = np.asarray(vacancy_host)
+    starts = np.r_[0, np.cumsum([len(p) for p in primitives])[:-1]]
+    blocks, names = [table.X], list(table.names)
+    for entry, model in advisors:
+        atom, crystal = embed_hosts(model, primitives, [f"host{u}" for u in range(len(primitives))])
+        site_rows = starts[vacancy_host] + np.asarray(representative)
+        blocks += [atom[site_rows].astype(np.float64), crystal[vacancy_host].astype(np.float64)]
+        name = getattr(entry, "name", str(entry.ref))
+        names += [f"{name}_site_{k}" for k in range(atom.shape[1])] + [f"{name}_crystal_{k}" for k in range(crystal.shape[1])]
+    return dataclasses.replace(table, X=np.hstack(blocks), names=names,
+                               featurize_seconds=table.featurize_seconds + time.perf_counter() - t0)
+
+
 def _read_rows(root: Path) -> list[dict]:
     with open(root / "vacancies.csv", newline="") as handle:
         return list(csv.DictReader(handle))

@@ -48,8 +48,10 @@ def _describe_config(run: Path) -> str:
     config = yaml.safe_load(path.read_text()) or {}
     metrics = json.loads((run / "metrics.json").read_text()) if (run / "metrics.json").is_file() else {}
     if metrics.get("n_features"):  # the descriptor baseline
-        return (f"descriptor baseline ({metrics['n_features']} matminer descriptors, scikit-learn "
-                "HistGradientBoostingRegressor)")
+        extra = config.get("advisors") or []
+        features = (f"{metrics['n_features']} features: matminer descriptors + embeddings of {', '.join(extra)}" if extra
+                    else f"{metrics['n_features']} matminer descriptors")
+        return f"descriptor baseline ({features}, scikit-learn HistGradientBoostingRegressor)"
     advisors = config.get("advisors")
     model = config.get("model") or {}
     bits = []

@@ -23,7 +23,7 @@ from adex.expert.baseline import (BaselineSettings, FeatureTable, ModelSettings,
 from adex.expert.splits import Fold
 from adex.io import read_structure
 from conftest import assert_one_line_error
-from test_expert import tiny  # noqa: F401  (fixture)
+from test_expert import reg, tiny  # noqa: F401  (fixtures)
 
 pytestmark = pytest.mark.usefixtures("shared_cache")
 
@@ -155,6 +155,35 @@ def test_cli_single_split_writes_the_run_folder(tiny, tmp_path, capsys) -> None:
     assert config["split"] == "tiny" and config["model"]["loss"] == "auto" and config["folds"] == ["tiny"]
     err_text = capsys.readouterr().err
     assert "MAE" in err_text and str(out) in err_text
+
+
+def test_advisor_embeddings_are_added_per_vacated_site(tiny, reg, table, tmp_path, capsys) -> None:  # noqa: F811
+    """--advisors: the descriptors + the advisor's embedding of the vacated site (its orbit
+    representative in the canonical primitive cell) and of the host crystal."""
+    from adex.expert.baseline import add_advisor_features
+    from adex.expert.data import embed_hosts
+    from adex.expert.train import load_advisors
+    from adex.supercell import canonical_host
+
+    advisors = load_advisors([reg.refs[8]], reg.registry)
+    extended = add_advisor_features(table, witman(tiny), advisors)
+    assert extended.X.shape == (len(table.ids), len(table.names) + 16)
+    assert np.array_equal(extended.X[:, : len(table.names)], table.X, equal_nan=True)
+    assert extended.names[len(table.names)] == "adv8_site_0" and extended.names[-1] == "adv8_crystal_7"
+    k = 3  # one vacancy, embedded on its own: the same numbers
+    can = canonical_host(read_structure(witman(tiny) / "structures" / f"{table.ids[k]}.cif"), 0)
+    atom, crystal = embed_hosts(advisors[0][1], [can.primitive], ["one"])
+    np.testing.assert_allclose(extended.X[k, len(table.names):], np.r_[atom[can.site], crystal[0]], rtol=1e-5, atol=1e-6)
+
+    out = tmp_path / "run"
+    assert main(["baseline", "--split", "tiny", "--data", str(tiny.root), "--registry", str(reg.root),
+                 "--advisors", "adv8", "--out", str(out)]) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["n_features"] == N_VAC + N_SITE + N_HOST + 16
+    assert yaml.safe_load((out / "config.yaml").read_text())["advisors"] == [reg.refs[8]]
+    rc = main(["baseline", "--split", "tiny", "--data", str(tiny.root), "--registry", str(reg.root),
+               "--advisors", "nosuchadvisor", "--out", str(tmp_path / "bad")])
+    assert_one_line_error(rc, capsys.readouterr().err, "nosuchadvisor")
 
 
 def test_cli_folds_never_share_ids(tiny, tmp_path) -> None:  # noqa: F811
