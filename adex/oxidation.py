@@ -8,10 +8,12 @@ where that fails too the states are unknown (NaN). Results are memoised per stru
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import math
 import warnings
 from collections import OrderedDict
+from pathlib import Path
 
 import numpy as np
 from pymatgen.core import Structure
@@ -20,20 +22,24 @@ _MEMO: "OrderedDict[str, np.ndarray]" = OrderedDict()
 _MEMO_SIZE = 512
 
 
-def _key(structure: Structure) -> str:
+def _key(structure: Structure, numbers: np.ndarray | None = None) -> str:
+    if numbers is None:
+        numbers = np.array([site.specie.Z for site in structure], dtype=np.int64)
     h = hashlib.sha256()
     h.update(np.round(structure.lattice.matrix, 6).tobytes())
     h.update(np.round(structure.frac_coords, 6).tobytes())
-    h.update(",".join(site.specie.symbol for site in structure).encode())
+    h.update(np.asarray(numbers, dtype=np.int64).tobytes())
     return h.hexdigest()
 
 
-def guess_oxidation_states(structure: Structure) -> np.ndarray:
+def guess_oxidation_states(structure: Structure, numbers: np.ndarray | None = None) -> np.ndarray:
     """Oxidation state of every site: float32 [n_sites] (NaN where unknown).
 
     Deterministic for a given structure (same lattice, coordinates and species order).
+    ``numbers`` (int [n_sites], the atomic numbers) may be given when already known: it
+    only saves a pass over the sites for the memo key.
     """
-    key = _key(structure)
+    key = _key(structure, numbers)
     if key in _MEMO:
         _MEMO.move_to_end(key)
         return _MEMO[key].copy()
@@ -44,6 +50,7 @@ def guess_oxidation_states(structure: Structure) -> np.ndarray:
             states = bond_valence_states(structure).astype(np.float32)
         except Exception:  # no charge-balanced assignment (ValueError), unknown BV parameters, ... ValueError (and others) when no assignment balances
             try:
+                _prime_composition_priors()
                 guesses = structure.composition.oxi_state_guesses(max_sites=-1)
             except Exception:
                 guesses = ()
@@ -76,13 +83,13 @@ def bond_valence_states(structure: Structure, symprec: float = 0.1, max_radius: 
             charge-balanced assignment ("Valences cannot be assigned!").
     """
     from pymatgen.core import Element
-    from pymatgen.core.bond_valence import BV_PARAMS, ELECTRONEG, ICSD_BV_DATA, PRIOR_PROB
     from pymatgen.symmetry.analyzer import SpacegroupAnalyzer
 
+    bv_params, electronegative, icsd_states = _bond_valence_tables()
     if not structure.is_ordered:
         raise ValueError("bond_valence_states needs an ordered structure")
-    if missing := {Element(el.symbol) for el in structure.elements} - set(BV_PARAMS):
-        raise ValueError(f"Structure contains elements not in set of BV parameters: {missing}")
+    if missing := {el.symbol for el in structure.elements} - set(bv_params):
+        raise ValueError(f"Structure contains elements not in set of BV parameters: {sorted(missing)}")
     equivalent = np.asarray(SpacegroupAnalyzer(structure, symprec).get_symmetry_dataset().equivalent_atoms)
     _, orbit_of_site = np.unique(equivalent, return_inverse=True)
     orbit_of_site = np.atleast_1d(orbit_of_site)
@@ -102,20 +109,20 @@ def bond_valence_states(structure: Structure, symprec: float = 0.1, max_radius: 
     valences: list[list[int]] = []
     probabilities: list[dict] = []
     for k, site in enumerate(representatives):
-        el1 = Element(symbols[site])
+        el1 = symbols[site]
+        x1 = Element(el1).X
         bv_sum = 0.0
         for j, d in zip(neighbours[centers == k], distances[centers == k]):
-            el2 = Element(symbols[j])
-            if (el1 in ELECTRONEG or el2 in ELECTRONEG) and el1 != el2:
-                r1, r2 = BV_PARAMS[el1]["r"], BV_PARAMS[el2]["r"]
-                c1, c2 = BV_PARAMS[el1]["c"], BV_PARAMS[el2]["c"]
+            el2 = symbols[j]
+            if (el1 in electronegative or el2 in electronegative) and el1 != el2:
+                (r1, c1), (r2, c2) = bv_params[el1], bv_params[el2]
                 bond_length = r1 + r2 - r1 * r2 * (math.sqrt(c1) - math.sqrt(c2)) ** 2 / (c1 * r1 + c2 * r2)
-                bv_sum += math.exp((bond_length - d * distance_scale) / 0.31) * (1 if el1.X < el2.X else -1)
+                bv_sum += math.exp((bond_length - d * distance_scale) / 0.31) * (1 if x1 < Element(el2).X else -1)
         prob = {}
-        for species, data in ICSD_BV_DATA.items():
-            if species.symbol == el1.symbol and species.oxi_state != 0 and data["std"] > 0:
-                mean, sigma = data["mean"], data["std"]
-                prob[species.oxi_state] = math.exp(-((bv_sum - mean) ** 2) / 2 / (sigma**2)) / sigma * PRIOR_PROB[species]
+        for state, mean, sigma, prior in icsd_states.get(el1, ()):
+            if prior is None:
+                raise KeyError(f"no ICSD occurrence prior for {el1}{state:+d}")
+            prob[state] = math.exp(-((bv_sum - mean) ** 2) / 2 / (sigma**2)) / sigma * prior
         total = sum(prob.values())
         prob = {state: p / total for state, p in prob.items()} if total else dict.fromkeys(prob, 0)
         probabilities.append(prob)
@@ -132,6 +139,68 @@ def bond_valence_states(structure: Structure, symprec: float = 0.1, max_radius: 
     for state, members in zip(best, orbits):
         states[members] = int(state)
     return states
+
+
+@functools.lru_cache(maxsize=1)
+def _bond_valence_data() -> tuple[dict, dict]:
+    """pymatgen's ``bvparam_1991.yaml`` and ``icsd_bv.yaml``, read from its own files with
+    PyYAML's C loader (pymatgen parses them with ruamel.yaml: 0.4 s per file and process
+    against 0.01 s)."""
+    import yaml
+
+    import pymatgen.core
+
+    folder = Path(pymatgen.core.__file__).parent
+    loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+    try:
+        with open(folder / "bvparam_1991.yaml", encoding="utf-8") as handle:
+            raw_params = yaml.load(handle, Loader=loader)
+        with open(folder / "icsd_bv.yaml", encoding="utf-8") as handle:
+            icsd = yaml.load(handle, Loader=loader)
+    except OSError:  # another pymatgen layout: take the tables pymatgen itself loaded
+        from pymatgen.analysis import bond_valence  # re-exported from pymatgen.core in new versions
+
+        raw_params = {str(el): v for el, v in bond_valence.BV_PARAMS.items()}
+        icsd = {"bvsum": {str(sp): v for sp, v in bond_valence.ICSD_BV_DATA.items()},
+                "occurrence": {str(sp): v for sp, v in bond_valence.PRIOR_PROB.items()}}
+    return raw_params, icsd
+
+
+@functools.lru_cache(maxsize=1)
+def _bond_valence_tables() -> tuple[dict, frozenset, dict]:
+    """pymatgen's bond-valence data (:func:`_bond_valence_data`) as lookup tables; equality
+    with the tables of pymatgen's ``BVAnalyzer`` is tested.
+
+    Returns:
+        ``{symbol: (r, c)}`` O'Keefe-Brese parameters; the electronegative elements of
+        O'Keefe & Brese; ``{symbol: [(oxidation state, mean BV sum, std, ICSD prior or
+        None)]}`` for the states BVAnalyzer considers (nonzero, std > 0), in file order.
+    """
+    from pymatgen.core import Species
+
+    raw_params, icsd = _bond_valence_data()
+    params = {symbol: (float(v["r"]), float(v["c"])) for symbol, v in raw_params.items()}
+    priors = {}
+    for name, value in icsd["occurrence"].items():
+        species = Species.from_str(name)
+        priors[(species.symbol, species.oxi_state)] = value
+    states: dict[str, list] = {}
+    for name, data in icsd["bvsum"].items():
+        species = Species.from_str(name)
+        if species.oxi_state != 0 and data["std"] > 0:
+            states.setdefault(species.symbol, []).append(
+                (species.oxi_state, data["mean"], data["std"], priors.get((species.symbol, species.oxi_state))))
+    electronegative = frozenset("H B C Si N P As Sb O S Se Te F Cl Br I".split())
+    return params, electronegative, states
+
+
+def _prime_composition_priors() -> None:
+    """Give ``Composition.oxi_state_guesses`` its ICSD occurrence priors (the class-level
+    table it would otherwise parse from the same ``icsd_bv.yaml`` with ruamel.yaml)."""
+    from pymatgen.core import Composition, Species
+
+    if getattr(Composition, "oxi_prob", "absent") is None:
+        Composition.oxi_prob = {Species.from_str(name): value for name, value in _bond_valence_data()[1]["occurrence"].items()}
 
 
 def _most_probable_neutral(valences, probabilities, n_sites, symbols, max_permutations):

@@ -178,8 +178,10 @@ def _selection_ambiguous(center: np.ndarray, distance: np.ndarray, max_neighbors
     return np.unique(center[bad])
 
 
-def _host_key(primitive: "Structure", settings) -> tuple:
-    numbers = np.array([site.specie.Z for site in primitive], dtype=np.int64)
+def _host_key(primitive: "Structure", settings, numbers: np.ndarray | None = None) -> tuple:
+    if numbers is None:
+        numbers = np.array([site.specie.Z for site in primitive], dtype=np.int64)
+    numbers = np.asarray(numbers, dtype=np.int64)
     return (
         np.ascontiguousarray(primitive.lattice.matrix, dtype=np.float64).tobytes(),
         numbers.tobytes(),
@@ -381,10 +383,8 @@ def fast_supercell_graphs(vac: "VacancySupercell", featurizer: "Featurizer"):
     from adex.graphs import _ranges, select_nearest
 
     settings = featurizer.settings
-    primitive = vac.canonical.primitive
-    if not primitive.is_ordered:
-        raise StructureError("pristine supercell: disordered sites (partial occupancy); adex needs an ordered structure")
-    host_key = _host_key(primitive, settings)
+    primitive = vac.canonical.primitive  # ordered: canonical_host refuses disordered hosts
+    host_key = _host_key(primitive, settings, vac.canonical.numbers)
     host = host_neighbors(primitive, settings, host_key)
     featurizer.check_elements(host.atomic_numbers, "pristine supercell")
     if host.ambiguous:

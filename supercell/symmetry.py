@@ -37,6 +37,7 @@ class HostSymmetry:
             (Z, fractional x, y, z); symmetrized positions.
         input_to_primitive: int64 [n_input], primitive atom of each input atom.
         orbit: int64 [n_prim], lowest primitive index of each primitive atom's orbit.
+        numbers: int64 [n_prim], atomic number of each primitive atom (read-only).
         wyckoff: tuple[str] [n_prim], Wyckoff letter of each primitive atom.
         multiplicity: int64 [n_prim], Wyckoff multiplicity (conventional cell).
         space_group: international symbol, e.g. ``"Fm-3m"``.
@@ -46,6 +47,7 @@ class HostSymmetry:
     primitive: Structure
     input_to_primitive: np.ndarray
     orbit: np.ndarray
+    numbers: np.ndarray
     wyckoff: tuple[str, ...]
     multiplicity: np.ndarray
     space_group: str
@@ -60,6 +62,7 @@ class CanonicalVacancy:
         primitive: standardized primitive cell of the host (see :class:`HostSymmetry`).
         site: index in ``primitive`` of the vacated atom's orbit representative.
         element: element symbol of the vacated atom.
+        numbers: int64 [n_prim], atomic numbers of ``primitive`` (read-only, shared).
         wyckoff: Wyckoff label with multiplicity, e.g. ``"4a"``.
         multiplicity: Wyckoff multiplicity (conventional cell), e.g. 4.
         input_site: the site index as given (in the input structure).
@@ -71,6 +74,7 @@ class CanonicalVacancy:
     primitive: Structure
     site: int
     element: str
+    numbers: np.ndarray
     wyckoff: str
     multiplicity: int
     input_site: int
@@ -295,11 +299,13 @@ def _analyze_sorted_cell(cell, symprec: float) -> HostSymmetry:
     cells_per_conventional = len(prim_dataset.std_types) // n_prim
     primitive = Structure(Lattice(prim_lattice), prim_types.tolist(), prim_pos, coords_are_cartesian=False)
     multiplicity = (orbit_size * cells_per_conventional).astype(np.int64)
-    orbit.flags.writeable = multiplicity.flags.writeable = False  # shared through the memo
+    numbers = prim_types.astype(np.int64)
+    orbit.flags.writeable = multiplicity.flags.writeable = numbers.flags.writeable = False  # shared through the memo
     return HostSymmetry(
         primitive=primitive,
         input_to_primitive=mapping,
         orbit=orbit,
+        numbers=numbers,
         wyckoff=tuple(wyckoff),
         multiplicity=multiplicity,
         space_group=str(prim_dataset.international),
@@ -324,6 +330,7 @@ def canonical_host(structure: Structure, site: int, symprec: float = 0.01) -> Ca
         primitive=sym.primitive,
         site=rep,
         element=sym.primitive[rep].specie.symbol,
+        numbers=sym.numbers,
         wyckoff=f"{int(sym.multiplicity[rep])}{sym.wyckoff[rep]}",
         multiplicity=int(sym.multiplicity[rep]),
         input_site=site,

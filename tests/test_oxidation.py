@@ -101,6 +101,32 @@ def test_bond_valence_states_equal_pymatgen_bvanalyzer(name: str) -> None:
     assert adex_valences(structure) == pymatgen_valences(structure)
 
 
+def test_bond_valence_tables_equal_pymatgens() -> None:
+    """The tables adex reads with PyYAML are the ones pymatgen's BVAnalyzer uses."""
+    from pymatgen.core.bond_valence import BV_PARAMS, ELECTRONEG, ICSD_BV_DATA, PRIOR_PROB
+
+    params, electronegative, states = oxidation._bond_valence_tables()
+    assert params == {el.symbol: (v["r"], v["c"]) for el, v in BV_PARAMS.items()}
+    assert electronegative == {el.symbol for el in ELECTRONEG}
+    expected: dict = {}
+    for species, data in ICSD_BV_DATA.items():
+        if species.oxi_state != 0 and data["std"] > 0:
+            expected.setdefault(species.symbol, []).append(
+                (species.oxi_state, data["mean"], data["std"], PRIOR_PROB.get(species)))
+    assert states == expected and len(expected) > 50
+
+
+def test_composition_priors_equal_pymatgens(monkeypatch) -> None:
+    """The occurrence priors adex hands to Composition.oxi_state_guesses are pymatgen's own."""
+    from monty.serialization import loadfn
+    from pymatgen.core import Composition, Species, composition
+
+    monkeypatch.setattr(Composition, "oxi_prob", None)
+    oxidation._prime_composition_priors()
+    expected = {Species.from_str(k): v for k, v in loadfn(f"{composition.MODULE_DIR}/icsd_bv.yaml")["occurrence"].items()}
+    assert Composition.oxi_prob == expected
+
+
 def test_magnetite_gets_mixed_valence_on_distinct_orbits() -> None:
     states = oxidation.bond_valence_states(magnetite())
     assert states.sum() == 0 and set(states[states > 0].tolist()) == {2, 3}
