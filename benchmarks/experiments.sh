@@ -12,9 +12,11 @@ mkdir -p "$OUT"
 ADVISORS=builtin::bandgap:1,builtin::eform:1
 COMMON=(--threads 1 --no-register)
 
-# Descriptor baseline, the same folds
+# Descriptor baseline, the same folds; and with CHGNet's embeddings of the vacated site and host
 adex baseline --cv published --out "$OUT/baseline"
 adex baseline --cv published_struct --out "$OUT/baseline_struct"
+adex baseline --cv published --advisors chgnet --out "$OUT/baseline_chgnet"
+adex baseline --cv published_struct --advisors chgnet --out "$OUT/baseline_chgnet_struct"
 
 # Learning curve (10 published folds per fraction; 1.00 = the 10-fold CV per vacancy)
 adex experiment learning-curve --advisors $ADVISORS --fractions 1.00,0.40,0.10 --variants advised,scratch \
@@ -28,7 +30,10 @@ adex experiment learning-curve --advisors $ADVISORS --fractions 0.10 --variants 
 
 # Foundation-model advisor (pip install adex[chgnet]; adex advisor import chgnet)
 adex cv --advisors $ADVISORS,chgnet --cv published --folds 10 "${COMMON[@]}" --out "$OUT/chgnet"
-adex cv --advisors $ADVISORS,chgnet --cv published_struct --folds 3 "${COMMON[@]}" --out "$OUT/chgnet_struct"
+adex cv --advisors $ADVISORS,chgnet --cv published_struct --folds 10 "${COMMON[@]}" --out "$OUT/chgnet_struct"
+# ... with augmentation (each training vacancy also in a >= 10 A supercell)
+adex cv --advisors $ADVISORS,chgnet --cv published --folds 10 --set 'augment.min_image_distances=[10.0]' \
+    "${COMMON[@]}" --out "$OUT/chgnet_augment"
 
 # Poolings: the expert's on three 10 % folds, the eform advisor's on 1,000 MP crystals
 adex experiment pooling --advisors $ADVISORS --cv published@0.10 --folds 3 --seeds 0 --epochs 60 "${COMMON[@]}" \

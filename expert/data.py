@@ -270,12 +270,8 @@ class PackedVacancies:
     _ARRAYS = ("node_role", "node_primitive", "vacancy_node", "hood_node", "hood_ptr", "hood_kind",
                "prim_lattice", "prim_numbers", "prim_frac", "prim_ptr", "info", "node_hops", "prim_oxidation")
 
-    def save(self, path: Path) -> None:
-        from io import BytesIO
-
-        from adex.fileio import atomic_write_bytes
-
-        buffer = BytesIO()
+    def arrays(self) -> dict[str, np.ndarray]:
+        """Every array, by name (what :meth:`save` and :meth:`to_bytes` store)."""
         g = self.graphs
         arrays = {f"graphs_{k}": getattr(g, k) for k in ("atomic_numbers", "edge_index", "edge_distance", "node_ptr", "edge_ptr")}
         arrays["graphs_ids"] = np.asarray(g.ids, dtype=str)
@@ -283,17 +279,43 @@ class PackedVacancies:
             arrays["graphs_targets"] = g.targets
         arrays.update({k: getattr(self, k) for k in self._ARRAYS})
         arrays["info"] = np.asarray(self.info, dtype=str)
-        np.savez(buffer, **arrays)
+        return arrays
+
+    @classmethod
+    def from_arrays(cls, d) -> "PackedVacancies":
+        graphs = PackedGraphs(
+            d["graphs_atomic_numbers"], d["graphs_edge_index"], d["graphs_edge_distance"], d["graphs_node_ptr"],
+            d["graphs_edge_ptr"], d["graphs_ids"], d["graphs_targets"] if "graphs_targets" in d else None,
+        )
+        return cls(graphs=graphs, **{k: d[k] for k in cls._ARRAYS})
+
+    def save(self, path: Path) -> None:
+        """``.npz`` file (atomic write)."""
+        from io import BytesIO
+
+        from adex.fileio import atomic_write_bytes
+
+        buffer = BytesIO()
+        np.savez(buffer, **self.arrays())
         atomic_write_bytes(path, buffer.getvalue())
 
     @classmethod
     def load(cls, path: Path) -> "PackedVacancies":
         with np.load(path, allow_pickle=False) as d:
-            graphs = PackedGraphs(
-                d["graphs_atomic_numbers"], d["graphs_edge_index"], d["graphs_edge_distance"], d["graphs_node_ptr"],
-                d["graphs_edge_ptr"], d["graphs_ids"], d["graphs_targets"] if "graphs_targets" in d.files else None,
-            )
-            return cls(graphs=graphs, **{k: d[k] for k in cls._ARRAYS})
+            return cls.from_arrays({name: d[name] for name in d.files})
+
+    def to_bytes(self) -> bytes:
+        """Flat array file (:func:`adex.fileio.pack_arrays`): ~20x cheaper to read than an
+        ``.npz`` for the small per-host entries of the prediction cache."""
+        from adex.fileio import pack_arrays
+
+        return pack_arrays(self.arrays())
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> "PackedVacancies":
+        from adex.fileio import unpack_arrays
+
+        return cls.from_arrays(unpack_arrays(data))
 
 
 def pack_vacancy(graph, vac, vacancy_id: str, target: float | None) -> PackedVacancies:

@@ -118,14 +118,16 @@ def cached_host_sites(expert: LoadedExpert, path: str, sites: list[int]) -> Pack
 
     The key is the sha256 of the file's bytes, the sites, the featurizer fingerprint, the
     supercell settings and the graph format version, so an edited file or any changed
-    setting misses. Entries are written atomically under ``$ADEX_HOME/cache/predict``
-    (two processes filling the same entry write identical bytes); a hit skips reading,
+    setting misses. Entries (:meth:`PackedVacancies.to_bytes`) are written atomically under
+    ``$ADEX_HOME/cache/predict`` (two processes filling the same entry write identical
+    bytes); a hit skips reading,
     symmetry, oxidation states and graph construction altogether.
     """
     import hashlib
     from pathlib import Path
 
     from adex.expert.data import GRAPH_FORMAT_VERSION
+    from adex.fileio import atomic_write_bytes
     from adex.io import read_structure
     from adex.paths import cache_dir
 
@@ -138,10 +140,10 @@ def cached_host_sites(expert: LoadedExpert, path: str, sites: list[int]) -> Pack
         settings = repr(sorted(model.supercell.items()))
         key = hashlib.sha256(b"|".join([content, ",".join(map(str, sites)).encode(), GRAPH_FORMAT_VERSION.encode(),
                                         model.featurizer_settings.fingerprint().encode(), settings.encode()])).hexdigest()
-        entry = cache_dir() / "predict" / key[:2] / f"{key[2:26]}.npz"
+        entry = cache_dir() / "predict" / key[:2] / f"{key[2:26]}.arrays"
         if entry.is_file():
             try:
-                packed = PackedVacancies.load(entry)
+                packed = PackedVacancies.from_bytes(entry.read_bytes())
             except Exception:  # a damaged entry is rebuilt, never trusted
                 packed = None
             if packed is not None and [str(i) for i in packed.ids] == [f"{Path(path).name}#{s}" for s in sites]:
@@ -149,8 +151,7 @@ def cached_host_sites(expert: LoadedExpert, path: str, sites: list[int]) -> Pack
                 return packed
     packed = featurize_host_sites(expert, read_structure(path), sites, Path(path).name)
     if content is not None:
-        entry.parent.mkdir(parents=True, exist_ok=True)
-        packed.save(entry)
+        atomic_write_bytes(entry, packed.to_bytes())
     return packed
 
 
@@ -160,16 +161,15 @@ def cached_advisor_features(entry, advisor, packed: PackedVacancies) -> AdvisorF
 
     The key is the sha256 of the advisor's files (weights and model card, as recorded in
     its registry entry) and of the host's canonical primitive cell (:func:`host_digest`);
-    entries (``atom`` float32 [n, d], ``crystal`` float32 [d]) are written atomically
-    under ``$ADEX_HOME/cache/advisors``. An advisor embeds each host independently of the
+    entries (``atom`` float32 [n, d], ``crystal`` float32 [d]; :func:`adex.fileio.pack_arrays`
+    files) are written atomically under ``$ADEX_HOME/cache/advisors``. An advisor embeds each host independently of the
     others, so a hit gives the same embeddings as a cold run (to float rounding: matrix
     kernels may sum in another order for another batch).
     """
     import hashlib
-    from io import BytesIO
 
     from adex.expert.data import distinct_hosts, embed_hosts, host_digest, per_vacancy_features, unique_hosts
-    from adex.fileio import atomic_write_bytes
+    from adex.fileio import atomic_write_bytes, pack_arrays, unpack_arrays
     from adex.paths import cache_dir
 
     files = getattr(entry, "files", {}) or {}
@@ -179,14 +179,14 @@ def cached_advisor_features(entry, advisor, packed: PackedVacancies) -> AdvisorF
     folder = cache_dir() / "advisors" / hashlib.sha256(identity.encode()).hexdigest()[:24]
     structures, ids, inverse = distinct_hosts(packed)
     first, _ = unique_hosts(packed)
-    paths = [folder / digest[:2] / f"{digest[2:26]}.npz" for digest in (host_digest(packed, int(b)) for b in first)]
+    paths = [folder / digest[:2] / f"{digest[2:26]}.arrays" for digest in (host_digest(packed, int(b)) for b in first)]
     atoms: list = [None] * len(structures)
     crystals: list = [None] * len(structures)
     for u, path in enumerate(paths):
         if path.is_file():
             try:
-                with np.load(path, allow_pickle=False) as stored:
-                    atom, crystal = stored["atom"], stored["crystal"]
+                stored = unpack_arrays(path.read_bytes())
+                atom, crystal = stored["atom"], stored["crystal"]
             except Exception:  # a damaged entry is recomputed, never trusted
                 continue
             if atom.shape[0] == len(structures[u]):
@@ -197,10 +197,7 @@ def cached_advisor_features(entry, advisor, packed: PackedVacancies) -> AdvisorF
         starts = np.r_[0, np.cumsum([len(structures[u]) for u in missing])]
         for k, u in enumerate(missing):
             atoms[u], crystals[u] = atom[starts[k]:starts[k + 1]], crystal[k]
-            buffer = BytesIO()
-            np.savez(buffer, atom=atoms[u], crystal=crystals[u])
-            paths[u].parent.mkdir(parents=True, exist_ok=True)
-            atomic_write_bytes(paths[u], buffer.getvalue())
+            atomic_write_bytes(paths[u], pack_arrays({"atom": atoms[u], "crystal": crystals[u]}))
     return per_vacancy_features(entry.ref, np.concatenate(atoms), np.stack(crystals), structures, inverse)
 
 

@@ -288,8 +288,8 @@ def test_cached_featurization_is_reused_and_content_addressed(capsys, ctx, hosts
     table.write_text("structure,site\nsrtio3.cif,0\nfeo.cif,3\nsrtio3.cif,2\n")
     rc, first, err = predict(capsys, ctx, "--input", str(table), "--cache")
     assert rc == 0, err
-    assert len(spies.vacancies) == 3 and len(list((tmp_path / "cache" / "predict").rglob("*.npz"))) == 2
-    assert len(list((tmp_path / "cache" / "advisors").rglob("*.npz"))) == 2  # one embedding per host and advisor
+    assert len(spies.vacancies) == 3 and len(list((tmp_path / "cache" / "predict").rglob("*.arrays"))) == 2
+    assert len(list((tmp_path / "cache" / "advisors").rglob("*.arrays"))) == 2  # one embedding per host and advisor
     import adex.expert.data as expert_data
 
     def no_advisor_runs(*_args, **_kwargs):
@@ -482,7 +482,7 @@ def test_unknown_oxidation_states_warn_but_predict(capsys, ctx, hosts, monkeypat
 
     import adex.expert.data as data_module
 
-    monkeypatch.setattr(data_module, "guess_oxidation_states", lambda s: np.full(len(s), np.nan, dtype=np.float32))
+    monkeypatch.setattr(data_module, "guess_oxidation_states", lambda s, *_: np.full(len(s), np.nan, dtype=np.float32))
     assert main([*args, "--site", "1"]) == 0
     unknown = capsys.readouterr()
     [warning] = [line for line in unknown.err.splitlines() if line.startswith("warning:")]
