@@ -86,3 +86,47 @@ def load_model(entry) -> nn.Module:
         raise RegistryError(f"{entry.ref}: weights do not match model.json ({str(exc).splitlines()[0]})") from None
     model.eval()
     return model
+
+
+def lazy_model(entry) -> "LazyModel":
+    """The model of registry ``entry``, built on first use (:class:`LazyModel`).
+
+    What can be checked without building it is checked now: the architecture file's
+    hash and class, and that an optional package the class needs is installed
+    (``MissingExtraError`` now, not in the middle of a run).
+    """
+    arch = json.loads(entry.read_file(ARCHITECTURE))
+    name = arch.get("class", "")
+    _builder(name)
+    if name == "chgnet_advisor":
+        from adex.advisors.chgnet import require_chgnet
+
+        require_chgnet()
+    return LazyModel(entry)
+
+
+class LazyModel:
+    """A stored model that is loaded (:func:`load_model`) only when something uses it,
+    e.g. an advisor whose embeddings all come from the prediction cache: a warm
+    ``adex predict --cache`` then never imports CHGNet. Attribute access is forwarded to
+    the loaded module; :meth:`get` returns it."""
+
+    def __init__(self, entry) -> None:
+        self.entry = entry
+        self._model: nn.Module | None = None
+
+    @property
+    def is_loaded(self) -> bool:
+        return self._model is not None
+
+    def get(self) -> nn.Module:
+        if self._model is None:
+            self._model = load_model(self.entry)
+            for parameter in self._model.parameters():
+                parameter.requires_grad_(False)
+        return self._model
+
+    def __getattr__(self, name: str):
+        if name.startswith("_") or name in ("entry",):
+            raise AttributeError(name)
+        return getattr(self.get(), name)

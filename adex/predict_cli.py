@@ -125,10 +125,11 @@ def cmd_predict(args: argparse.Namespace) -> int:
         warnings.simplefilter("always", InputWarning)
         warnings.simplefilter("always", ShadowWarning)
         warnings.showwarning = lambda message, category, *a, **k: print(f"warning: {message}", file=sys.stderr)
+        lazy = bool(args.input and args.cache)  # a warm cache may not need the advisors at all
         if args.expert:
-            expert = load_expert(args.expert, open_registry_from(args))
+            expert = load_expert(args.expert, open_registry_from(args), lazy_advisors=lazy)
         else:
-            expert, note = load_default_expert(open_registry_from(args))
+            expert, note = load_default_expert(open_registry_from(args), lazy_advisors=lazy)
             if note:
                 print(f"note: {note}", file=sys.stderr)
         from adex.expert.ensemble import as_members

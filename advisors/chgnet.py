@@ -33,6 +33,15 @@ def _chgnet_class():
     return CHGNet
 
 
+def require_chgnet() -> None:
+    """MissingExtraError unless the CHGNet package is installed (without importing it:
+    that takes over a second)."""
+    from importlib.util import find_spec
+
+    if find_spec("chgnet") is None:
+        raise MissingExtraError(INSTALL_HINT)
+
+
 def chgnet_version() -> str:
     from importlib.metadata import PackageNotFoundError, version
 

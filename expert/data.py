@@ -536,8 +536,12 @@ def compute_advisor_features(advisor, ref: str, packed: PackedVacancies) -> Advi
 def embed_hosts(advisor, structures: list[Structure], ids: list[str]) -> tuple[np.ndarray, np.ndarray]:
     """A frozen advisor's embeddings of whole hosts: (atom [sum n_u, d], crystal [U, d]),
     atom rows in the order of ``structures`` and of their sites."""
+    from adex.checkpoint import LazyModel
+
     if not structures:
         raise ValueError("embed_hosts needs at least one structure")
+    if isinstance(advisor, LazyModel):
+        advisor = advisor.get()
     if hasattr(advisor, "embed_structures"):
         atom, crystal = advisor.embed_structures(structures)
         return np.asarray(atom, dtype=np.float32), np.asarray(crystal, dtype=np.float32)

@@ -44,14 +44,16 @@ class LoadedExpert:
     advisors: list  # (entry, model)
 
 
-def load_expert(ref: str, registry) -> LoadedExpert:
+def load_expert(ref: str, registry, lazy_advisors: bool = False) -> LoadedExpert:
     """The expert ``ref`` and the exact advisor versions it was trained with.
 
     Each advisor is resolved by the exact reference recorded in the expert and its
     weights' sha256 must equal the recorded one (so a shadowing user model or an edited
-    file cannot silently change the expert's inputs).
+    file cannot silently change the expert's inputs). With ``lazy_advisors`` the advisor
+    models are :class:`adex.checkpoint.LazyModel`: built only if an embedding is not in
+    the cache (``predict --cache``).
     """
-    from adex.checkpoint import WEIGHTS, load_model
+    from adex.checkpoint import WEIGHTS, lazy_model, load_model
 
     entry = registry.resolve(ref, kind="expert")
     if entry.kind != "expert":
@@ -64,21 +66,20 @@ def load_expert(ref: str, registry) -> LoadedExpert:
         if slot.weights_sha256 and sha != slot.weights_sha256:
             raise RegistryError(f"{entry.ref} needs advisor {slot.ref} with weights sha256 {slot.weights_sha256[:12]}..., "
                                 f"but {adv_entry.ref} has {str(sha)[:12]}...")
-        adv_model = load_model(adv_entry)
-        advisors.append((adv_entry, adv_model))
+        advisors.append((adv_entry, lazy_model(adv_entry) if lazy_advisors else load_model(adv_entry)))
     return LoadedExpert(entry, model, advisors)
 
 
-def load_default_expert(registry) -> tuple[LoadedExpert, str | None]:
+def load_default_expert(registry, lazy_advisors: bool = False) -> tuple[LoadedExpert, str | None]:
     """The shipped default expert, or :data:`CORE_EXPERT` when the default needs an
     optional package that is not installed. Returns (expert, note for the user or None)."""
     from adex.errors import MissingExtraError
 
     try:
-        return load_expert(DEFAULT_EXPERT, registry), None
+        return load_expert(DEFAULT_EXPERT, registry, lazy_advisors), None
     except MissingExtraError as exc:
         try:
-            core = load_expert(CORE_EXPERT, registry)
+            core = load_expert(CORE_EXPERT, registry, lazy_advisors)
         except RegistryError:
             raise exc from None
         return core, f"{exc}; using {core.entry.ref} instead (the best shipped expert without optional packages)"

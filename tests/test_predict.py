@@ -297,10 +297,17 @@ def test_cached_featurization_is_reused_and_content_addressed(capsys, ctx, hosts
 
     embed_hosts = expert_data.embed_hosts
     monkeypatch.setattr(expert_data, "embed_hosts", no_advisor_runs)
+    import adex.checkpoint as checkpoint
+
+    loaded_kinds = []
+    load_model = checkpoint.load_model
+    monkeypatch.setattr(checkpoint, "load_model", lambda entry: loaded_kinds.append(entry.kind) or load_model(entry))
     rc, again, err = predict(capsys, ctx, "--input", str(table), "--cache")
     assert rc == 0, err
     assert again == first and len(spies.vacancies) == 3  # nothing featurized or embedded the second time
+    assert loaded_kinds == ["expert"]  # the advisor was not even loaded (lazy)
     monkeypatch.setattr(expert_data, "embed_hosts", embed_hosts)
+    monkeypatch.setattr(checkpoint, "load_model", load_model)
     np.testing.assert_allclose([float(r["dH_pred_eV"]) for r in read_csv(again)], [ctx.srtio3[0], ctx.feo[3], ctx.srtio3[2]],
                                atol=1e-4)
     # a different structure under the same name misses the cache

@@ -88,13 +88,35 @@ def test_default_falls_back_to_the_core_expert_without_chgnet(shipped: Registry,
     assert "adex[chgnet]" in capsys.readouterr().err
 
 
+def test_lazy_advisor_reports_a_missing_chgnet_before_the_run(shipped: Registry, monkeypatch) -> None:
+    """predict --cache loads advisors lazily; a missing CHGNet is still found at load time
+    (so the default can fall back), without importing CHGNet."""
+    import importlib.util
+
+    from adex.checkpoint import LazyModel, lazy_model
+    from adex.errors import MissingExtraError
+
+    try:
+        entry = shipped.resolve("builtin::advisor/chgnet")
+    except Exception:
+        pytest.skip("no shipped CHGNet advisor in this checkout")
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "chgnet" else real(name, *a))
+    with pytest.raises(MissingExtraError, match=r"adex\[chgnet\]"):
+        lazy_model(entry)
+    monkeypatch.setattr(importlib.util, "find_spec", real)
+    if real("chgnet") is not None:
+        model = lazy_model(entry)
+        assert isinstance(model, LazyModel) and not model.is_loaded
+
+
 def test_load_default_expert_only_falls_back_for_a_missing_extra(monkeypatch) -> None:
     import adex.expert.predict as predict
     from adex.errors import MissingExtraError, RegistryError
 
     calls = []
 
-    def fake(ref, registry):
+    def fake(ref, registry, lazy_advisors=False):
         calls.append(ref)
         if ref == predict.DEFAULT_EXPERT:
             raise MissingExtraError("needs chgnet")
@@ -104,7 +126,7 @@ def test_load_default_expert_only_falls_back_for_a_missing_extra(monkeypatch) ->
     expert, note = predict.load_default_expert(None)
     assert calls == [predict.DEFAULT_EXPERT, predict.CORE_EXPERT] and "needs chgnet" in note and "vacancy-core:1" in note
 
-    def broken(ref, registry):
+    def broken(ref, registry, lazy_advisors=False):
         raise RegistryError("tampered")
 
     monkeypatch.setattr(predict, "load_expert", broken)
