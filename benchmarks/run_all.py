@@ -408,6 +408,13 @@ def run_predict(ctx: Context) -> dict:
     n_out, mae = predictions_mae(pred)
     out["input_workers2"] = {"process": proc, "n_vacancies": n_out, "vacancies_per_s": _rate(n_out, proc["wall_s"]),
                             "vacancies_per_cpu_s": _rate(n_out, proc["cpu_s"]), "mae_vs_dft_eV": mae}
+    for label, key in (("first run, fills the cache", "input_cache_cold"), ("rerun, warm cache", "input_cache_warm")):
+        pred = ctx.tmp / f"pred-{key}.csv"
+        proc = ctx.adex(f"predict --input ({n}) --workers 2 --cache, {label}", "predict-cache", "predict", "--input",
+                        str(table), "--output", str(pred), "--workers", "2", "--cache")
+        n_out, mae = predictions_mae(pred)
+        out[key] = {"process": proc, "n_vacancies": n_out, "vacancies_per_s": _rate(n_out, proc["wall_s"]),
+                    "vacancies_per_cpu_s": _rate(n_out, proc["cpu_s"]), "mae_vs_dft_eV": mae, "label": label}
     tables = ctx.tmp / "tables"
     out["tables_setup"] = ctx.steps("distinct sites of the hosts (setup)", "make_tables", None, "--hosts", str(s["hosts"]),
                                     "--out-dir", str(tables))
@@ -626,6 +633,13 @@ def summary_rows(results: dict) -> list[dict]:
             add("predict", "the same with `--workers 2` (2 processes)", r["n_vacancies"], r["process"], r["vacancies_per_s"],
                 "vacancies/s", R["predict_vacancies_per_s"], _ratio(r["vacancies_per_s"], R["predict_vacancies_per_s"], True),
                 note=f"{r['vacancies_per_cpu_s']} per CPU s; memory vs ref. {_mem_ratio(r['process']['peak_rss_MB'])}")
+        for key in ("input_cache_cold", "input_cache_warm"):
+            r = p.get(key)
+            if r:
+                add("predict", f"the same with `--workers 2 --cache`, {r['label']}", r["n_vacancies"], r["process"],
+                    r["vacancies_per_s"], "vacancies/s", R["predict_vacancies_per_s"],
+                    _ratio(r["vacancies_per_s"], R["predict_vacancies_per_s"], True),
+                    note=f"{r['vacancies_per_cpu_s']} per CPU s")
         r = p["all_sites_table"]
         add("predict", f"all distinct sites of {r['n_hosts']} hosts, one `--input` table", r["n_vacancies"], r["process"],
             r["vacancies_per_s"], "vacancies/s", R["predict_vacancies_per_s"],
