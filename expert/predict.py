@@ -121,8 +121,7 @@ def cached_host_sites(expert: LoadedExpert, path: str, sites: list[int]) -> Pack
     supercell settings and the graph format version, so an edited file or any changed
     setting misses. Entries (:meth:`PackedVacancies.to_bytes`) are written atomically under
     ``$ADEX_HOME/cache/predict`` (two processes filling the same entry write identical
-    bytes); a hit skips reading,
-    symmetry, oxidation states and graph construction altogether.
+    bytes); a hit skips reading, symmetry, oxidation states and graph construction.
     """
     import hashlib
     from pathlib import Path
@@ -163,9 +162,9 @@ def cached_advisor_features(entry, advisor, packed: PackedVacancies) -> AdvisorF
     The key is the sha256 of the advisor's files (weights and model card, as recorded in
     its registry entry) and of the host's canonical primitive cell (:func:`host_digest`);
     entries (``atom`` float32 [n, d], ``crystal`` float32 [d]; :func:`adex.fileio.pack_arrays`
-    files) are written atomically under ``$ADEX_HOME/cache/advisors``. An advisor embeds each host independently of the
-    others, so a hit gives the same embeddings as a cold run (to float rounding: matrix
-    kernels may sum in another order for another batch).
+    files) are written atomically under ``$ADEX_HOME/cache/advisors``. An advisor embeds
+    each host independently of the others, so a hit gives the same embeddings as a cold
+    run (to float rounding: matrix kernels may sum in another order for another batch).
     """
     import hashlib
 
