@@ -48,7 +48,7 @@ def guess_oxidation_states(structure: Structure, numbers: np.ndarray | None = No
         warnings.simplefilter("ignore")
         try:
             states = bond_valence_states(structure).astype(np.float32)
-        except Exception:  # no charge-balanced assignment (ValueError), unknown BV parameters, ... ValueError (and others) when no assignment balances
+        except Exception:  # no charge-balanced assignment (ValueError), no BV parameters for an element, ...
             try:
                 _prime_composition_priors()
                 guesses = structure.composition.oxi_state_guesses(max_sites=-1)
@@ -200,7 +200,8 @@ def _prime_composition_priors() -> None:
     from pymatgen.core import Composition, Species
 
     if getattr(Composition, "oxi_prob", "absent") is None:
-        Composition.oxi_prob = {Species.from_str(name): value for name, value in _bond_valence_data()[1]["occurrence"].items()}
+        occurrence = _bond_valence_data()[1]["occurrence"]
+        Composition.oxi_prob = {Species.from_str(name): value for name, value in occurrence.items()}
 
 
 def _most_probable_neutral(valences, probabilities, n_sites, symbols, max_permutations):
