@@ -181,6 +181,8 @@ def test_advisor_embeddings_are_added_per_vacated_site(tiny, reg, table, tmp_pat
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["n_features"] == N_VAC + N_SITE + N_HOST + 16
     assert yaml.safe_load((out / "config.yaml").read_text())["advisors"] == [reg.refs[8]]
+    assert main(["report", str(out), "-o", str(tmp_path / "report.md")]) == 0
+    assert f"matminer descriptors + embeddings of {reg.refs[8]}" in (tmp_path / "report.md").read_text()
     rc = main(["baseline", "--split", "tiny", "--data", str(tiny.root), "--registry", str(reg.root),
                "--advisors", "nosuchadvisor", "--out", str(tmp_path / "bad")])
     assert_one_line_error(rc, capsys.readouterr().err, "nosuchadvisor")
