@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The research experiments behind the README's Results section (GitHub issue 5), one CLI
-# command each. Long: about 5 core-hours on a 2-core CPU machine with the default
+# command each. Long: about 7 core-hours on a 2-core CPU machine with the default
 # (vacancy-readout) expert; run two at a time. Every command writes a run folder with its
 # resolved config, per-fold tables, metrics.json and a PNG; `adex report` turns them into one
 # Markdown file.
