@@ -31,6 +31,10 @@ adex experiment learning-curve --advisors $ADVISORS --fractions 0.10 --variants 
 # Foundation-model advisor (pip install adex[chgnet]; adex advisor import chgnet)
 adex cv --advisors $ADVISORS,chgnet --cv published --folds 10 "${COMMON[@]}" --out "$OUT/chgnet"
 adex cv --advisors $ADVISORS,chgnet --cv published_struct --folds 10 "${COMMON[@]}" --out "$OUT/chgnet_struct"
+adex experiment learning-curve --advisors $ADVISORS,chgnet --fractions 0.10,0.40 --variants advised --seeds 0 --folds 10 \
+    "${COMMON[@]}" --out "$OUT/lc_chgnet"
+adex baseline --cv published@0.10 --advisors chgnet --out "$OUT/baseline_chgnet_0.10"
+adex baseline --cv published@0.40 --advisors chgnet --out "$OUT/baseline_chgnet_0.40"
 # ... with augmentation (each training vacancy also in a >= 10 A supercell)
 adex cv --advisors $ADVISORS,chgnet --cv published --folds 10 --set 'augment.min_image_distances=[10.0]' \
     "${COMMON[@]}" --out "$OUT/chgnet_augment"
