@@ -15,6 +15,8 @@ COMMON=(--threads 1 --no-register)
 # Descriptor baseline, the same folds; and with CHGNet's embeddings of the vacated site and host
 adex baseline --cv published --out "$OUT/baseline"
 adex baseline --cv published_struct --out "$OUT/baseline_struct"
+adex baseline --cv published@0.40 --out "$OUT/baseline_0.40"
+adex baseline --cv published@0.10 --out "$OUT/baseline_0.10"
 adex baseline --cv published --advisors chgnet --out "$OUT/baseline_chgnet"
 adex baseline --cv published_struct --advisors chgnet --out "$OUT/baseline_chgnet_struct"
 
@@ -48,5 +50,12 @@ adex experiment pooling --advisor eform --limit 1000 --epochs 15 --seeds 0 "${CO
 adex cv --advisors $ADVISORS --cv published@0.40 --fold 0.40k0 --fold 0.40k1 --fold 0.40k2 \
     --set 'augment.min_image_distances=[10.0]' "${COMMON[@]}" --out "$OUT/augment"
 
-adex experiment merge "$OUT/lc" "$OUT/lc_transfer" --out "$OUT/lc_all"
+# a second seed at 10 %
+adex experiment learning-curve --advisors $ADVISORS --fractions 0.10 --variants advised,scratch --seeds 1 --folds 10 \
+    "${COMMON[@]}" --out "$OUT/lc_seed1"
+adex experiment learning-curve --advisors $ADVISORS,chgnet --fractions 0.10 --variants advised --seeds 1 --folds 10 \
+    "${COMMON[@]}" --out "$OUT/lc_chgnet_seed1"
+
+adex experiment merge "$OUT/lc" "$OUT/lc_transfer" "$OUT/lc_seed1" --baseline "$OUT/baseline" \
+    --baseline "$OUT/baseline_0.40" --baseline "$OUT/baseline_0.10" --out "$OUT/lc_all"
 adex report "$OUT"/* -o "$OUT/report.md"
