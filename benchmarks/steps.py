@@ -208,7 +208,7 @@ def _advisor_features_timed(expert, packed, t: Timer) -> list:
             with t("advisor_networks"):
                 emb = run_advisor(model, graphs)
             atom, crystal = emb.atom, emb.crystal
-        features.append(per_vacancy_features(entry.ref, atom, crystal, structures, inverse))
+        features.append(per_vacancy_features(entry.ref, atom, crystal, [len(s) for s in structures], inverse))
     return features
 
 

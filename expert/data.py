@@ -494,13 +494,20 @@ def unique_hosts(packed: PackedVacancies) -> tuple[np.ndarray, np.ndarray]:
     keys: dict[bytes, int] = {}
     first, inverse = [], np.empty(len(packed), dtype=np.int64)
     for b in range(len(packed)):
-        sl = slice(packed.prim_ptr[b], packed.prim_ptr[b + 1])
-        key = b"".join(a.tobytes() for a in (packed.prim_lattice[b], packed.prim_numbers[sl], packed.prim_frac[sl]))
+        key = _host_bytes(packed, b)
         if key not in keys:
             keys[key] = len(first)
             first.append(b)
         inverse[b] = keys[key]
     return np.asarray(first, dtype=np.int64), inverse
+
+
+def _host_bytes(packed: PackedVacancies, b: int) -> bytes:
+    """Vacancy ``b``'s canonical primitive host, bit for bit: lattice, atomic numbers and
+    fractional coordinates (the identity of a host for advisors and their cache)."""
+    sl = slice(packed.prim_ptr[b], packed.prim_ptr[b + 1])
+    return b"".join(np.ascontiguousarray(a).tobytes() for a in
+                    (packed.prim_lattice[b], packed.prim_numbers[sl], packed.prim_frac[sl]))
 
 
 def distinct_hosts(packed: PackedVacancies) -> tuple[list[Structure], list[str], np.ndarray]:
@@ -510,11 +517,10 @@ def distinct_hosts(packed: PackedVacancies) -> tuple[list[Structure], list[str],
     return [packed.primitive_structure(int(b)) for b in first], [str(packed.ids[b]) for b in first], inverse
 
 
-def per_vacancy_features(ref: str, atom: np.ndarray, crystal: np.ndarray, structures: list[Structure],
-                         inverse: np.ndarray) -> AdvisorFeatures:
-    """Lay out advisor embeddings of the distinct hosts (atom [sum n_u, d], crystal [U, d])
-    per vacancy (atom rows follow ``prim_ptr``)."""
-    sizes = np.array([len(s) for s in structures], dtype=np.int64)
+def per_vacancy_features(ref: str, atom: np.ndarray, crystal: np.ndarray, sizes, inverse: np.ndarray) -> AdvisorFeatures:
+    """Lay out advisor embeddings of the distinct hosts (atom [sum n_u, d], crystal [U, d];
+    ``sizes`` int [U], atoms per host) per vacancy (atom rows follow ``prim_ptr``)."""
+    sizes = np.asarray(sizes, dtype=np.int64)
     starts = np.r_[0, np.cumsum(sizes)[:-1]]
     rows = _ranges(starts[inverse], sizes[inverse])  # the host's atom rows for every vacancy, in order
     return AdvisorFeatures(ref, np.asarray(atom, dtype=np.float32)[rows], np.asarray(crystal, dtype=np.float32)[inverse])
@@ -530,7 +536,7 @@ def compute_advisor_features(advisor, ref: str, packed: PackedVacancies) -> Advi
     """
     structures, ids, inverse = distinct_hosts(packed)
     atom, crystal = embed_hosts(advisor, structures, ids)
-    return per_vacancy_features(ref, atom, crystal, structures, inverse)
+    return per_vacancy_features(ref, atom, crystal, [len(s) for s in structures], inverse)
 
 
 def embed_hosts(advisor, structures: list[Structure], ids: list[str]) -> tuple[np.ndarray, np.ndarray]:
@@ -553,11 +559,9 @@ def embed_hosts(advisor, structures: list[Structure], ids: list[str]) -> tuple[n
 
 
 def host_digest(packed: PackedVacancies, b: int) -> str:
-    """sha256 (hex) of vacancy ``b``'s canonical primitive host: lattice, atomic numbers
-    and fractional coordinates, bit for bit (the identity :func:`unique_hosts` uses)."""
-    sl = slice(packed.prim_ptr[b], packed.prim_ptr[b + 1])
-    return hashlib.sha256(b"".join(np.ascontiguousarray(a).tobytes() for a in
-                                   (packed.prim_lattice[b], packed.prim_numbers[sl], packed.prim_frac[sl]))).hexdigest()
+    """sha256 (hex) of vacancy ``b``'s canonical primitive host (the identity
+    :func:`unique_hosts` uses)."""
+    return hashlib.sha256(_host_bytes(packed, b)).hexdigest()
 
 
 # --------------------------------------------------------------------------- batches

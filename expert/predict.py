@@ -168,7 +168,7 @@ def cached_advisor_features(entry, advisor, packed: PackedVacancies) -> AdvisorF
     """
     import hashlib
 
-    from adex.expert.data import distinct_hosts, embed_hosts, host_digest, per_vacancy_features, unique_hosts
+    from adex.expert.data import embed_hosts, host_digest, per_vacancy_features, unique_hosts
     from adex.fileio import atomic_write_bytes, pack_arrays, unpack_arrays
     from adex.paths import cache_dir
 
@@ -177,11 +177,11 @@ def cached_advisor_features(entry, advisor, packed: PackedVacancies) -> AdvisorF
     if not identity:  # an advisor without recorded files cannot be cached safely
         return compute_advisor_features(advisor, entry.ref, packed)
     folder = cache_dir() / "advisors" / hashlib.sha256(identity.encode()).hexdigest()[:24]
-    structures, ids, inverse = distinct_hosts(packed)
-    first, _ = unique_hosts(packed)
+    first, inverse = unique_hosts(packed)
+    sizes = packed.prim_ptr[first + 1] - packed.prim_ptr[first]  # atoms per distinct host
     paths = [folder / digest[:2] / f"{digest[2:26]}.arrays" for digest in (host_digest(packed, int(b)) for b in first)]
-    atoms: list = [None] * len(structures)
-    crystals: list = [None] * len(structures)
+    atoms: list = [None] * len(first)
+    crystals: list = [None] * len(first)
     for u, path in enumerate(paths):
         if path.is_file():
             try:
@@ -189,16 +189,17 @@ def cached_advisor_features(entry, advisor, packed: PackedVacancies) -> AdvisorF
                 atom, crystal = stored["atom"], stored["crystal"]
             except Exception:  # a damaged entry is recomputed, never trusted
                 continue
-            if atom.shape[0] == len(structures[u]):
+            if atom.shape[0] == sizes[u]:
                 atoms[u], crystals[u] = atom, crystal
-    missing = [u for u in range(len(structures)) if atoms[u] is None]
-    if missing:
-        atom, crystal = embed_hosts(advisor, [structures[u] for u in missing], [ids[u] for u in missing])
-        starts = np.r_[0, np.cumsum([len(structures[u]) for u in missing])]
+    missing = [u for u in range(len(first)) if atoms[u] is None]
+    if missing:  # only these hosts become pymatgen structures
+        atom, crystal = embed_hosts(advisor, [packed.primitive_structure(int(first[u])) for u in missing],
+                                    [str(packed.ids[first[u]]) for u in missing])
+        starts = np.r_[0, np.cumsum(sizes[missing])]
         for k, u in enumerate(missing):
             atoms[u], crystals[u] = atom[starts[k]:starts[k + 1]], crystal[k]
             atomic_write_bytes(paths[u], pack_arrays({"atom": atoms[u], "crystal": crystals[u]}))
-    return per_vacancy_features(entry.ref, np.concatenate(atoms), np.stack(crystals), structures, inverse)
+    return per_vacancy_features(entry.ref, np.concatenate(atoms), np.stack(crystals), sizes, inverse)
 
 
 @torch.no_grad()
