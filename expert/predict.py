@@ -314,9 +314,10 @@ def predict_sites(
         return out
     _WORKER_EXPERT = expert
     if getattr(expert.model, "reads_oxidation_states", False):
-        # pymatgen's bond-valence module parses its YAML tables at import (~2-4 s): do it
-        # once here, so the forked workers inherit it instead of each paying it again
-        import pymatgen.analysis.bond_valence  # noqa: F401
+        # read the bond-valence tables once here, so the forked workers inherit them
+        from adex.oxidation import _bond_valence_tables
+
+        _bond_valence_tables()
     try:
         with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork"),
                                  initializer=_init_worker, initargs=(1,)) as pool:
