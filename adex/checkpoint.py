@@ -27,10 +27,15 @@ WEIGHTS = "weights.safetensors"
 ARCHITECTURE = "model.json"
 
 _BUILDERS: dict[str, Callable[[dict], nn.Module]] = {}
+#: Per stored class, a check that its optional packages are installed, cheap enough to
+#: run before building the model (raises MissingExtraError).
+_REQUIREMENTS: dict[str, Callable[[], None]] = {}
 
 
-def register_builder(name: str, builder: Callable[[dict], nn.Module]) -> None:
+def register_builder(name: str, builder: Callable[[dict], nn.Module], requires: Callable[[], None] | None = None) -> None:
     _BUILDERS[name] = builder
+    if requires is not None:
+        _REQUIREMENTS[name] = requires
 
 
 def _builder(name: str) -> Callable[[dict], nn.Module]:
@@ -38,9 +43,9 @@ def _builder(name: str) -> Callable[[dict], nn.Module]:
         from adex.advisors.model import Advisor
 
         register_builder("advisor", Advisor.from_architecture)
-        from adex.advisors.chgnet import CHGNetAdvisor  # imports chgnet itself only when a model is built
+        from adex.advisors.chgnet import CHGNetAdvisor, require_chgnet  # chgnet itself only when a model is built
 
-        register_builder("chgnet_advisor", CHGNetAdvisor.from_architecture)
+        register_builder("chgnet_advisor", CHGNetAdvisor.from_architecture, requires=require_chgnet)
         try:
             from adex.expert.model import Expert
 
@@ -95,13 +100,10 @@ def lazy_model(entry) -> "LazyModel":
     hash and class, and that an optional package the class needs is installed
     (``MissingExtraError`` now, not in the middle of a run).
     """
-    arch = json.loads(entry.read_file(ARCHITECTURE))
-    name = arch.get("class", "")
-    _builder(name)
-    if name == "chgnet_advisor":
-        from adex.advisors.chgnet import require_chgnet
-
-        require_chgnet()
+    name = json.loads(entry.read_file(ARCHITECTURE)).get("class", "")
+    _builder(name)  # RegistryError for a class unknown to this adex version
+    if name in _REQUIREMENTS:
+        _REQUIREMENTS[name]()
     return LazyModel(entry)
 
 
