@@ -458,7 +458,7 @@ def add_advisor_features(table: FeatureTable, root: Path, advisors: list[tuple[o
         for vacancy_id in table.ids:
             can = canonical_host(read_structure(root / "structures" / f"{vacancy_id}.cif"), 0)
             key = b"".join(np.ascontiguousarray(a).tobytes() for a in
-                           (can.primitive.lattice.matrix, np.array(can.primitive.atomic_numbers), can.primitive.frac_coords))
+                           (can.primitive.lattice.matrix, can.numbers, can.primitive.frac_coords))
             if key not in host_index:
                 host_index[key] = len(primitives)
                 primitives.append(can.primitive)
