@@ -43,12 +43,12 @@ def guess_oxidation_states(structure: Structure, numbers: np.ndarray | None = No
     if key in _MEMO:
         _MEMO.move_to_end(key)
         return _MEMO[key].copy()
-    species = [site.specie.symbol for site in structure]
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         try:
             states = bond_valence_states(structure).astype(np.float32)
         except Exception:  # no charge-balanced assignment (ValueError), no BV parameters for an element, ...
+            species = [site.specie.symbol for site in structure]
             try:
                 _prime_composition_priors()
                 guesses = structure.composition.oxi_state_guesses(max_sites=-1)
