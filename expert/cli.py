@@ -98,6 +98,15 @@ def register_experiments(subparsers: argparse._SubParsersAction) -> None:
                     help="an `adex baseline --cv published[@fraction]` folder to draw as one more line (repeatable)")
     mg.set_defaults(func=cmd_merge)
 
+    bl = sub.add_parser("blend", help="blend (weighted mean) the held-out predictions of CV runs on the same folds",
+                        description="e.g. `adex experiment blend RUNS/cv-seed0 RUNS/cv-seed1 RUNS/baseline --out "
+                                    "RUNS/blend`: a seed ensemble or a GNN + descriptor blend, cross-validated like its "
+                                    "parts (weights are fixed in advance, never fitted on the held-out folds)")
+    bl.add_argument("runs", nargs="+", help="adex cv / adex baseline folders tested on the same folds")
+    bl.add_argument("--weights", help="comma-separated weights, one per run (default: equal)")
+    bl.add_argument("--out", required=True, help="folder for the blended CV files (as adex cv writes them)")
+    bl.set_defaults(func=cmd_blend)
+
     rep = subparsers.add_parser("report", help="one Markdown report (tables + figures) from run folders",
                                 description="e.g. `adex report RUNS/cv-* RUNS/learning-curve-* -o report.md`")
     rep.add_argument("runs", nargs="+", help="run folders (adex cv, experiment, baseline, expert train)")
@@ -237,6 +246,24 @@ def cmd_merge(args: argparse.Namespace) -> int:
     for r in result["summary"]:
         con.print(f"[bold]{r['fraction']}[/] (n_train {r['n_train']}) {r['variant']}: "
                   f"{r['mae_mean']:.3f} ± {r['mae_std']:.3f} eV (± over {r['spread_over']}; {r['n_seeds']} seed(s))")
+    con.print(f"folder: {result['out']}")
+    return 0
+
+
+def cmd_blend(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from adex.expert.experiments import blend_runs
+    from adex.progress import console
+
+    weights = [float(w) for w in _csv_list(args.weights)] if args.weights else None
+    result = blend_runs([Path(r) for r in args.runs], args.out, weights)
+    m = result["metrics"]
+    con = console()
+    for name, mae in m["parts_mae_mean"].items():
+        con.print(f"{name}: MAE {mae:.3f} eV")
+    con.print(f"[bold]blend[/] ({', '.join(f'{w:.2f}' for w in m['blend']['weights'])}), {m['n_folds']} folds: "
+              f"MAE {m['mae_mean']:.3f} ± {m['mae_std']:.3f} eV, RMSE {m['rmse_mean']:.3f} eV (mean ± std over folds)")
     con.print(f"folder: {result['out']}")
     return 0
 

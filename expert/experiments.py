@@ -5,7 +5,9 @@
   several variants (scratch, advised, transfer-initialised, frozen, gradual unfreezing),
   several seeds per point;
 * :func:`pooling_comparison` (``adex experiment pooling``): every expert pooling on the
-  same folds and seeds.
+  same folds and seeds;
+* :func:`blend_runs` (``adex experiment blend``): the weighted mean of several CV runs'
+  held-out predictions on the same folds (a seed ensemble, or expert + descriptor baseline).
 
 Each writes its table (one row per variant x size x seed, and a mean +- std summary) as
 CSV and JSON, and a PNG; every underlying CV run folder is kept below it.
@@ -324,3 +326,94 @@ def advisor_pooling_comparison(
                                                  "summary": summary, "runs": rows})
     plot_bars(out_dir / "pooling.png", summary, "pooling", f"advisor {name} pooling (random splits, {len(seeds)} seeds)")
     return {"rows": rows, "summary": summary, "out": out_dir}
+
+
+def blend_runs(runs: list[Path], out: str | os.PathLike, weights: list[float] | None = None) -> dict:
+    """Cross-validated blend (weighted mean) of the held-out predictions of several CV runs.
+
+    ``runs`` are ``adex cv`` / ``adex baseline`` folders (or one CV run inside an
+    experiment folder) that were evaluated on exactly the same folds and vacancies, e.g.
+    experts trained with different seeds (a seed ensemble) or an expert and the descriptor
+    baseline. Every run's model saw only its fold's training vacancies, so the blend is
+    as out-of-sample as its parts, provided ``weights`` are fixed in advance (default:
+    equal), never fitted on the held-out predictions.
+
+    Writes the files of ``adex cv`` into ``out`` (``folds.csv``; ``predictions.csv`` with
+    the blended ``dH_pred_eV`` (eV) and the spread ``dH_std_eV`` (eV) of the parts;
+    ``metrics.json`` with ``blend = {runs, weights}``; ``cv.png``), so ``adex report``
+    and its shared-fold comparison treat the blend like any other model.
+    Raises ConfigError when the runs differ in folds, vacancies or targets.
+    """
+    import csv
+    import json
+
+    from adex.expert.cv import plot_folds, summarize, write_table
+
+    runs = [Path(r) for r in runs]
+    if len(runs) < 2:
+        raise ConfigError("a blend needs at least two CV run folders")
+    weights = [1.0] * len(runs) if weights is None else [float(w) for w in weights]
+    if len(weights) != len(runs):
+        raise ConfigError(f"{len(weights)} weights for {len(runs)} runs")
+    if any(not np.isfinite(w) or w < 0 for w in weights) or sum(weights) <= 0:
+        raise ConfigError(f"blend weights must be non-negative with a positive sum, got {weights}")
+    w = np.array(weights) / sum(weights)
+
+    tables, n_train, schemes = [], {}, []
+    for run in runs:
+        path = run / "predictions.csv"
+        if not path.is_file() or not (run / "folds.csv").is_file():
+            raise ConfigError(f"{run}: not a cross-validation run folder (no predictions.csv / folds.csv)")
+        with open(path, newline="") as handle:
+            rows = list(csv.DictReader(handle))
+        table = {(r["fold"], r["id"]): r for r in rows}
+        if len(table) != len(rows):
+            raise ConfigError(f"{path}: a (fold, id) pair appears twice")
+        tables.append(table)
+        with open(run / "folds.csv", newline="") as handle:
+            for r in csv.DictReader(handle):
+                n_train.setdefault(r["fold"], int(r["n_train"]))
+        metrics_path = run / "metrics.json"
+        schemes.append(json.loads(metrics_path.read_text()).get("scheme", "") if metrics_path.is_file() else "")
+    keys = sorted(tables[0])
+    for run, table in zip(runs[1:], tables[1:]):
+        if set(table) != set(keys):
+            missing = sorted(set(keys) ^ set(table))[0]
+            raise ConfigError(f"{run} and {runs[0]} were not tested on the same folds and vacancies "
+                              f"(fold {missing[0]}, id {missing[1]} is in only one)")
+    target = np.array([float(tables[0][k]["dH_eV"]) for k in keys])
+    parts = np.array([[float(t[k]["dH_pred_eV"]) for k in keys] for t in tables])  # (n_runs, n_vacancies) eV
+    for run, table in zip(runs[1:], tables[1:]):
+        other = np.array([float(table[k]["dH_eV"]) for k in keys])
+        if not np.allclose(other, target, atol=1e-4):
+            raise ConfigError(f"{run} and {runs[0]} disagree on the DFT targets of the same vacancies")
+    blended = w @ parts
+    spread = np.sqrt(w @ (parts - blended) ** 2)
+    predictions = [{"fold": k[0], "id": k[1], "host": tables[0][k].get("host", k[1].split("-")[0]),
+                    "element": tables[0][k]["element"], "dH_eV": float(target[i]), "dH_pred_eV": float(blended[i]),
+                    "dH_std_eV": float(spread[i])} for i, k in enumerate(keys)]
+    fold_rows = []
+    elements = np.array([p["element"] for p in predictions])
+    folds = np.array([k[0] for k in keys])
+    for fold in dict.fromkeys(folds.tolist()):
+        sel = folds == fold
+        err = blended[sel] - target[sel]
+        is_o = elements[sel] == "O"
+        fold_rows.append({"fold": fold, "n_train": n_train.get(fold, 0), "n_test": int(sel.sum()),
+                          "mae": float(np.abs(err).mean()), "rmse": float(np.sqrt((err ** 2).mean())),
+                          "mae_O": float(np.abs(err[is_o]).mean()) if is_o.any() else float("nan"),
+                          "mae_metal": float(np.abs(err[~is_o]).mean()) if (~is_o).any() else float("nan")})
+    scheme = schemes[0] if len(set(schemes)) == 1 else ""
+    metrics = summarize(fold_rows, predictions, scheme)
+    metrics["blend"] = {"runs": [str(r.resolve()) for r in runs], "weights": [float(x) for x in w]}
+    metrics["parts_mae_mean"] = {r.name: float(np.mean([np.abs(p[folds == f] - target[folds == f]).mean()
+                                                        for f in dict.fromkeys(folds.tolist())]))
+                                 for r, p in zip(runs, parts)}
+    out_dir = Path(out)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    write_table(out_dir / "folds.csv", fold_rows)
+    write_table(out_dir / "predictions.csv", predictions)
+    atomic_write_json(out_dir / "metrics.json", metrics)
+    plot_folds(out_dir / "cv.png", fold_rows, blended, target, elements,
+               "blend of " + " + ".join(r.name for r in runs))
+    return {"metrics": metrics, "folds": fold_rows, "out": out_dir}

@@ -1,7 +1,7 @@
 """``adex report RUN_DIR... -o report.md``: one Markdown file from run folders.
 
 Recognised folders (by their ``metrics.json``): cross-validation runs (``adex cv``, the
-descriptor baseline ``adex baseline``), experiments (``adex experiment learning-curve`` /
+descriptor baseline ``adex baseline``, blends ``adex experiment blend``), experiments (``adex experiment learning-curve`` /
 ``pooling``) and single trainings (``adex expert train``, ensembles included). Each gets
 a section with its table and its figures (linked relative to the report, so the report
 and the run folders can be moved together).
@@ -42,11 +42,14 @@ def _figures(run: Path, out_dir: Path, names: tuple[str, ...]) -> list[str]:
 
 
 def _describe_config(run: Path) -> str:
+    metrics = json.loads((run / "metrics.json").read_text()) if (run / "metrics.json").is_file() else {}
+    if metrics.get("blend"):
+        parts = [f"{Path(r).name} ({w:.2f})" for r, w in zip(metrics["blend"]["runs"], metrics["blend"]["weights"])]
+        return f"blend (weighted mean of held-out predictions) of {', '.join(parts)}"
     path = run / "config.yaml"
     if not path.is_file():
         return ""
     config = yaml.safe_load(path.read_text()) or {}
-    metrics = json.loads((run / "metrics.json").read_text()) if (run / "metrics.json").is_file() else {}
     if metrics.get("n_features"):  # the descriptor baseline
         extra = config.get("advisors") or []
         features = (f"{metrics['n_features']} features: matminer descriptors + embeddings of {', '.join(extra)}" if extra

@@ -170,3 +170,58 @@ def test_report_compares_models_on_shared_folds(tmp_path) -> None:
     (experiment / "metrics.json").write_text(json.dumps({"experiment": "learning-curve", "summary": []}))
     report = write_report([base, gnn, experiment], tmp_path / "r.md").read_text()
     assert "## Comparison on shared folds" in report and "| 0.400 |" in report  # CSV cells shown rounded
+
+
+def _cv_run(path: Path, predictions: dict[tuple[str, str], tuple[float, float]], scheme: str = "published") -> Path:
+    """A minimal CV folder: predictions.csv ((fold, id) -> (target, prediction)), folds.csv, metrics.json."""
+    path.mkdir(parents=True)
+    with open(path / "predictions.csv", "w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["fold", "id", "host", "element", "dH_eV", "dH_pred_eV"])
+        for (fold, vid), (target, pred) in predictions.items():
+            writer.writerow([fold, vid, vid.split("-")[0], "".join(c for c in vid.split("-")[1] if c.isalpha()), target, pred])
+    with open(path / "folds.csv", "w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["fold", "n_train", "n_test", "mae"])
+        for fold in sorted({f for f, _ in predictions}):
+            writer.writerow([fold, 7, sum(f == fold for f, _ in predictions), 0.0])
+    (path / "metrics.json").write_text(json.dumps({"scheme": scheme, "mae_mean": 0.0}))
+    return path
+
+
+def test_blend_averages_held_out_predictions_fold_by_fold(tmp_path, capsys) -> None:
+    """The blend's fold MAE is that of the weighted mean prediction; it shows up in the report
+    and its shared-fold comparison; folds or targets that differ are refused."""
+    truth = {("k0", "h1-O1"): 1.0, ("k0", "h1-Fe1"): 3.0, ("k1", "h2-O1"): 2.0, ("k1", "h2-Ti1"): 4.0}
+    a = _cv_run(tmp_path / "gnn", {k: (t, t + 0.4) for k, t in truth.items()})           # always 0.4 too high
+    b = _cv_run(tmp_path / "base", {k: (t, t - 0.2) for k, t in truth.items()})          # always 0.2 too low
+    rc = main(["experiment", "blend", str(a), str(b), "--out", str(tmp_path / "blend")])
+    assert rc == 0
+    metrics = json.loads((tmp_path / "blend" / "metrics.json").read_text())
+    assert metrics["mae_mean"] == pytest.approx(0.1)  # (0.4 - 0.2) / 2 on every vacancy
+    assert metrics["parts_mae_mean"] == pytest.approx({"gnn": 0.4, "base": 0.2})
+    assert metrics["scheme"] == "published" and metrics["blend"]["weights"] == [0.5, 0.5]
+    rows = list(csv.DictReader(open(tmp_path / "blend" / "predictions.csv")))
+    assert len(rows) == 4 and float(rows[0]["dH_std_eV"]) == pytest.approx(0.3)
+    assert [r["fold"] for r in csv.DictReader(open(tmp_path / "blend" / "folds.csv"))] == ["k0", "k1"]
+    assert (tmp_path / "blend" / "cv.png").is_file()
+    assert "blend (0.50, 0.50), 2 folds: MAE 0.100" in capsys.readouterr().err
+
+    main(["experiment", "blend", str(a), str(b), "--weights", "1,2", "--out", str(tmp_path / "weighted")])
+    metrics = json.loads((tmp_path / "weighted" / "metrics.json").read_text())
+    assert metrics["mae_mean"] == pytest.approx(0.0, abs=1e-9)  # (0.4 - 2 * 0.2) / 3
+    from adex.expert.report import write_report
+
+    report = write_report([b, tmp_path / "weighted"], tmp_path / "r.md").read_text()
+    assert "blend (weighted mean of held-out predictions) of gnn (0.33), base (0.67)" in report
+    assert "### Same 2 folds" in report
+
+    other = _cv_run(tmp_path / "other", {**{k: (t, t) for k, t in truth.items() if k[1] != "h2-Ti1"},
+                                         ("k1", "h3-Ti1"): (4.0, 4.0)})
+    wrong = _cv_run(tmp_path / "wrong", {k: (t + 1, t) for k, t in truth.items()})
+    for argv, message in (([str(a), str(other)], "same folds and vacancies"), ([str(a), str(wrong)], "DFT targets"),
+                          ([str(a)], "at least two"), ([str(a), str(b), "--weights", "1"], "1 weights for 2 runs"),
+                          ([str(a), str(b), "--weights", "1,-1"], "non-negative"),
+                          ([str(a), str(tmp_path)], "not a cross-validation run folder")):
+        rc = main(["experiment", "blend", *argv, "--out", str(tmp_path / "x")])
+        assert_one_line_error(rc, capsys.readouterr().err, message)
