@@ -1,7 +1,7 @@
 """Oxidation states guessed from the structure alone (no DFT): bond valence sums.
 
-:func:`guess_oxidation_states` runs pymatgen's ``BVAnalyzer`` (bond-valence sums with
-charge balance, per site, so mixed-valence hosts such as Fe3O4 get integer states on
+:func:`guess_oxidation_states` runs :func:`bond_valence_states`, adex's faster
+re-implementation of pymatgen's ``BVAnalyzer`` (bond-valence sums with charge balance, per site, so mixed-valence hosts such as Fe3O4 get integer states on
 their distinct sites); where that fails it falls back to the most likely charge-balanced
 composition guess (``Composition.oxi_state_guesses``, one average state per element);
 where that fails too the states are unknown (NaN). Results are memoised per structure.
@@ -82,15 +82,23 @@ def bond_valence_states(structure: Structure, symprec: float = 0.1, max_radius: 
         ValueError: disordered structure, an element without bond-valence parameters, or no
             charge-balanced assignment ("Valences cannot be assigned!").
     """
+    import spglib
     from pymatgen.core import Element
-    from pymatgen.symmetry.analyzer import SpacegroupAnalyzer
 
     bv_params, electronegative, icsd_states = _bond_valence_tables()
     if not structure.is_ordered:
         raise ValueError("bond_valence_states needs an ordered structure")
     if missing := {el.symbol for el in structure.elements} - set(bv_params):
         raise ValueError(f"Structure contains elements not in set of BV parameters: {sorted(missing)}")
-    equivalent = np.asarray(SpacegroupAnalyzer(structure, symprec).get_symmetry_dataset().equivalent_atoms)
+    # the cell SpacegroupAnalyzer(structure, symprec) hands to spglib (one label per distinct
+    # species, no magnetic moments), without importing pymatgen.symmetry (0.8 s: scipy.cluster)
+    labels: dict = {}
+    cell = (structure.lattice.matrix, structure.frac_coords,
+            [labels.setdefault(species, len(labels) + 1) for species in structure.species])
+    dataset = spglib.get_symmetry_dataset(cell, symprec=symprec, angle_tolerance=5)
+    if dataset is None:
+        raise ValueError("spglib could not determine the symmetry")
+    equivalent = np.asarray(dataset.equivalent_atoms)
     _, orbit_of_site = np.unique(equivalent, return_inverse=True)
     orbit_of_site = np.atleast_1d(orbit_of_site)
     orbits: list[list[int]] = [[] for _ in range(int(orbit_of_site.max()) + 1)]
