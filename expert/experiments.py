@@ -405,7 +405,7 @@ def blend_runs(runs: list[Path], out: str | os.PathLike, weights: list[float] | 
                           "mae_metal": float(np.abs(err[~is_o]).mean()) if (~is_o).any() else float("nan")})
     scheme = schemes[0] if len(set(schemes)) == 1 else ""
     metrics = summarize(fold_rows, predictions, scheme)
-    metrics["blend"] = {"runs": [str(r.resolve()) for r in runs], "weights": [float(x) for x in w]}
+    metrics["blend"] = {"runs": [str(r) for r in runs], "weights": [float(x) for x in w]}
     metrics["parts_mae_mean"] = {r.name: float(np.mean([np.abs(p[folds == f] - target[folds == f]).mean()
                                                         for f in dict.fromkeys(folds.tolist())]))
                                  for r, p in zip(runs, parts)}
