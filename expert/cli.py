@@ -90,9 +90,12 @@ def register_experiments(subparsers: argparse._SubParsersAction) -> None:
     add_training_options(po)
     po.set_defaults(func=cmd_pooling)
 
-    mg = sub.add_parser("merge", help="one learning curve (table + figure) from several learning-curve run folders",
-                        description="e.g. `adex experiment merge RUNS/lc-variants RUNS/lc-seeds --out RUNS/lc-all`")
-    mg.add_argument("runs", nargs="+", help="learning-curve run folders")
+    mg = sub.add_parser("merge", help="one learning curve from several learning-curve runs, or one CV from adex cv "
+                                      "runs of disjoint folds",
+                        description="e.g. `adex experiment merge RUNS/lc-variants RUNS/lc-seeds --out RUNS/lc-all`, or "
+                                    "`adex experiment merge RUNS/cv-k0-k4 RUNS/cv-k5-k9 --out RUNS/cv` (adex cv --fold "
+                                    "subsets of one config run in parallel)")
+    mg.add_argument("runs", nargs="+", help="learning-curve run folders, or adex cv run folders of disjoint folds")
     mg.add_argument("--out", required=True, help="folder for the merged table, metrics.json and figure")
     mg.add_argument("--baseline", action="append", default=[],
                     help="an `adex baseline --cv published[@fraction]` folder to draw as one more line (repeatable)")
@@ -241,6 +244,17 @@ def cmd_merge(args: argparse.Namespace) -> int:
     from adex.expert.experiments import merge_learning_curves
     from adex.progress import console
 
+    if all((Path(r) / "folds.csv").is_file() for r in args.runs):  # adex cv runs: one CV
+        from adex.expert.cv import merge_cv_runs
+
+        if args.baseline:
+            from adex.errors import ConfigError
+
+            raise ConfigError("--baseline applies to learning curves, not to merging adex cv runs")
+        m = merge_cv_runs([Path(r) for r in args.runs], args.out).metrics
+        console().print(f"[bold]{m['scheme']}[/] {m['n_folds']} folds: MAE {m['mae_mean']:.3f} ± {m['mae_std']:.3f} eV, "
+                        f"RMSE {m['rmse_mean']:.3f} eV (mean ± std over folds)\nfolder: {args.out}")
+        return 0
     result = merge_learning_curves([Path(r) for r in args.runs], args.out, [Path(b) for b in args.baseline])
     con = console()
     for r in result["summary"]:

@@ -177,3 +177,66 @@ def plot_folds(path: Path, rows: list[dict], pred: np.ndarray, target: np.ndarra
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
+
+
+def merge_cv_runs(runs: list[Path], out: str | os.PathLike) -> CVResult:
+    """One cross-validation from ``adex cv`` runs of disjoint folds of the same config and
+    scheme (e.g. ``--fold`` subsets run in parallel, or on other machines).
+
+    The runs' ``config.yaml`` must be identical and their folds disjoint; ``folds.csv`` and
+    ``predictions.csv`` are concatenated as written, ``metrics.json`` is recomputed from
+    them (with ``merged_from``) and ``cv.png`` redrawn. Fold run folders stay where they are.
+    Raises ConfigError on a repeated fold, another config or another scheme.
+    """
+    import csv
+    import json
+
+    from adex.errors import ConfigError
+
+    runs = [Path(r) for r in runs]
+    rows: list[dict] = []
+    predictions: list[dict] = []
+    config_text, schemes, seconds, sizes, owner = None, set(), 0.0, set(), {}
+    for run in runs:
+        if not all((run / name).is_file() for name in ("folds.csv", "predictions.csv", "metrics.json", "config.yaml")):
+            raise ConfigError(f"{run}: not an adex cv run folder (folds.csv, predictions.csv, metrics.json, config.yaml)")
+        text = (run / "config.yaml").read_text()
+        if config_text is not None and text != config_text:
+            raise ConfigError(f"{run} was run with another config than {runs[0]} (config.yaml differs)")
+        config_text = text
+        metrics = json.loads((run / "metrics.json").read_text())
+        schemes.add(metrics.get("scheme", ""))
+        seconds += float(metrics.get("seconds") or 0.0)
+        sizes.add(metrics.get("ensemble_size", 1))
+        with open(run / "folds.csv", newline="") as handle:
+            for row in csv.DictReader(handle):
+                if row["fold"] in owner:
+                    raise ConfigError(f"fold {row['fold']} is in both {owner[row['fold']]} and {run}")
+                owner[row["fold"]] = run
+                rows.append(row)
+        with open(run / "predictions.csv", newline="") as handle:
+            predictions += list(csv.DictReader(handle))
+    if len(schemes) > 1:
+        raise ConfigError(f"the runs use different CV schemes: {sorted(schemes)}")
+    numeric = [{**r, **{k: float(r[k]) for k in ("mae", "rmse", "mae_O", "mae_metal") if k in r},
+                "n_test": int(r["n_test"])} for r in rows]
+    preds = [{**p, "dH_eV": float(p["dH_eV"]), "dH_pred_eV": float(p["dH_pred_eV"])} for p in predictions]
+    scheme = schemes.pop() if schemes else ""
+    metrics = summarize(numeric, preds, scheme)
+    metrics.update({"seconds": round(seconds, 1), "ensemble_size": sizes.pop() if len(sizes) == 1 else None,
+                    "merged_from": [str(r) for r in runs]})
+    pred = np.array([p["dH_pred_eV"] for p in preds])
+    target = np.array([p["dH_eV"] for p in preds])
+    if predictions and "dH_std_eV" in predictions[0]:
+        from adex.expert.ensemble import calibration
+
+        metrics["calibration"] = calibration(pred, np.array([float(p["dH_std_eV"]) for p in predictions]), target)
+    out_dir = Path(out)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(out_dir / "config.yaml", config_text or "")
+    write_table(out_dir / "folds.csv", rows)
+    write_table(out_dir / "predictions.csv", predictions)
+    atomic_write_json(out_dir / "metrics.json", metrics)
+    plot_folds(out_dir / "cv.png", numeric, pred, target, np.array([p["element"] for p in preds]),
+               f"merged: {scheme or 'cv'}")
+    return CVResult(metrics, rows, out_dir)

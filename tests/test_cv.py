@@ -98,6 +98,33 @@ def test_cv_command_writes_consistent_fold_and_pooled_numbers(tiny, reg, tmp_pat
     assert "MAE" in capsys.readouterr().err  # the console writes to stderr; stdout stays for data
 
 
+def test_cv_fold_subsets_merge_into_the_full_cv(tiny, reg, tmp_path, capsys) -> None:  # noqa: F811
+    """`adex cv --fold` subsets run apart and merged (`adex experiment merge`) give the full CV's
+    numbers; a repeated fold or another config is refused."""
+    common = ["cv", "--cv", "group", "--folds", "3", "--data", str(tiny.root), "--registry", str(reg.root), *TINY,
+              "--advisors", "adv8", "--epochs", "1"]
+    assert main([*common, "--out", str(tmp_path / "full")]) == 0
+    names = [r["fold"] for r in csv.DictReader(open(tmp_path / "full" / "folds.csv"))]
+    assert main([*common, "--fold", names[0], "--out", str(tmp_path / "a")]) == 0
+    assert main([*common, "--fold", names[1], "--fold", names[2], "--out", str(tmp_path / "b")]) == 0
+    rc = main(["experiment", "merge", str(tmp_path / "a"), str(tmp_path / "b"), "--out", str(tmp_path / "m")])
+    assert rc == 0, capsys.readouterr().err
+    full = json.loads((tmp_path / "full" / "metrics.json").read_text())
+    merged = json.loads((tmp_path / "m" / "metrics.json").read_text())
+    assert merged["n_folds"] == 3 and merged["scheme"] == "group" and len(merged["merged_from"]) == 2
+    assert merged["mae_mean"] == pytest.approx(full["mae_mean"], abs=1e-4)
+    assert merged["pooled"]["mae"] == pytest.approx(full["pooled"]["mae"], abs=1e-4)
+    assert (tmp_path / "m" / "config.yaml").read_text() == (tmp_path / "full" / "config.yaml").read_text()
+    assert len(list(csv.DictReader(open(tmp_path / "m" / "predictions.csv")))) == len(tiny.ids)
+    capsys.readouterr()
+    rc = main(["experiment", "merge", str(tmp_path / "a"), str(tmp_path / "full"), "--out", str(tmp_path / "x")])
+    assert_one_line_error(rc, capsys.readouterr().err, names[0], "in both")
+    assert main([*common[:-1], "2", "--fold", names[1], "--out", str(tmp_path / "c")]) == 0
+    capsys.readouterr()
+    rc = main(["experiment", "merge", str(tmp_path / "a"), str(tmp_path / "c"), "--out", str(tmp_path / "y")])
+    assert_one_line_error(rc, capsys.readouterr().err, "config.yaml differs")
+
+
 def test_cv_with_an_unknown_fold_is_a_one_line_error(tiny, reg, capsys) -> None:  # noqa: F811
     rc = main(["cv", "--cv", "loeo", "--fold", "no-Xx", "--data", str(tiny.root), "--registry", str(reg.root)])
     assert_one_line_error(rc, capsys.readouterr().err, "no-Xx")
