@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The research experiments behind the README's Results section (GitHub issue 5), one CLI
-# command each. Long: about 7 core-hours on a 2-core CPU machine with the default
+# command each. Long: about 10 core-hours on a 2-core CPU machine with the default
 # (vacancy-readout) expert; run two at a time. Every command writes a run folder with its
 # resolved config, per-fold tables, metrics.json and a PNG; `adex report` turns them into one
 # Markdown file.
@@ -49,6 +49,28 @@ adex experiment pooling --advisor eform --limit 1000 --epochs 15 --seeds 0 "${CO
 # Augmentation: each training vacancy also in a >= 10 A supercell
 adex cv --advisors $ADVISORS --cv published@0.40 --fold 0.40k0 --fold 0.40k1 --fold 0.40k2 \
     --set 'augment.min_image_distances=[10.0]' "${COMMON[@]}" --out "$OUT/augment"
+
+# the shipped recipe (CHGNet-advised + augmentation) with seeds 1 and 2, and per compound; the per-compound
+# folds run as two --fold subsets side by side and are merged into one CV
+for seed in 1 2; do
+    adex cv --advisors $ADVISORS,chgnet --cv published --folds 10 --set 'augment.min_image_distances=[10.0]' --seed $seed \
+        "${COMMON[@]}" --out "$OUT/chgnet_augment_seed$seed"
+done
+adex cv --advisors $ADVISORS,chgnet --cv published_struct --fold=1.00k{0,1,2,3,4}_struct --set 'augment.min_image_distances=[10.0]' \
+    "${COMMON[@]}" --out "$OUT/chgnet_augment_struct_a"
+adex cv --advisors $ADVISORS,chgnet --cv published_struct --fold=1.00k{5,6,7,8,9}_struct --set 'augment.min_image_distances=[10.0]' \
+    "${COMMON[@]}" --out "$OUT/chgnet_augment_struct_b"
+adex experiment merge "$OUT/chgnet_augment_struct_a" "$OUT/chgnet_augment_struct_b" --out "$OUT/chgnet_augment_struct"
+
+# Blends (fixed equal weights, never fitted on held-out folds): the 3 seeds = the shipped 3-member recipe's CV;
+# expert + the descriptor baseline with CHGNet embeddings at every training size
+adex experiment blend "$OUT/chgnet_augment" "$OUT/chgnet_augment_seed1" "$OUT/chgnet_augment_seed2" --out "$OUT/chgnet_augment_3seeds"
+adex experiment blend "$OUT/chgnet_augment_3seeds" "$OUT/baseline_chgnet" --out "$OUT/blend_chgnet_augment_3seeds"
+adex experiment blend "$OUT/chgnet_augment" "$OUT/baseline_chgnet" --out "$OUT/blend_chgnet_augment"
+adex experiment blend "$OUT/chgnet_augment_struct" "$OUT/baseline_chgnet_struct" --out "$OUT/blend_chgnet_augment_struct"
+adex experiment blend "$OUT/chgnet_struct" "$OUT/baseline_chgnet_struct" --out "$OUT/blend_chgnet_struct"
+adex experiment blend "$OUT/lc_chgnet/0.40_advised_seed0" "$OUT/baseline_chgnet_0.40" --out "$OUT/blend_chgnet_0.40"
+adex experiment blend "$OUT/lc_chgnet/0.10_advised_seed0" "$OUT/baseline_chgnet_0.10" --out "$OUT/blend_chgnet_0.10"
 
 # a second seed at 10 %
 adex experiment learning-curve --advisors $ADVISORS --fractions 0.10 --variants advised,scratch --seeds 1 --folds 10 \
