@@ -406,6 +406,9 @@ def blend_runs(runs: list[Path], out: str | os.PathLike, weights: list[float] | 
     scheme = schemes[0] if len(set(schemes)) == 1 else ""
     metrics = summarize(fold_rows, predictions, scheme)
     metrics["blend"] = {"runs": [str(r) for r in runs], "weights": [float(x) for x in w]}
+    from adex.expert.ensemble import calibration
+
+    metrics["calibration"] = calibration(blended, spread, target)  # spread of the parts vs error (a seed ensemble's)
     metrics["parts_mae_mean"] = {r.name: float(np.mean([np.abs(p[folds == f] - target[folds == f]).mean()
                                                         for f in dict.fromkeys(folds.tolist())]))
                                  for r, p in zip(runs, parts)}

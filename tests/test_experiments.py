@@ -201,6 +201,7 @@ def test_blend_averages_held_out_predictions_fold_by_fold(tmp_path, capsys) -> N
     assert metrics["mae_mean"] == pytest.approx(0.1)  # (0.4 - 0.2) / 2 on every vacancy
     assert metrics["parts_mae_mean"] == pytest.approx({"gnn": 0.4, "base": 0.2})
     assert metrics["scheme"] == "published" and metrics["blend"]["weights"] == [0.5, 0.5]
+    assert metrics["calibration"]["mean_std"] == pytest.approx(0.3)  # the parts' spread: |0.4 - (-0.2)| / 2
     rows = list(csv.DictReader(open(tmp_path / "blend" / "predictions.csv")))
     assert len(rows) == 4 and float(rows[0]["dH_std_eV"]) == pytest.approx(0.3)
     assert [r["fold"] for r in csv.DictReader(open(tmp_path / "blend" / "folds.csv"))] == ["k0", "k1"]
