@@ -1,10 +1,11 @@
 """Oxidation states guessed from the structure alone (no DFT): bond valence sums.
 
 :func:`guess_oxidation_states` runs :func:`bond_valence_states`, adex's faster
-re-implementation of pymatgen's ``BVAnalyzer`` (bond-valence sums with charge balance, per site, so mixed-valence hosts such as Fe3O4 get integer states on
-their distinct sites); where that fails it falls back to the most likely charge-balanced
-composition guess (``Composition.oxi_state_guesses``, one average state per element);
-where that fails too the states are unknown (NaN). Results are memoised per structure.
+re-implementation of pymatgen's ``BVAnalyzer`` (bond-valence sums with charge balance, per
+site, so mixed-valence hosts such as Fe3O4 get integer states on their distinct sites);
+where that fails it falls back to the most likely charge-balanced composition guess
+(``Composition.oxi_state_guesses``, one average state per element); where that fails too
+the states are unknown (NaN). Results are memoised per structure.
 """
 from __future__ import annotations
 

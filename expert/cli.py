@@ -61,6 +61,19 @@ def _csv_list(text: str) -> list[str]:
     return [t.strip() for t in text.split(",") if t.strip()]
 
 
+def _csv_numbers(text: str, kind: type, option: str) -> list:
+    """Comma-separated numbers of ``kind`` (int or float); a bad item is a ConfigError naming ``option``."""
+    from adex.errors import ConfigError
+
+    values = []
+    for item in _csv_list(text):
+        try:
+            values.append(kind(item))
+        except ValueError:
+            raise ConfigError(f"{option}: {item!r} is not {'an integer' if kind is int else 'a number'}") from None
+    return values
+
+
 def register_experiments(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser("experiment", help="learning curves and pooling comparisons (cross-validated)")
     parser.set_defaults(func=lambda args: (parser.print_help(), 1)[1])
@@ -226,7 +239,7 @@ def cmd_learning_curve(args: argparse.Namespace) -> int:
 
     con = console()
     result = learning_curve(args.config or args.name, expert_overrides(args), _csv_list(args.fractions),
-                            _csv_list(args.variants), [int(s) for s in _csv_list(args.seeds)], args.folds,
+                            _csv_list(args.variants), _csv_numbers(args.seeds, int, "--seeds"), args.folds,
                             per_compound=args.per_compound, data=args.data, registry=open_registry_from(args),
                             out=args.out,
                             on_run=lambda r: con.print(f"{r['fraction']} {r['variant']} seed {r['seed']}: "
@@ -270,7 +283,7 @@ def cmd_blend(args: argparse.Namespace) -> int:
     from adex.expert.experiments import blend_runs
     from adex.progress import console
 
-    weights = [float(w) for w in _csv_list(args.weights)] if args.weights else None
+    weights = _csv_numbers(args.weights, float, "--weights") if args.weights else None
     result = blend_runs([Path(r) for r in args.runs], args.out, weights)
     m = result["metrics"]
     con = console()
@@ -286,7 +299,7 @@ def cmd_pooling(args: argparse.Namespace) -> int:
     from adex.progress import console
 
     con = console()
-    seeds = [int(s) for s in _csv_list(args.seeds)]
+    seeds = _csv_numbers(args.seeds, int, "--seeds")
     report = lambda r: con.print(f"{r['pooling']} seed {r['seed']}: MAE {r['mae']:.4f}")  # noqa: E731
     if args.advisor:
         from adex.cli_common import training_overrides

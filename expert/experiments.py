@@ -348,6 +348,7 @@ def blend_runs(runs: list[Path], out: str | os.PathLike, weights: list[float] | 
     import json
 
     from adex.expert.cv import plot_folds, summarize, write_table
+    from adex.expert.ensemble import calibration
 
     runs = [Path(r) for r in runs]
     if len(runs) < 2:
@@ -406,11 +407,11 @@ def blend_runs(runs: list[Path], out: str | os.PathLike, weights: list[float] | 
     scheme = schemes[0] if len(set(schemes)) == 1 else ""
     metrics = summarize(fold_rows, predictions, scheme)
     metrics["blend"] = {"runs": [str(r) for r in runs], "weights": [float(x) for x in w]}
-    from adex.expert.ensemble import calibration
-
     metrics["calibration"] = calibration(blended, spread, target)  # spread of the parts vs error (a seed ensemble's)
-    metrics["parts_mae_mean"] = {r.name: float(np.mean([np.abs(p[folds == f] - target[folds == f]).mean()
-                                                        for f in dict.fromkeys(folds.tolist())]))
+    names = [r.name for r in runs]  # the folder name, or the path where two folders share it
+    metrics["parts_mae_mean"] = {(r.name if names.count(r.name) == 1 else str(r)):
+                                 float(np.mean([np.abs(p[folds == f] - target[folds == f]).mean()
+                                                for f in dict.fromkeys(folds.tolist())]))
                                  for r, p in zip(runs, parts)}
     out_dir = Path(out)
     out_dir.mkdir(parents=True, exist_ok=True)

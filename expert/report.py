@@ -1,8 +1,8 @@
 """``adex report RUN_DIR... -o report.md``: one Markdown file from run folders.
 
 Recognised folders (by their ``metrics.json``): cross-validation runs (``adex cv``, the
-descriptor baseline ``adex baseline``, blends ``adex experiment blend``), experiments (``adex experiment learning-curve`` /
-``pooling``) and single trainings (``adex expert train``, ensembles included). Each gets
+descriptor baseline ``adex baseline``, blends ``adex experiment blend``), experiments
+(``adex experiment learning-curve`` / ``pooling``) and single trainings (``adex expert train``, ensembles included). Each gets
 a section with its table and its figures (linked relative to the report, so the report
 and the run folders can be moved together).
 """

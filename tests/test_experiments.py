@@ -223,6 +223,13 @@ def test_blend_averages_held_out_predictions_fold_by_fold(tmp_path, capsys) -> N
     for argv, message in (([str(a), str(other)], "same folds and vacancies"), ([str(a), str(wrong)], "DFT targets"),
                           ([str(a)], "at least two"), ([str(a), str(b), "--weights", "1"], "1 weights for 2 runs"),
                           ([str(a), str(b), "--weights", "1,-1"], "non-negative"),
+                          ([str(a), str(b), "--weights", "1,x"], "--weights: 'x' is not a number"),
                           ([str(a), str(tmp_path)], "not a cross-validation run folder")):
         rc = main(["experiment", "blend", *argv, "--out", str(tmp_path / "x")])
         assert_one_line_error(rc, capsys.readouterr().err, message)
+
+
+@pytest.mark.parametrize("command", ["learning-curve", "pooling"])
+def test_bad_seed_lists_are_one_line_errors(command, capsys) -> None:
+    rc = main(["experiment", command, "--seeds", "0,a"])
+    assert_one_line_error(rc, capsys.readouterr().err, "--seeds: 'a' is not an integer")
