@@ -61,13 +61,18 @@ adex cv --advisors $ADVISORS,chgnet --cv published_struct --fold=1.00k{0,1,2,3,4
 adex cv --advisors $ADVISORS,chgnet --cv published_struct --fold=1.00k{5,6,7,8,9}_struct --set 'augment.min_image_distances=[10.0]' \
     "${COMMON[@]}" --out "$OUT/chgnet_augment_struct_b"
 adex experiment merge "$OUT/chgnet_augment_struct_a" "$OUT/chgnet_augment_struct_b" --out "$OUT/chgnet_augment_struct"
-for frac in 0.40 0.10; do  # the shipped recipe at 40 % and 10 % training data
-    adex cv --advisors $ADVISORS,chgnet --cv published@$frac --fold=${frac}k{0,1,2,3,4} --set 'augment.min_image_distances=[10.0]' \
-        "${COMMON[@]}" --out "$OUT/chgnet_augment_${frac}_a"
-    adex cv --advisors $ADVISORS,chgnet --cv published@$frac --fold=${frac}k{5,6,7,8,9} --set 'augment.min_image_distances=[10.0]' \
-        "${COMMON[@]}" --out "$OUT/chgnet_augment_${frac}_b"
-    adex experiment merge "$OUT/chgnet_augment_${frac}_a" "$OUT/chgnet_augment_${frac}_b" --out "$OUT/chgnet_augment_$frac"
+for frac in 0.40 0.10; do  # the shipped recipe at 40 % and 10 % training data, seeds 0 and 1
+    for seed in 0 1; do
+        name=chgnet_augment_$frac$([ $seed = 0 ] || echo _seed$seed)
+        adex cv --advisors $ADVISORS,chgnet --cv published@$frac --fold=${frac}k{0,1,2,3,4} --set 'augment.min_image_distances=[10.0]' \
+            --seed $seed "${COMMON[@]}" --out "$OUT/${name}_a"
+        adex cv --advisors $ADVISORS,chgnet --cv published@$frac --fold=${frac}k{5,6,7,8,9} --set 'augment.min_image_distances=[10.0]' \
+            --seed $seed "${COMMON[@]}" --out "$OUT/${name}_b"
+        adex experiment merge "$OUT/${name}_a" "$OUT/${name}_b" --out "$OUT/$name"
+    done
     adex experiment blend "$OUT/chgnet_augment_$frac" "$OUT/baseline_chgnet_$frac" --out "$OUT/blend_chgnet_augment_$frac"
+    adex experiment blend "$OUT/chgnet_augment_$frac" "$OUT/chgnet_augment_${frac}_seed1" --out "$OUT/chgnet_augment_${frac}_2seeds"
+    adex experiment blend "$OUT/chgnet_augment_${frac}_2seeds" "$OUT/baseline_chgnet_$frac" --out "$OUT/blend_chgnet_augment_${frac}_2seeds"
 done
 
 # Blends (fixed equal weights, never fitted on held-out folds): the 3 seeds = the shipped 3-member recipe's CV;
