@@ -333,7 +333,7 @@ def step_profile(args) -> dict:
             with t("graph_neighbour_search"):
                 graph = build_vacancy_graph(vac, featurizer)
             with t("oxidation_states"):
-                guess_oxidation_states(vac.canonical.primitive)
+                guess_oxidation_states(vac.canonical.primitive, vac.canonical.numbers)
             with t("pack_and_hops"):  # its own oxidation call hits the memo filled just above
                 parts.append(pack_vacancy(graph, vac, row["id"], float(row["dH_eV"])))
         with t("concatenate"):

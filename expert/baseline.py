@@ -445,7 +445,7 @@ def add_advisor_features(table: FeatureTable, root: Path, advisors: list[tuple[o
     """
     import dataclasses
 
-    from adex.expert.data import embed_hosts
+    from adex.expert.data import embed_hosts, host_bytes
     from adex.io import read_structure
     from adex.progress import progress_bar
     from adex.supercell import canonical_host
@@ -457,8 +457,7 @@ def add_advisor_features(table: FeatureTable, root: Path, advisors: list[tuple[o
         task = progress.add_task("vacancies -> primitive hosts", total=len(table.ids))
         for vacancy_id in table.ids:
             can = canonical_host(read_structure(root / "structures" / f"{vacancy_id}.cif"), 0)
-            key = b"".join(np.ascontiguousarray(a).tobytes() for a in
-                           (can.primitive.lattice.matrix, can.numbers, can.primitive.frac_coords))
+            key = host_bytes(can.primitive.lattice.matrix, can.numbers, can.primitive.frac_coords)
             if key not in host_index:
                 host_index[key] = len(primitives)
                 primitives.append(can.primitive)
@@ -728,7 +727,7 @@ def run_baseline(
     """Train and test the baseline on every fold; write the run folder (see ``adex baseline``)."""
     from threadpoolctl import threadpool_limits
 
-    from adex.expert.cv import plot_folds, summarize, write_table
+    from adex.expert.cv import fold_errors, plot_folds, summarize, write_table
     from adex.fileio import atomic_write_json, atomic_write_text
     from adex.paths import new_run_dir
 
@@ -752,14 +751,8 @@ def run_baseline(
             pred = regressor.predict(table.X[te])
             seconds = time.perf_counter() - t0
             train_seconds += seconds
-            target, elements = table.targets[te], table.elements[te]
-            err = np.abs(pred - target)
-            is_o = elements == "O"
-            row = {"fold": fold.name, "n_train": len(tr), "n_test": len(te), "mae": float(err.mean()),
-                   "rmse": float(np.sqrt(((pred - target) ** 2).mean())),
-                   "mae_O": float(err[is_o].mean()) if is_o.any() else float("nan"),
-                   "mae_metal": float(err[~is_o].mean()) if (~is_o).any() else float("nan"),
-                   "loss": loss, "train_seconds": seconds}
+            row = {"fold": fold.name, "n_train": len(tr), "n_test": len(te),
+                   **fold_errors(pred, table.targets[te], table.elements[te]), "loss": loss, "train_seconds": seconds}
             rows.append(row)
             for j, r in enumerate(te):
                 predictions.append({"fold": fold.name, "id": str(table.ids[r]), "element": str(table.elements[r]),

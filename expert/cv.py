@@ -90,6 +90,17 @@ def cross_validate(
     return CVResult(metrics, rows, out_dir)
 
 
+def fold_errors(pred: np.ndarray, target: np.ndarray, elements: np.ndarray) -> dict:
+    """One fold's held-out errors (eV): ``mae``, ``rmse``, and ``mae_O`` / ``mae_metal``
+    (NaN when the fold has no vacancy of that kind). ``pred``, ``target`` float [n] eV,
+    ``elements`` str [n], the vacated element."""
+    err = np.abs(pred - target)
+    is_o = elements == "O"
+    return {"mae": float(err.mean()), "rmse": float(np.sqrt(((pred - target) ** 2).mean())),
+            "mae_O": float(err[is_o].mean()) if is_o.any() else float("nan"),
+            "mae_metal": float(err[~is_o].mean()) if (~is_o).any() else float("nan")}
+
+
 def write_table(path: Path, rows: list[dict]) -> None:
     if not rows:
         atomic_write_text(path, "")

@@ -502,12 +502,18 @@ def unique_hosts(packed: PackedVacancies) -> tuple[np.ndarray, np.ndarray]:
     return np.asarray(first, dtype=np.int64), inverse
 
 
+def host_bytes(lattice: np.ndarray, numbers: np.ndarray, frac: np.ndarray) -> bytes:
+    """A canonical primitive host, bit for bit: lattice float64 [3, 3] Å, atomic numbers
+    int64 [n], fractional coordinates float64 [n, 3] (the identity of a host for advisors
+    and their cache)."""
+    return b"".join(np.ascontiguousarray(a, dtype=dtype).tobytes()
+                    for a, dtype in ((lattice, np.float64), (numbers, np.int64), (frac, np.float64)))
+
+
 def _host_bytes(packed: PackedVacancies, b: int) -> bytes:
-    """Vacancy ``b``'s canonical primitive host, bit for bit: lattice, atomic numbers and
-    fractional coordinates (the identity of a host for advisors and their cache)."""
+    """:func:`host_bytes` of vacancy ``b``'s host."""
     sl = slice(packed.prim_ptr[b], packed.prim_ptr[b + 1])
-    return b"".join(np.ascontiguousarray(a).tobytes() for a in
-                    (packed.prim_lattice[b], packed.prim_numbers[sl], packed.prim_frac[sl]))
+    return host_bytes(packed.prim_lattice[b], packed.prim_numbers[sl], packed.prim_frac[sl])
 
 
 def distinct_hosts(packed: PackedVacancies) -> tuple[list[Structure], list[str], np.ndarray]:

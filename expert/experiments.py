@@ -347,7 +347,7 @@ def blend_runs(runs: list[Path], out: str | os.PathLike, weights: list[float] | 
     import csv
     import json
 
-    from adex.expert.cv import plot_folds, summarize, write_table
+    from adex.expert.cv import fold_errors, plot_folds, summarize, write_table
     from adex.expert.ensemble import calibration
 
     runs = [Path(r) for r in runs]
@@ -398,12 +398,8 @@ def blend_runs(runs: list[Path], out: str | os.PathLike, weights: list[float] | 
     folds = np.array([k[0] for k in keys])
     for fold in dict.fromkeys(folds.tolist()):
         sel = folds == fold
-        err = blended[sel] - target[sel]
-        is_o = elements[sel] == "O"
         fold_rows.append({"fold": fold, "n_train": n_train.get(fold, 0), "n_test": int(sel.sum()),
-                          "mae": float(np.abs(err).mean()), "rmse": float(np.sqrt((err ** 2).mean())),
-                          "mae_O": float(np.abs(err[is_o]).mean()) if is_o.any() else float("nan"),
-                          "mae_metal": float(np.abs(err[~is_o]).mean()) if (~is_o).any() else float("nan")})
+                          **fold_errors(blended[sel], target[sel], elements[sel])})
     scheme = schemes[0] if len(set(schemes)) == 1 else ""
     metrics = summarize(fold_rows, predictions, scheme)
     metrics["blend"] = {"runs": [str(r) for r in runs], "weights": [float(x) for x in w]}
