@@ -31,7 +31,6 @@ from typing import Literal
 import torch
 from torch import nn
 
-from adex.errors import ConfigError
 from adex.graphs import FeaturizerSettings
 from adex.nn import CGCNNConv, ElementEmbedding, GaussianExpansion, MLPHead, Normalizer
 from adex.scatter import scatter_max, scatter_mean, scatter_softmax, scatter_sum
@@ -74,10 +73,6 @@ class ExpertModelConfig:
     oxidation_states: bool = False
     element_reference: bool = False
     reference_by_oxidation: bool = False
-
-    def __post_init__(self) -> None:
-        if self.reference_by_oxidation and not self.element_reference:
-            raise ConfigError("model.reference_by_oxidation needs model.element_reference: true")
 
 
 # columns of the (element, oxidation state) reference table: states -3..+8, then "unknown"
@@ -168,6 +163,8 @@ class Expert(nn.Module):
         self.gate = nn.Linear(width, 1) if config.pooling == "attention" else None
         self.head = MLPHead(width, config.head_hidden, config.head_layers, config.dropout)
         self.normalizer = Normalizer(mean, std)
+        if config.reference_by_oxidation and not config.element_reference:
+            raise ValueError("model.reference_by_oxidation needs model.element_reference: true")
         if config.element_reference:  # eV [119] by atomic number of the vacated atom (or [119, 13]: x oxidation state)
             shape = (119, len(REFERENCE_STATES) + 1) if config.reference_by_oxidation else (119,)
             self.register_buffer("element_reference", torch.zeros(shape))
@@ -353,6 +350,8 @@ class Expert(nn.Module):
         expert cutoff <= advisor cutoff): the expert's edge columns are then a prefix of
         the advisor's. Widths must match. Returns the names of the copied tensors.
         """
+        from adex.errors import ConfigError
+
         a, e = backbone.featurizer, self.featurizer_settings
         if (a.gaussian_step, a.gaussian_width, a.element_embedding) != (e.gaussian_step, e.gaussian_width, e.element_embedding) or e.cutoff > a.cutoff:
             raise ConfigError(

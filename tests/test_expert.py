@@ -29,7 +29,7 @@ from adex.checkpoint import WEIGHTS, load_model, model_files
 from adex.cli import main
 from adex.errors import ConfigError, IntegrityError, RegistryError
 from adex.expert.data import PackedVacancies, VacancyDataset, compute_advisor_features, load_witman, read_split
-from adex.expert.model import POOLINGS, AdvisorSlot, Expert, ExpertModelConfig, lookup_reference
+from adex.expert.model import POOLINGS, AdvisorSlot, Expert, ExpertModelConfig
 from adex.expert.predict import LoadedExpert, featurize_host_sites, load_expert, predict_packed
 from adex.expert.train import TransferConfig, freeze_schedule
 from adex.graphs import FeaturizerSettings
@@ -620,57 +620,6 @@ def test_fit_element_reference_means_and_fallback() -> None:
     assert reference.shape == (119,)
     assert reference[8].item() == 3.0 and reference[26].item() == 9.0
     assert reference[56].item() == pytest.approx(5.0)  # unseen: overall mean
-
-
-def test_fit_reference_by_oxidation_state_means_slope_prior_and_unknown() -> None:
-    nan = float("nan")
-    # Fe2+ x2, Fe3+, Mn2+, Mn4+, O2- x2, one O with an unknown state
-    z = np.array([26, 26, 26, 25, 25, 8, 8, 8])
-    states = np.array([2, 2, 3, 2, 4, -2, -2, nan], dtype=np.float32)
-    dH = np.array([2.0, 4.0, 6.0, 1.0, 5.0, 4.0, 5.0, 9.0])
-    table = Expert.fit_element_reference(z, dH, states).double()
-    assert table.shape == (119, 13)
-    col = {s: s + 3 for s in range(-3, 9)}
-    assert table[26, col[2]].item() == pytest.approx(3.0) and table[26, col[3]].item() == pytest.approx(6.0)
-    assert table[25, col[4]].item() == pytest.approx(5.0) and table[8, col[-2]].item() == pytest.approx(4.5)
-    # Fe4+ unseen: Fe's mean + pooled within-element slope x (4 - Fe's mean state);
-    # slope = (2 + 4) / (2/3 + 2) = 2.25 eV per unit charge (Fe and Mn pooled)
-    assert table[26, col[4]].item() == pytest.approx(4.0 + 2.25 * (4 - 7 / 3), abs=1e-5)
-    # unseen element: the linear prior (cations: least squares line in the state)
-    cation = states > 0
-    slope, intercept = np.polyfit(states[cation], dH[cation], 1)
-    assert table[56, col[2]].item() == pytest.approx(intercept + 2 * slope, abs=1e-5)
-    assert table[9, col[-1]].item() == pytest.approx(4.5, abs=1e-5)  # anion: mean of known-state anions
-    # unknown state: the element's mean over all its vacancies, else the overall mean
-    assert table[8, 12].item() == pytest.approx(6.0) and table[56, 12].item() == pytest.approx(dH.mean())
-    looked_up = lookup_reference(table, torch.tensor([26, 26, 8, 56]), torch.tensor([2.4, 8.9, nan, 2.0]))
-    assert looked_up.tolist() == pytest.approx([3.0, table[26, col[8]].item(), 6.0, intercept + 2 * slope], abs=1e-5)
-
-
-def test_reference_by_oxidation_needs_element_reference(tiny, reg, capsys) -> None:
-    rc = train_cli(tiny, reg, "--advisors", "none", "--epochs", "1", "--set", "model.element_reference=false",
-                   "--set", "model.reference_by_oxidation=true")
-    assert_one_line_error(rc, capsys.readouterr().err, "reference_by_oxidation", "element_reference")
-
-
-def test_expert_with_reference_by_oxidation_predicts_network_plus_table_entry(tiny, reg) -> None:
-    rc = train_cli(tiny, reg, "--advisors", "none", "--epochs", "1", "--set", "name=refbyox",
-                   "--set", "model.element_reference=true", "--set", "model.reference_by_oxidation=true",
-                   "--set", "model.oxidation_states=false")
-    assert rc == 0
-    entry = reg.registry.resolve("expert/refbyox")
-    model = load_model(entry)
-    assert model.element_reference.shape == (119, 13) and model.reads_oxidation_states
-    packed = load_witman(model.featurizer_settings, SupercellSettings.from_dict(model.supercell), tiny.root)
-    loaded_expert = load_expert(entry.ref, reg.registry)
-    pred = predict_packed(loaded_expert, packed)
-    batch = VacancyDataset(model.prepare(packed), []).batch(np.arange(len(packed)))
-    with torch.no_grad():
-        raw = model.normalizer.denorm(model(batch)).numpy()
-    states = np.rint(packed.vacated_oxidation).astype(int) + 3
-    assert not np.isnan(packed.vacated_oxidation).any()
-    expected = raw + model.element_reference.numpy()[packed.vacated_numbers, states]
-    assert np.allclose(pred, expected, atol=1e-4)
 
 
 def test_expert_with_element_reference_and_oxidation_states_trains_saves_and_reloads(tiny, reg) -> None:
