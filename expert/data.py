@@ -134,12 +134,6 @@ class PackedVacancies:
         """Atomic number of each vacancy's vacated atom: int64 [B]."""
         return self.graphs.atomic_numbers[self.graphs.node_ptr[:-1] + self.vacancy_node]
 
-    @property
-    def vacated_oxidation(self) -> np.ndarray:
-        """Bond-valence oxidation state of each vacancy's vacated atom: float32 [B], NaN unknown."""
-        vacated = self.graphs.node_ptr[:-1] + self.vacancy_node
-        return self.prim_oxidation[self.prim_ptr[:-1] + self.node_primitive[vacated]]
-
     def primitive_structure(self, b: int) -> Structure:
         sl = slice(self.prim_ptr[b], self.prim_ptr[b + 1])
         return Structure(Lattice(self.prim_lattice[b]), self.prim_numbers[sl].tolist(), self.prim_frac[sl])

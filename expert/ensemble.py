@@ -67,7 +67,7 @@ class ExpertEnsemble(nn.Module):
 
     @property
     def reads_oxidation_states(self) -> bool:
-        return any(m.reads_oxidation_states for m in self.members)
+        return any(m.config.oxidation_states for m in self.members)
 
     @property
     def receptive_hops(self) -> int | None:

@@ -57,10 +57,6 @@ class ExpertModelConfig:
             the reference being the training-set mean dH per vacated element (an
             "atom reference" as in matgl/CHGNet; unseen elements get the overall mean);
             the network then learns the residual.
-        reference_by_oxidation: with ``element_reference``, key the reference by the
-            vacated atom's element *and* its bond-valence oxidation state (Fe2+ and Fe3+
-            vacancies differ by ~3 eV in the Witman set), see
-            :meth:`Expert.fit_element_reference`.
     """
 
     atom_fea_len: int = 64
@@ -72,29 +68,6 @@ class ExpertModelConfig:
     dropout: float = 0.1
     oxidation_states: bool = False
     element_reference: bool = False
-    reference_by_oxidation: bool = False
-
-
-# columns of the (element, oxidation state) reference table: states -3..+8, then "unknown"
-REFERENCE_STATES = tuple(range(-3, 9))
-
-
-def reference_column(states: torch.Tensor) -> torch.Tensor:
-    """Column of the (element, oxidation state) reference table for each state [B]
-    (float, NaN: unknown): ``round(s) + 3`` clipped to -3..+8, the last column if unknown."""
-    unknown = torch.isnan(states)
-    lo, hi = REFERENCE_STATES[0], REFERENCE_STATES[-1]
-    column = torch.round(torch.where(unknown, torch.zeros_like(states), states)).clamp(lo, hi).long() - lo
-    return torch.where(unknown, torch.full_like(column, len(REFERENCE_STATES)), column)
-
-
-def lookup_reference(table: torch.Tensor, vacated_z: torch.Tensor, states: torch.Tensor | None = None) -> torch.Tensor:
-    """Reference dH (eV) [B] of vacancies from a table of :meth:`Expert.fit_element_reference`:
-    ``table`` [119] by atomic number ``vacated_z`` (long [B]), or [119, 13] by atomic
-    number and oxidation state ``states`` (float [B], NaN: unknown)."""
-    if states is None:
-        return table.index_select(0, vacated_z)
-    return table[vacated_z, reference_column(states)]
 
 
 class OxidationEncoding(nn.Module):
@@ -163,11 +136,8 @@ class Expert(nn.Module):
         self.gate = nn.Linear(width, 1) if config.pooling == "attention" else None
         self.head = MLPHead(width, config.head_hidden, config.head_layers, config.dropout)
         self.normalizer = Normalizer(mean, std)
-        if config.reference_by_oxidation and not config.element_reference:
-            raise ValueError("model.reference_by_oxidation needs model.element_reference: true")
-        if config.element_reference:  # eV [119] by atomic number of the vacated atom (or [119, 13]: x oxidation state)
-            shape = (119, len(REFERENCE_STATES) + 1) if config.reference_by_oxidation else (119,)
-            self.register_buffer("element_reference", torch.zeros(shape))
+        if config.element_reference:  # eV [119], indexed by atomic number of the vacated atom
+            self.register_buffer("element_reference", torch.zeros(119))
         self.frozen_modules: list[nn.Module] = []
 
     def train(self, mode: bool = True) -> "Expert":
@@ -194,7 +164,7 @@ class Expert(nn.Module):
 
     @property
     def reads_oxidation_states(self) -> bool:
-        return self.config.oxidation_states or self.config.reference_by_oxidation
+        return self.config.oxidation_states
 
     def prepare(self, packed):
         """The packed vacancy graphs this model needs: pruned to its receptive field."""
@@ -270,72 +240,22 @@ class Expert(nn.Module):
 
     def target_offset(self, batch) -> torch.Tensor:
         """Per-vacancy offset [B] (eV) added to the denormalised output: the vacated
-        element's reference with ``element_reference`` (by element and oxidation state
-        with ``reference_by_oxidation``), else 0."""
+        element's reference with ``element_reference``, else 0."""
         if not self.config.element_reference:
             return torch.zeros(batch.num_graphs, device=batch.vacancy_node.device)
-        vacated_z = batch.atomic_numbers.index_select(0, batch.vacancy_node)
-        states = batch.node_oxidation.index_select(0, batch.vacancy_node) if self.config.reference_by_oxidation else None
-        return lookup_reference(self.element_reference, vacated_z, states)
+        return self.element_reference.index_select(0, batch.atomic_numbers.index_select(0, batch.vacancy_node))
 
     @staticmethod
-    def fit_element_reference(vacated_z: "np.ndarray", dH: "np.ndarray",
-                              vacated_oxidation: "np.ndarray | None" = None) -> torch.Tensor:
-        """The reference dH (eV) the network's residual is added to, fitted on training vacancies.
-
-        Without ``vacated_oxidation``: the mean dH per vacated element [119]; elements
-        absent from ``vacated_z`` get the overall mean.
-
-        With ``vacated_oxidation`` (float [B], NaN: unknown) a table [119, 13]: column
-        ``s + 3`` for oxidation state ``s`` in -3..+8 (rounded), column 12 for unknown.
-        Each entry is, in order of what the training set offers:
-
-        1. the mean dH of training vacancies of that element in that state;
-        2. for a cation state not seen with that element: the element's mean dH plus
-           ``slope x (s - the element's mean state)``, the slope pooled over the
-           within-element variation of all training cations (eV per unit of charge);
-        3. for an element not seen: a linear prior, ``a_anion`` for states <= 0 and
-           ``a_cation + b s`` for cations, least squares on the training vacancies;
-        4. the unknown-state column: the element's mean dH, or the overall mean.
-        """
+    def fit_element_reference(vacated_z: "np.ndarray", dH: "np.ndarray") -> torch.Tensor:
+        """Mean dH (eV) per vacated element [119]; elements absent from ``vacated_z``
+        get the overall mean."""
         import numpy as np
 
         z = np.asarray(vacated_z, dtype=np.int64)
         y = np.asarray(dH, dtype=np.float64)
         total, count = np.bincount(z, y, minlength=119), np.bincount(z, minlength=119)
-        element_mean = np.where(count > 0, total / np.maximum(count, 1), y.mean())
-        if vacated_oxidation is None:
-            return torch.tensor(element_mean, dtype=torch.float32)
-        ox = np.asarray(vacated_oxidation, dtype=np.float64)
-        known = ~np.isnan(ox)
-        states = np.array(REFERENCE_STATES, dtype=np.float64)
-        table = np.empty((119, len(states) + 1))
-        table[:, -1] = element_mean
-        kz, ks, ky = z[known], np.clip(np.rint(ox[known]), states[0], states[-1]), y[known]
-        cation = ks > 0
-        design = np.stack([~cation, cation, cation * ks], axis=1).astype(np.float64)
-        prior = np.linalg.lstsq(design, ky, rcond=None)[0] if len(ky) else np.array([y.mean(), y.mean(), 0.0])
-        table[:, :-1] = np.where(states > 0, prior[1] + prior[2] * states, prior[0])
-        table[count > 0, :-1] = element_mean[count > 0, None]  # seen, but never with a known state
-        # pooled within-element slope of dH on the cation state
-        numerator = denominator = 0.0
-        state_mean = {}
-        for element in np.unique(kz):
-            rows = kz == element
-            state_mean[element] = ks[rows].mean()
-            cations = rows & cation
-            if cations.sum() > 1:
-                centred = ks[cations] - ks[cations].mean()
-                numerator += float(centred @ (ky[cations] - ky[cations].mean()))
-                denominator += float(centred @ centred)
-        slope = numerator / denominator if denominator > 0 else float(prior[2])
-        for element in np.unique(kz):
-            rows = kz == element
-            mean = ky[rows].mean()
-            table[element, :-1] = np.where(states > 0, mean + slope * (states - state_mean[element]), mean)
-            for state in np.unique(ks[rows]):
-                table[element, int(state) - REFERENCE_STATES[0]] = ky[rows & (ks == state)].mean()
-        return torch.tensor(table, dtype=torch.float32)
+        reference = np.where(count > 0, total / np.maximum(count, 1), y.mean())
+        return torch.tensor(reference, dtype=torch.float32)
 
     @torch.no_grad()
     def predict(self, batch) -> torch.Tensor:

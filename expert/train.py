@@ -22,7 +22,7 @@ from adex.expert.data import (
     load_witman,
     read_split,
 )
-from adex.expert.model import AdvisorSlot, Expert, ExpertModelConfig, lookup_reference
+from adex.expert.model import AdvisorSlot, Expert, ExpertModelConfig
 from adex.fileio import atomic_write_json, atomic_write_text
 from adex.graphs import FeaturizerSettings, element_table_sha256
 from adex.supercell import SupercellSettings
@@ -277,10 +277,8 @@ def fit_member(config: ExpertConfig, prepared: PreparedData, seed: int, descript
     reference = None
     if config.model.element_reference:
         vacated_z = packed.vacated_numbers[train_idx]
-        vacated_oxidation = packed.vacated_oxidation[train_idx] if config.model.reference_by_oxidation else None
-        reference = Expert.fit_element_reference(vacated_z, y, vacated_oxidation)
-        states = None if vacated_oxidation is None else torch.from_numpy(vacated_oxidation)
-        y = y - lookup_reference(reference, torch.from_numpy(vacated_z), states).double().numpy()  # the network learns the residual
+        reference = Expert.fit_element_reference(vacated_z, y)
+        y = y - reference.numpy()[vacated_z]  # the network learns the residual
     model = Expert(config.featurizer, config.model, slots, float(y.mean()), float(y.std()), config.supercell.to_dict(),
                    training_elements=[Element.from_Z(int(z)).symbol for z in seen])
     if reference is not None:
