@@ -55,7 +55,9 @@ class CHGNetAdvisor(nn.Module):
     """A frozen CHGNet used as an advisor.
 
     ``embed_structures(structures)`` -> (atom float32 [sum n_atoms, 64], crystal float32 [B, 64]);
-    ``predict_structures(structures)`` -> energy per atom (eV/atom) [B].
+    ``predict_structures(structures)`` -> energy per atom (eV/atom) [B];
+    ``total_energies(structures)`` -> energy (eV) [B]: as a universal potential it
+    gives unrelaxed vacancy energies (:mod:`adex.expert.potential`).
     """
 
     unit = "eV/atom"
@@ -95,6 +97,11 @@ class CHGNetAdvisor(nn.Module):
     def predict_structures(self, structures) -> np.ndarray:
         """CHGNet energy per atom (eV/atom) [B]."""
         return np.array([float(r["e"]) for r in self._run(structures)])
+
+    def total_energies(self, structures, batch_size: int = 16) -> np.ndarray:
+        """CHGNet energy (eV) of each structure [B], float64 (per-atom energy x atoms)."""
+        results = self._run(structures, batch_size)
+        return np.array([float(r["e"]) * len(s) for r, s in zip(results, structures)], dtype=np.float64)
 
     def architecture(self) -> dict:
         return {

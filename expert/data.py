@@ -564,6 +564,14 @@ def embed_hosts(advisor, structures: list[Structure], ids: list[str]) -> tuple[n
     return np.asarray(emb.atom, dtype=np.float32), np.asarray(emb.crystal, dtype=np.float32)
 
 
+def advisor_identity(entry) -> str:
+    """The identity of an advisor for content-addressed caches: the sha256 of each of its
+    files (weights and model card) as recorded in its registry entry; "" if none are
+    recorded (such an advisor is never cached)."""
+    files = getattr(entry, "files", {}) or {}
+    return "|".join(f"{name}:{info.get('sha256')}" for name, info in sorted(files.items()))
+
+
 def host_digest(packed: PackedVacancies, b: int) -> str:
     """sha256 (hex) of vacancy ``b``'s canonical primitive host (the identity
     :func:`unique_hosts` uses)."""
@@ -583,7 +591,9 @@ class VacancyBatch(GraphBatch):
     node alone: ``hops_from``); node_oxidation
     FloatTensor [N] guessed oxidation state of each node's host atom (NaN: unknown);
     vacancy_node LongTensor [B]; hood_node LongTensor [H] and hood_graph LongTensor [H];
-    advisor_features list of FloatTensor [N, 2 d_a], one per advisor.
+    advisor_features list of FloatTensor [N, 2 d_a], one per advisor; potential_delta
+    FloatTensor [B] unrelaxed vacancy energy (eV) of a potential advisor, or None
+    (:mod:`adex.expert.potential`).
     """
 
     node_role: torch.Tensor | None = None
@@ -594,6 +604,7 @@ class VacancyBatch(GraphBatch):
     node_oxidation: torch.Tensor | None = None
     node_hops: torch.Tensor | None = None
     advisor_features: list = field(default_factory=list)
+    potential_delta: torch.Tensor | None = None
     hops_from: str = "hood"  # what node_hops counts from (PackedVacancies.hops_from)
 
     def to(self, device) -> "VacancyBatch":
@@ -609,11 +620,16 @@ class VacancyBatch(GraphBatch):
 
 
 class VacancyDataset:
-    """PackedVacancies + advisor features; ``batch(indices) -> VacancyBatch``."""
+    """PackedVacancies + advisor features (+ unrelaxed vacancy energies ``potential_delta``,
+    float64 [B] eV, of a potential advisor); ``batch(indices) -> VacancyBatch``."""
 
-    def __init__(self, packed: PackedVacancies, advisors: Sequence[AdvisorFeatures] = ()):
+    def __init__(self, packed: PackedVacancies, advisors: Sequence[AdvisorFeatures] = (),
+                 potential_delta: np.ndarray | None = None):
         self.packed = packed
         self.advisors = list(advisors)
+        if potential_delta is not None and len(potential_delta) != len(packed):
+            raise ValueError(f"potential_delta has {len(potential_delta)} values for {len(packed)} vacancies")
+        self.potential_delta = potential_delta
 
     def __len__(self) -> int:
         return len(self.packed)
@@ -627,7 +643,8 @@ class VacancyDataset:
         return self.packed.targets
 
     def subset(self, indices: Sequence[int]) -> "VacancyDataset":
-        return VacancyDataset(self.packed.subset(indices), [a.subset(self.packed, indices) for a in self.advisors])
+        delta = None if self.potential_delta is None else self.potential_delta[np.asarray(indices, dtype=np.int64)]
+        return VacancyDataset(self.packed.subset(indices), [a.subset(self.packed, indices) for a in self.advisors], delta)
 
     @classmethod
     def concatenate(cls, parts: Sequence["VacancyDataset"]) -> "VacancyDataset":
@@ -636,7 +653,11 @@ class VacancyDataset:
             AdvisorFeatures(feats[0].ref, np.concatenate([f.atom for f in feats]), np.concatenate([f.crystal for f in feats]))
             for feats in zip(*(p.advisors for p in parts))
         ]
-        return cls(PackedVacancies.concatenate([p.packed for p in parts]), advisors)
+        deltas = [p.potential_delta for p in parts]
+        if any(d is None for d in deltas) and not all(d is None for d in deltas):
+            raise ValueError("cannot concatenate datasets with and without potential_delta")
+        delta = None if deltas[0] is None else np.concatenate(deltas)
+        return cls(PackedVacancies.concatenate([p.packed for p in parts]), advisors, delta)
 
     def batch(self, indices: Sequence[int]) -> VacancyBatch:
         p = self.packed
@@ -673,5 +694,6 @@ class VacancyDataset:
             node_hops=torch.from_numpy(p.node_hops[node_sel].astype(np.int64)),
             node_oxidation=torch.from_numpy(p.prim_oxidation[prim_global].astype(np.float32)),
             advisor_features=advisor_features,
+            potential_delta=None if self.potential_delta is None else torch.from_numpy(self.potential_delta[idx].astype(np.float32)),
             hops_from=p.hops_from,
         )

@@ -70,6 +70,10 @@ class ExpertEnsemble(nn.Module):
         return any(m.config.oxidation_states for m in self.members)
 
     @property
+    def needs_potential_delta(self) -> bool:
+        return any(m.needs_potential_delta for m in self.members)
+
+    @property
     def receptive_hops(self) -> int | None:
         hops = [m.receptive_hops for m in self.members]
         return None if any(h is None for h in hops) else max(hops)

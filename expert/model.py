@@ -57,6 +57,10 @@ class ExpertModelConfig:
             the reference being the training-set mean dH per vacated element (an
             "atom reference" as in matgl/CHGNet; unseen elements get the overall mean);
             the network then learns the residual.
+        potential_delta: delta-learning on a universal-potential advisor (CHGNet): also add
+            the unrelaxed vacancy energy E(defected) - E(pristine) (eV) of the supercell
+            that advisor computes (:mod:`adex.expert.potential`); the element reference
+            and the network learn what it misses (relaxation, chemical potentials).
     """
 
     atom_fea_len: int = 64
@@ -68,6 +72,7 @@ class ExpertModelConfig:
     dropout: float = 0.1
     oxidation_states: bool = False
     element_reference: bool = False
+    potential_delta: bool = False
 
 
 class OxidationEncoding(nn.Module):
@@ -166,6 +171,11 @@ class Expert(nn.Module):
     def reads_oxidation_states(self) -> bool:
         return self.config.oxidation_states
 
+    @property
+    def needs_potential_delta(self) -> bool:
+        """Whether batches must carry a potential's vacancy energies (``potential_delta``)."""
+        return self.config.potential_delta
+
     def prepare(self, packed):
         """The packed vacancy graphs this model needs: pruned to its receptive field."""
         hops = self.receptive_hops
@@ -240,10 +250,17 @@ class Expert(nn.Module):
 
     def target_offset(self, batch) -> torch.Tensor:
         """Per-vacancy offset [B] (eV) added to the denormalised output: the vacated
-        element's reference with ``element_reference``, else 0."""
-        if not self.config.element_reference:
-            return torch.zeros(batch.num_graphs, device=batch.vacancy_node.device)
-        return self.element_reference.index_select(0, batch.atomic_numbers.index_select(0, batch.vacancy_node))
+        element's reference with ``element_reference`` plus the potential's unrelaxed
+        vacancy energy ``batch.potential_delta`` with ``potential_delta``, else 0."""
+        offset = torch.zeros(batch.num_graphs, device=batch.vacancy_node.device)
+        if self.config.element_reference:
+            offset = offset + self.element_reference.index_select(0, batch.atomic_numbers.index_select(0, batch.vacancy_node))
+        if self.config.potential_delta:
+            if batch.potential_delta is None:
+                raise ValueError("this expert adds a potential's vacancy energies (model.potential_delta), "
+                                 "but the batch has none")
+            offset = offset + batch.potential_delta
+        return offset
 
     @staticmethod
     def fit_element_reference(vacated_z: "np.ndarray", dH: "np.ndarray") -> torch.Tensor:

@@ -168,12 +168,11 @@ def cached_advisor_features(entry, advisor, packed: PackedVacancies) -> AdvisorF
     """
     import hashlib
 
-    from adex.expert.data import embed_hosts, host_digest, per_vacancy_features, unique_hosts
+    from adex.expert.data import advisor_identity, embed_hosts, host_digest, per_vacancy_features, unique_hosts
     from adex.fileio import atomic_write_bytes, pack_arrays, unpack_arrays
     from adex.paths import cache_dir
 
-    files = getattr(entry, "files", {}) or {}
-    identity = "|".join(f"{name}:{info.get('sha256')}" for name, info in sorted(files.items()))
+    identity = advisor_identity(entry)
     if not identity:  # an advisor without recorded files cannot be cached safely
         return compute_advisor_features(advisor, entry.ref, packed)
     folder = cache_dir() / "advisors" / hashlib.sha256(identity.encode()).hexdigest()[:24]
@@ -212,7 +211,14 @@ def predict_packed_members(expert: LoadedExpert, packed: PackedVacancies, batch_
 
     features = [cached_advisor_features(entry, model, packed) if cache else compute_advisor_features(model, entry.ref, packed)
                 for entry, model in expert.advisors]
-    dataset = VacancyDataset(expert.model.prepare(packed), features)
+    delta = None
+    if getattr(expert.model, "needs_potential_delta", False):
+        from adex.expert.potential import potential_advisor, vacancy_energies
+        from adex.supercell import SupercellSettings
+
+        delta = vacancy_energies(*potential_advisor(expert.advisors), packed, SupercellSettings.from_dict(expert.model.supercell),
+                                 use_cache=cache)
+    dataset = VacancyDataset(expert.model.prepare(packed), features, delta)
     members = as_members(expert.model)
     out = [[] for _ in members]
     for start in range(0, len(dataset), batch_size):

@@ -23,6 +23,7 @@ from adex.expert.data import (
     read_split,
 )
 from adex.expert.model import AdvisorSlot, Expert, ExpertModelConfig
+from adex.expert.potential import potential_advisor, vacancy_energies
 from adex.fileio import atomic_write_json, atomic_write_text
 from adex.graphs import FeaturizerSettings, element_table_sha256
 from adex.supercell import SupercellSettings
@@ -184,6 +185,7 @@ class PreparedData:
     advisor_seconds: float
     views: list = field(default_factory=list)  # VacancyDataset per augmentation, rows aligned with ``pool``
     init_advisor: object | None = None  # the ``transfer.init_from`` advisor (loaded once for all members)
+    potential_delta: np.ndarray | None = None  # float64 [B] eV: unrelaxed vacancy energies (model.potential_delta)
 
 
 def prepare_data(config: ExpertConfig, data, registry, fold=None, grouped: bool | None = None) -> PreparedData:
@@ -218,12 +220,16 @@ def prepare_data(config: ExpertConfig, data, registry, fold=None, grouped: bool 
     t1 = time.perf_counter()
     advisors = load_advisors(config.advisors, registry)
     features = [compute_advisor_features(model, entry.ref, packed) for entry, model in advisors]
+    potential = potential_advisor(advisors) if config.model.potential_delta else None
+    delta = None if potential is None else vacancy_energies(*potential, packed, config.supercell)
     advisor_seconds = time.perf_counter() - t1
     views = []
     for distance in config.augment.min_image_distances:
         settings = dataclasses.replace(config.supercell, min_image_distance=float(distance))
         view = load_witman(config.featurizer, settings, data, ids=[str(i) for i in packed.ids[pool]])
-        views.append(VacancyDataset(view, [compute_advisor_features(model, entry.ref, view) for entry, model in advisors]))
+        view_delta = None if potential is None else vacancy_energies(*potential, view, settings)
+        views.append(VacancyDataset(view, [compute_advisor_features(model, entry.ref, view) for entry, model in advisors],
+                                    view_delta))
     init_advisor = None
     if config.transfer.init_from:
         [(init_entry, init_advisor)] = load_advisors([config.transfer.init_from], registry)
@@ -232,7 +238,7 @@ def prepare_data(config: ExpertConfig, data, registry, fold=None, grouped: bool 
     elif config.transfer.freeze:
         raise ConfigError("transfer.freeze needs transfer.init_from (an advisor to start from)")
     return PreparedData(packed, features, advisors, test_idx, pool, grouped, base_split, featurize_seconds,
-                        advisor_seconds, views, init_advisor)
+                        advisor_seconds, views, init_advisor, delta)
 
 
 def member_split(prepared: PreparedData, val_fraction: float, base_seed: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -275,6 +281,8 @@ def fit_member(config: ExpertConfig, prepared: PreparedData, seed: int, descript
     seen = np.unique(packed.subset(train_idx).graphs.atomic_numbers)
     slots = [advisor_slot(entry, model) for entry, model in prepared.advisors]
     reference = None
+    if prepared.potential_delta is not None:
+        y = y - prepared.potential_delta[train_idx]  # the potential's share; reference and network learn the rest
     if config.model.element_reference:
         vacated_z = packed.vacated_numbers[train_idx]
         reference = Expert.fit_element_reference(vacated_z, y)
@@ -283,7 +291,7 @@ def fit_member(config: ExpertConfig, prepared: PreparedData, seed: int, descript
                    training_elements=[Element.from_Z(int(z)).symbol for z in seen])
     if reference is not None:
         model.element_reference.copy_(reference)
-    dataset = VacancyDataset(model.prepare(packed), prepared.features)
+    dataset = VacancyDataset(model.prepare(packed), prepared.features, prepared.potential_delta)
     on_epoch = None
     if prepared.init_advisor is not None:
         model.init_from_backbone(prepared.init_advisor.backbone)
@@ -292,7 +300,7 @@ def fit_member(config: ExpertConfig, prepared: PreparedData, seed: int, descript
     train = dataset.subset(train_idx)
     if prepared.views:  # augmented views of the same training vacancies (rows of a view follow ``pool``)
         rows = np.searchsorted(prepared.pool, train_idx)
-        train = VacancyDataset.concatenate([train, *(VacancyDataset(model.prepare(v.packed), v.advisors).subset(rows)
+        train = VacancyDataset.concatenate([train, *(VacancyDataset(model.prepare(v.packed), v.advisors, v.potential_delta).subset(rows)
                                                      for v in prepared.views)])
     member_tc = dataclasses.replace(tc, seed=seed)  # batch order too
     result = fit(model, train, val if len(val) else None, member_tc, description=description, on_epoch=on_epoch)

@@ -68,3 +68,86 @@ def test_init_from_chgnet_is_a_one_line_error(imported, tiny, reg, capsys) -> No
     rc = main(["expert", "train", "--data", str(tiny.root), "--registry", str(reg.root), *TINY,
                "--advisors", "none", "--init-from", "chgnet", "--epochs", "1", "--set", "name=bad"])
     assert_one_line_error(rc, capsys.readouterr().err, "backbone")
+
+
+# --------------------------------------------------------------------------- delta-learning on the potential
+def test_vacancy_energies_are_chgnet_energy_differences_and_cached(imported, packed, monkeypatch) -> None:  # noqa: F811
+    from adex.expert.potential import vacancy_energies, vacated_primitive_sites
+    from adex.supercell import SupercellSettings, build_vacancy
+
+    advisor = load_model(imported)
+    settings = SupercellSettings(min_image_distance=6.0)
+    first = packed.subset([0, 1, 2])
+    delta = vacancy_energies(imported, advisor, first, settings)
+    assert delta.shape == (3,) and delta.dtype == np.float64
+    # by hand for vacancy 0: CHGNet energies of the defected and pristine supercells
+    reference = chgnet_model.CHGNet.load(model_name="0.3.0", use_device="cpu", verbose=False)
+    vac = build_vacancy(first.primitive_structure(0), int(vacated_primitive_sites(first)[0]), settings)
+    by_hand = [float(reference.predict_structure(s, task="e")["e"]) * len(s) for s in (vac.defected, vac.pristine)]
+    roles = first.node_role[first.graphs.node_ptr[0]:first.graphs.node_ptr[1]]
+    assert len(vac.pristine) == (roles == 0).sum() > len(first.primitive_structure(0))  # the graph's supercell
+    assert delta[0] == pytest.approx(by_hand[0] - by_hand[1], abs=2e-3)
+    assert 0 < delta[0] < 30  # breaking bonds costs energy
+    # a second call reads the cache: the potential is not run again
+    monkeypatch.setattr(type(advisor), "total_energies", lambda self, s, batch_size=16: pytest.fail("not cached"))
+    np.testing.assert_array_equal(vacancy_energies(imported, advisor, first, settings), delta)
+    # other supercell settings miss the cache
+    with pytest.raises(pytest.fail.Exception):
+        vacancy_energies(imported, advisor, first, SupercellSettings(min_image_distance=7.0))
+
+
+def test_vacancy_energy_cache_entries_are_checked(imported, packed, adex_home) -> None:  # noqa: F811
+    from adex.expert.potential import vacancy_energies
+    from adex.paths import cache_dir
+    from adex.supercell import SupercellSettings
+
+    advisor = load_model(imported)
+    settings = SupercellSettings(min_image_distance=6.0)
+    one = packed.subset([3])
+    delta = vacancy_energies(imported, advisor, one, settings)
+    entries = sorted((cache_dir() / "potential").rglob("v*.arrays"))
+    assert entries
+    for path in entries:
+        path.write_bytes(b"garbage")  # damaged: recomputed, never trusted
+    np.testing.assert_allclose(vacancy_energies(imported, advisor, one, settings), delta, atol=1e-6)
+    np.testing.assert_allclose(vacancy_energies(imported, advisor, one, settings, use_cache=False), delta, atol=1e-6)
+
+
+def test_potential_delta_expert_predicts_potential_plus_reference_plus_network(imported, tiny, reg, capsys) -> None:  # noqa: F811
+    import torch
+
+    from adex.expert.data import VacancyDataset, load_witman
+    from adex.expert.potential import vacancy_energies
+    from adex.expert.predict import load_expert, predict_packed
+    from adex.supercell import SupercellSettings
+
+    rc = main(["expert", "train", "--data", str(tiny.root), "--registry", str(reg.root), *TINY,
+               "--advisors", "chgnet", "--split", "tiny", "--epochs", "1", "--set", "name=delta",
+               "--set", "model.potential_delta=true", "--set", "model.element_reference=true",
+               "--set", "augment.min_image_distances=[7.0]"])
+    assert rc == 0, capsys.readouterr().err
+    entry = reg.registry.resolve("expert/delta")
+    expert = load_expert(entry.ref, reg.registry)
+    model = expert.model
+    assert model.config.potential_delta and model.needs_potential_delta
+    packed = load_witman(model.featurizer_settings, SupercellSettings.from_dict(model.supercell), tiny.root)
+    pred = predict_packed(expert, packed)
+    (chg_entry, chg), = expert.advisors
+    delta = vacancy_energies(chg_entry, chg, packed, SupercellSettings.from_dict(model.supercell))
+    features = [compute_advisor_features(chg, chg_entry.ref, packed)]
+    batch = VacancyDataset(model.prepare(packed), features, delta).batch(np.arange(len(packed)))
+    with torch.no_grad():
+        raw = model.normalizer.denorm(model(batch)).numpy()
+    reference = model.element_reference.numpy()[packed.vacated_numbers]
+    np.testing.assert_allclose(pred, raw + reference + delta, atol=1e-3)
+    # the element reference absorbed the mean of dH - dE over the training vacancies
+    assert np.abs(reference).max() < np.abs(packed.targets).max() + np.abs(delta).max()
+
+
+def test_potential_delta_without_a_potential_advisor_is_a_one_line_error(imported, tiny, reg, capsys) -> None:  # noqa: F811
+    from conftest import assert_one_line_error
+
+    rc = main(["expert", "train", "--data", str(tiny.root), "--registry", str(reg.root), *TINY,
+               "--advisors", "none", "--split", "tiny", "--epochs", "1", "--set", "name=nodelta",
+               "--set", "model.potential_delta=true"])
+    assert_one_line_error(rc, capsys.readouterr().err, "potential_delta", "chgnet")

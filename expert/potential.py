@@ -1,0 +1,137 @@
+"""Delta-learning on a universal potential: unrelaxed vacancy energies from an advisor.
+
+An advisor that is an interatomic potential (CHGNet: :meth:`CHGNetAdvisor.total_energies`)
+can do more than embed the host: it gives the energy of breaking the vacated atom's
+bonds. For vacancy ``b``
+
+    dE_b = E(defected supercell) - E(pristine supercell)    (eV)
+
+at the unrelaxed positions of the canonical supercell the expert's graph is built on
+(:func:`adex.supercell.build_vacancy`). With ``model.potential_delta`` the expert predicts
+
+    dH = dE + reference[vacated element] + network residual
+
+so the network learns only what the potential misses: the relaxation around the vacancy,
+the vacated element's chemical potential and the DFT+U level of the data.
+
+dE is the expensive part of such an expert (one potential evaluation of a ~100-atom
+supercell per vacancy, ~0.2 s on one CPU core), so it is cached, content-addressed:
+one entry per (advisor files, canonical primitive host, vacated primitive atom,
+supercell settings) under ``$ADEX_HOME/cache/potential`` (pristine supercell energies
+likewise, per host and supercell), written atomically; a damaged entry is recomputed.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+
+import numpy as np
+
+from adex.errors import ConfigError
+
+CACHE_FORMAT = 1  # bump when the meaning of a cached energy changes
+
+
+def computes_energies(advisor) -> bool:
+    """Whether an advisor model is a potential (has ``total_energies(structures)``)."""
+    return callable(getattr(advisor, "total_energies", None))
+
+
+def potential_advisor(advisors: list) -> tuple:
+    """The first ``(registry entry, model)`` of ``advisors`` that computes energies.
+
+    Raises:
+        ConfigError: none does.
+    """
+    for entry, model in advisors:
+        if computes_energies(model):
+            return entry, model
+    names = ", ".join(str(entry.ref) for entry, _ in advisors) or "none"
+    raise ConfigError("model.potential_delta needs a universal-potential advisor that computes energies "
+                      f"(e.g. chgnet: adex advisor import chgnet) among the advisors (got: {names})")
+
+
+def vacated_primitive_sites(packed) -> np.ndarray:
+    """Index of each vacancy's vacated atom in its canonical primitive host: int64 [B]."""
+    return packed.node_primitive[packed.graphs.node_ptr[:-1] + packed.vacancy_node]
+
+
+def vacancy_energies(entry, advisor, packed, settings, batch_size: int = 16, use_cache: bool = True,
+                     description: str = "potential: vacancy energies") -> np.ndarray:
+    """Unrelaxed vacancy energies dE (eV) of every vacancy of ``packed``: float64 [B].
+
+    Args:
+        entry: the advisor's registry entry (its file hashes key the cache; an entry
+            without recorded files is never cached).
+        advisor: the loaded potential (``total_energies(structures) -> eV [n]``).
+        packed: :class:`adex.expert.data.PackedVacancies` (canonical primitive hosts).
+        settings: :class:`adex.supercell.SupercellSettings` of the supercells (those of
+            ``packed``'s graphs).
+        use_cache: read and fill ``$ADEX_HOME/cache/potential``.
+    """
+    from adex.expert.data import advisor_identity, host_digest
+    from adex.fileio import atomic_write_bytes, pack_arrays, unpack_arrays
+    from adex.paths import cache_dir
+    from adex.progress import progress_bar
+    from adex.supercell import build_vacancy
+
+    n = len(packed)
+    sites = vacated_primitive_sites(packed)
+    hosts = [host_digest(packed, b) for b in range(n)]
+    settings_key = json.dumps(settings.to_dict(), sort_keys=True)
+    identity = advisor_identity(entry) if use_cache else ""
+    folder = cache_dir() / "potential" / hashlib.sha256(identity.encode()).hexdigest()[:24] if identity else None
+
+    def entry_path(kind: str, text: str):
+        digest = hashlib.sha256(f"{kind}|{text}|{settings_key}|{CACHE_FORMAT}".encode()).hexdigest()
+        return None if folder is None else folder / digest[:2] / f"{kind}{digest[2:26]}.arrays"
+
+    def read(path) -> float | None:
+        if path is None or not path.is_file():
+            return None
+        try:
+            value = unpack_arrays(path.read_bytes())["energy"]
+        except Exception:  # a damaged entry is recomputed, never trusted
+            return None
+        return float(value[0]) if value.shape == (1,) and np.isfinite(value[0]) else None
+
+    def write(path, value: float) -> None:
+        if path is not None:
+            atomic_write_bytes(path, pack_arrays({"energy": np.array([value], dtype=np.float64)}))
+
+    out = np.full(n, np.nan)
+    todo: dict[tuple[str, int], list[int]] = {}  # (host, site) -> vacancies
+    for b in range(n):
+        key = (hosts[b], int(sites[b]))
+        cached = read(entry_path("v", f"{key[0]}|{key[1]}"))
+        if cached is None:
+            todo.setdefault(key, []).append(b)
+        else:
+            out[b] = cached
+    if not todo:
+        return out
+    vacancies = {key: build_vacancy(packed.primitive_structure(bs[0]), key[1], settings) for key, bs in todo.items()}
+    pristine_keys = {key: f"{key[0]}|{vac.supercell_matrix.tobytes().hex()}" for key, vac in vacancies.items()}
+    pristine_energy = {text: read(entry_path("p", text)) for text in set(pristine_keys.values())}
+    pristine_todo = {}  # text -> structure
+    for key, text in pristine_keys.items():
+        if pristine_energy[text] is None and text not in pristine_todo:
+            pristine_todo[text] = vacancies[key].pristine
+    jobs = [("p", text, s) for text, s in pristine_todo.items()] + [("v", key, vacancies[key].defected) for key in vacancies]
+    energies = {}
+    with progress_bar() as progress:
+        task = progress.add_task(description, total=len(jobs))
+        for start in range(0, len(jobs), batch_size):
+            chunk = jobs[start:start + batch_size]
+            values = advisor.total_energies([s for _, _, s in chunk])
+            for (kind, key, _), value in zip(chunk, values):
+                energies[(kind, key)] = float(value)
+            progress.advance(task, len(chunk))
+    for text in pristine_todo:
+        pristine_energy[text] = energies[("p", text)]
+        write(entry_path("p", text), pristine_energy[text])
+    for key, bs in todo.items():
+        delta = energies[("v", key)] - pristine_energy[pristine_keys[key]]
+        write(entry_path("v", f"{key[0]}|{key[1]}"), delta)
+        out[bs] = delta
+    return out
