@@ -27,6 +27,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--no-cache", action="store_true", help="featurize again and do not write the feature cache")
     p.add_argument("--advisors", help="comma-separated advisor refs (e.g. chgnet): their embeddings of the vacated site "
                                       "and of the host are added to the descriptors")
+    p.add_argument("--potential-delta", action="store_true",
+                   help="delta-learning: learn dH minus the unrelaxed vacancy energy of the potential among --advisors "
+                        "(CHGNet), as the expert's model.potential_delta")
     p.add_argument("--registry", help="user registry root (default: $ADEX_HOME/registry)")
     p.set_defaults(func=cmd_baseline)
 
@@ -45,6 +48,8 @@ def cmd_baseline(args: argparse.Namespace) -> int:
         value = getattr(args, flag)
         if value is not None and value < 1:
             raise ConfigError(f"--{flag} must be >= 1, got {value}")
+    if args.potential_delta and not (args.advisors or "").strip():
+        raise ConfigError("--potential-delta needs a potential among --advisors (e.g. --advisors chgnet)")
     model = ModelSettings(loss=args.loss)
     root = dataset_root("witman2023_vacancies", args.data)
     if args.split:
@@ -75,9 +80,14 @@ def cmd_baseline(args: argparse.Namespace) -> int:
         table = add_advisor_features(table, root, advisors)
         advisor_refs = [entry.ref for entry, _ in advisors]
         con.print(f"+ advisor embeddings of {', '.join(advisor_refs)}: {len(table.names)} features", soft_wrap=True)
+        if args.potential_delta:
+            from adex.expert.baseline import add_potential_delta
+
+            table = add_potential_delta(table, args.data, advisors)
+            con.print("learning dH minus the potential's unrelaxed vacancy energies", soft_wrap=True)
     config = {"command": "baseline", "cv": None if args.split else scheme, "split": args.split, "n_folds": args.folds,
               "elements": args.elements, "data": str(root), "features": settings.to_dict(), "workers": args.workers,
-              "advisors": advisor_refs}
+              "advisors": advisor_refs, "potential_delta": bool(args.potential_delta)}
 
     def report(k, row, val_mae) -> None:
         chosen = row["loss"] + (f" (validation MAE {', '.join(f'{l} {v:.3f}' for l, v in val_mae.items())})"

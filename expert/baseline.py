@@ -401,6 +401,8 @@ class FeatureTable:
         names: feature names.
         featurize_seconds: wall time of the featurization that produced ``X`` (also
             when it was read from the cache).
+        offset: with :func:`add_potential_delta`, a potential's unrelaxed vacancy
+            energies (eV) [n]: the regressor learns ``targets - offset``.
         from_cache: whether ``X`` was read from the cache.
         cache_path: the cache file.
     """
@@ -415,6 +417,7 @@ class FeatureTable:
     from_cache: bool = False
     cache_path: Path | None = None
     load_seconds: float = 0.0
+    offset: np.ndarray | None = None  # float64 [n] eV added to the regressor's output (delta-learning), or None
 
     def rows(self, ids: Sequence[str]) -> np.ndarray:
         """Row indices of ``ids`` (DataError for an unknown id)."""
@@ -475,6 +478,27 @@ def add_advisor_features(table: FeatureTable, root: Path, advisors: list[tuple[o
         names += [f"{name}_site_{k}" for k in range(atom.shape[1])] + [f"{name}_crystal_{k}" for k in range(crystal.shape[1])]
     return dataclasses.replace(table, X=np.hstack(blocks), names=names,
                                featurize_seconds=table.featurize_seconds + time.perf_counter() - t0)
+
+
+def add_potential_delta(table: FeatureTable, data, advisors: list[tuple[object, object]], supercell=None) -> FeatureTable:
+    """The table with ``offset`` = the unrelaxed vacancy energies E(defected) - E(pristine)
+    (eV) of the potential among ``advisors`` (CHGNet) in the canonical supercells of
+    ``supercell`` (default: those of the default expert config), as the expert's
+    ``model.potential_delta`` uses them (:mod:`adex.expert.potential`, cached)."""
+    import dataclasses
+
+    from adex.config import load_config
+    from adex.expert.data import load_witman
+    from adex.expert.potential import potential_advisor, vacancy_energies
+    from adex.expert.train import ExpertConfig
+
+    entry, model = potential_advisor(advisors)
+    expert = load_config(ExpertConfig, "expert", "default")
+    supercell = supercell or expert.supercell
+    t0 = time.perf_counter()
+    packed = load_witman(expert.featurizer, supercell, data, ids=[str(i) for i in table.ids])
+    offset = vacancy_energies(entry, model, packed, supercell)
+    return dataclasses.replace(table, offset=offset, featurize_seconds=table.featurize_seconds + time.perf_counter() - t0)
 
 
 def _read_rows(root: Path) -> list[dict]:
@@ -747,8 +771,10 @@ def run_baseline(
         for k, fold in enumerate(folds):
             tr, te = table.rows(fold.train), table.rows(fold.test)
             t0 = time.perf_counter()
-            regressor, loss, val_mae = fit_model(table.X[tr], table.targets[tr], table.hosts[tr], model, seed, grouped)
-            pred = regressor.predict(table.X[te])
+            offset = np.zeros(len(table.ids)) if table.offset is None else table.offset
+            regressor, loss, val_mae = fit_model(table.X[tr], table.targets[tr] - offset[tr], table.hosts[tr], model, seed,
+                                                 grouped)
+            pred = regressor.predict(table.X[te]) + offset[te]
             seconds = time.perf_counter() - t0
             train_seconds += seconds
             row = {"fold": fold.name, "n_train": len(tr), "n_test": len(te),

@@ -118,20 +118,17 @@ def vacancy_energies(entry, advisor, packed, settings, batch_size: int = 16, use
         if pristine_energy[text] is None and text not in pristine_todo:
             pristine_todo[text] = vacancies[key].pristine
     jobs = [("p", text, s) for text, s in pristine_todo.items()] + [("v", key, vacancies[key].defected) for key in vacancies]
-    energies = {}
-    with progress_bar() as progress:
+    with progress_bar() as progress:  # pristine supercells first, so each vacancy is stored as soon as it is known
         task = progress.add_task(description, total=len(jobs))
         for start in range(0, len(jobs), batch_size):
             chunk = jobs[start:start + batch_size]
-            values = advisor.total_energies([s for _, _, s in chunk])
-            for (kind, key, _), value in zip(chunk, values):
-                energies[(kind, key)] = float(value)
+            for (kind, key, _), energy in zip(chunk, advisor.total_energies([s for _, _, s in chunk])):
+                if kind == "p":
+                    pristine_energy[key] = float(energy)
+                    write(entry_path("p", key), float(energy))
+                else:
+                    delta = float(energy) - pristine_energy[pristine_keys[key]]
+                    write(entry_path("v", f"{key[0]}|{key[1]}"), delta)
+                    out[todo[key]] = delta
             progress.advance(task, len(chunk))
-    for text in pristine_todo:
-        pristine_energy[text] = energies[("p", text)]
-        write(entry_path("p", text), pristine_energy[text])
-    for key, bs in todo.items():
-        delta = energies[("v", key)] - pristine_energy[pristine_keys[key]]
-        write(entry_path("v", f"{key[0]}|{key[1]}"), delta)
-        out[bs] = delta
     return out

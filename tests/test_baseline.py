@@ -218,6 +218,7 @@ def test_cli_folds_never_share_ids(tiny, tmp_path) -> None:  # noqa: F811
     (["--cv", "kfold", "--split", "tiny"], "not both"),
     (["--loss", "huber"], "huber"),
     (["--workers", "0"], "--workers"),
+    (["--potential-delta"], "--potential-delta"),
 ])
 def test_bad_input_is_a_one_line_error(tiny, capsys, args, needle) -> None:  # noqa: F811
     rc = main(["baseline", "--data", str(tiny.root), *args])

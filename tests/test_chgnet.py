@@ -151,3 +151,38 @@ def test_potential_delta_without_a_potential_advisor_is_a_one_line_error(importe
                "--advisors", "none", "--split", "tiny", "--epochs", "1", "--set", "name=nodelta",
                "--set", "model.potential_delta=true"])
     assert_one_line_error(rc, capsys.readouterr().err, "potential_delta", "chgnet")
+
+
+def test_baseline_with_potential_delta_learns_dh_minus_the_vacancy_energy(imported, tiny, reg, tmp_path) -> None:  # noqa: F811
+    import csv
+
+    from adex.config import load_config
+    from adex.expert.baseline import ModelSettings, add_advisor_features, fit_model, load_witman_features
+    from adex.expert.data import load_witman
+    from adex.expert.potential import vacancy_energies
+    from adex.expert.train import ExpertConfig, load_advisors
+
+    out = tmp_path / "delta"
+    assert main(["baseline", "--split", "tiny", "--data", str(tiny.root), "--registry", str(reg.root),
+                 "--advisors", "chgnet", "--potential-delta", "--out", str(out)]) == 0
+    preds = list(csv.DictReader(open(out / "predictions.csv")))
+    # by hand: descriptors + CHGNet embeddings, regressor on dH - dE (the default expert's supercells), + dE
+    advisors = load_advisors(["chgnet"], reg.registry)
+    table = add_advisor_features(load_witman_features(tiny.root), tiny.root / "witman2023_vacancies", advisors)
+    config = load_config(ExpertConfig, "expert", "default")
+    packed = load_witman(config.featurizer, config.supercell, tiny.root, ids=list(table.ids))
+    delta = vacancy_energies(*advisors[0], packed, config.supercell)
+    tr, te = table.rows(tiny.train), table.rows(tiny.hold)
+    regressor, _, _ = fit_model(table.X[tr], table.targets[tr] - delta[tr], table.hosts[tr], ModelSettings(), 0, True)
+    expected = regressor.predict(table.X[te]) + delta[te]
+    got = np.array([float(p["dH_pred_eV"]) for p in preds])
+    np.testing.assert_allclose(got, expected, atol=2e-5)  # the CSV keeps 6 significant digits
+    plain, _, _ = fit_model(table.X[tr], table.targets[tr], table.hosts[tr], ModelSettings(), 0, True)
+    assert np.abs(plain.predict(table.X[te]) - got).max() > 0.01  # without dE it would differ
+    assert yaml_load(out / "config.yaml")["potential_delta"] is True
+
+
+def yaml_load(path):
+    import yaml
+
+    return yaml.safe_load(path.read_text())
