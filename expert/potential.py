@@ -15,7 +15,7 @@ so the network learns only what the potential misses: the relaxation around the 
 the vacated element's chemical potential and the DFT+U level of the data.
 
 dE is the expensive part of such an expert (one potential evaluation of a ~100-atom
-supercell per vacancy, ~0.2 s on one CPU core), so it is cached, content-addressed:
+supercell per vacancy, ~0.3 s on one CPU core), so it is cached, content-addressed:
 one entry per (advisor files, canonical primitive host, vacated primitive atom,
 supercell settings) under ``$ADEX_HOME/cache/potential`` (pristine supercell energies
 likewise, per host and supercell), written atomically; a damaged entry is recomputed.
