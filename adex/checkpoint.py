@@ -121,6 +121,12 @@ class LazyModel:
     def is_loaded(self) -> bool:
         return self._model is not None
 
+    @property
+    def model_class(self) -> type | None:
+        """The class the stored model is built as (known without building it), or None."""
+        builder = _builder(json.loads(self.entry.read_file(ARCHITECTURE)).get("class", ""))
+        return getattr(builder, "__self__", None)
+
     def get(self) -> nn.Module:
         if self._model is None:
             self._model = load_model(self.entry)

@@ -33,8 +33,12 @@ CACHE_FORMAT = 1  # bump when the meaning of a cached energy changes
 
 
 def computes_energies(advisor) -> bool:
-    """Whether an advisor model is a potential (has ``total_energies(structures)``)."""
-    return callable(getattr(advisor, "total_energies", None))
+    """Whether an advisor model is a potential (has ``total_energies(structures)``); a
+    :class:`adex.checkpoint.LazyModel` is answered from its stored class, not loaded."""
+    from adex.checkpoint import LazyModel
+
+    kind = advisor.model_class if isinstance(advisor, LazyModel) else type(advisor)
+    return callable(getattr(kind, "total_energies", None))
 
 
 def potential_advisor(advisors: list) -> tuple:

@@ -186,3 +186,37 @@ def yaml_load(path):
     import yaml
 
     return yaml.safe_load(path.read_text())
+
+
+def test_predict_cli_with_a_potential_delta_expert_and_cache(imported, tiny, reg, capsys, monkeypatch,
+                                                            tmp_path) -> None:  # noqa: F811
+    import csv
+    import io
+
+    from adex.advisors.chgnet import CHGNetAdvisor
+    from adex.expert.data import load_witman
+    from adex.expert.predict import load_expert, predict_packed
+    from adex.supercell import SupercellSettings
+
+    assert main(["expert", "train", "--data", str(tiny.root), "--registry", str(reg.root), *TINY,
+                 "--advisors", "chgnet", "--split", "tiny", "--epochs", "1", "--set", "name=delta-cli",
+                 "--set", "model.potential_delta=true", "--set", "model.element_reference=true"]) == 0
+    table = tmp_path / "table.csv"
+    cifs = [tiny.root / "witman2023_vacancies" / "structures" / f"{i}.cif" for i in tiny.ids[:2]]
+    table.write_text("structure,site\n" + "".join(f"{c},0\n" for c in cifs))
+    args = ["predict", "--expert", "expert/delta-cli", "--registry", str(reg.root), "--input", str(table),
+            "--format", "csv", "--cache"]
+    capsys.readouterr()
+    assert main(args) == 0
+    first = list(csv.DictReader(io.StringIO(capsys.readouterr().out)))
+    # the same vacancies through the library: network + reference + CHGNet's dE
+    expert = load_expert("expert/delta-cli", reg.registry)
+    packed = load_witman(expert.model.featurizer_settings, SupercellSettings.from_dict(expert.model.supercell), tiny.root,
+                         ids=tiny.ids[:2])
+    np.testing.assert_allclose([float(r["dH_pred_eV"]) for r in first], predict_packed(expert, packed), atol=1e-3)
+    # a rerun with --cache neither evaluates the potential nor loads CHGNet
+    monkeypatch.setattr(CHGNetAdvisor, "total_energies", lambda self, s, batch_size=16: pytest.fail("not cached"))
+    monkeypatch.setattr(CHGNetAdvisor, "__init__", lambda self, *a, **k: pytest.fail("CHGNet loaded"))
+    assert main(args) == 0
+    again = list(csv.DictReader(io.StringIO(capsys.readouterr().out)))
+    assert [r["dH_pred_eV"] for r in again] == [r["dH_pred_eV"] for r in first]
