@@ -93,4 +93,18 @@ adex experiment learning-curve --advisors $ADVISORS,chgnet --fractions 0.10 --va
 
 adex experiment merge "$OUT/lc" "$OUT/lc_transfer" "$OUT/lc_seed1" --baseline "$OUT/baseline" \
     --baseline "$OUT/baseline_0.40" --baseline "$OUT/baseline_0.10" --out "$OUT/lc_all"
+
+# Delta-learning on CHGNet (model.potential_delta): the expert and the baseline learn dH minus CHGNet's unrelaxed
+# vacancy energy E(defected) - E(pristine) of the 8 A canonical supercell (cached under $ADEX_HOME/cache/potential;
+# the first run computes them: ~0.3 s per vacancy and supercell size on one core)
+for cv in published published_struct published@0.10 published@0.40; do
+    adex baseline --cv $cv --advisors chgnet --potential-delta --out "$OUT/baseline_chgnet_delta$(echo $cv | sed 's/published//; s/@/_/')"
+done
+adex cv --advisors $ADVISORS,chgnet --cv published@0.10 --folds 10 --set 'augment.min_image_distances=[10.0]' \
+    --set model.potential_delta=true "${COMMON[@]}" --out "$OUT/delta_0.10"
+adex cv --advisors $ADVISORS,chgnet --cv published --folds 10 --set 'augment.min_image_distances=[10.0]' \
+    --set model.potential_delta=true "${COMMON[@]}" --out "$OUT/delta"
+adex cv --advisors $ADVISORS,chgnet --cv published_struct --folds 10 --set 'augment.min_image_distances=[10.0]' \
+    --set model.potential_delta=true "${COMMON[@]}" --out "$OUT/delta_struct"
+
 adex report "$OUT"/* -o "$OUT/report.md"

@@ -698,3 +698,18 @@ def test_supercell_augmentation_adds_training_views_only(tiny, reg, monkeypatch)
     nodes = np.diff(seen["train"].packed.graphs.node_ptr)
     assert nodes[n_train:].sum() > nodes[:n_train].sum()  # ... in larger supercells (8 Å instead of 6 Å)
     assert metrics["test"]["n"] == len(tiny.hold)
+
+
+def test_dataset_carries_potential_delta_through_subset_concatenate_and_batch(packed) -> None:
+    delta = np.arange(len(packed), dtype=np.float64) + 0.5
+    data = VacancyDataset(packed, [], delta)
+    part = data.subset([4, 1])
+    np.testing.assert_array_equal(part.potential_delta, [4.5, 1.5])
+    both = VacancyDataset.concatenate([part, data.subset([0])])
+    np.testing.assert_array_equal(both.potential_delta, [4.5, 1.5, 0.5])
+    assert both.batch([2, 0]).potential_delta.tolist() == [0.5, 4.5]
+    assert VacancyDataset(packed).batch([0]).potential_delta is None
+    with pytest.raises(ValueError, match="with and without"):
+        VacancyDataset.concatenate([part, VacancyDataset(packed).subset([0])])
+    with pytest.raises(ValueError, match="values for"):
+        VacancyDataset(packed, [], delta[:-1])
