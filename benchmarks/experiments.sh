@@ -102,9 +102,24 @@ for cv in published published_struct published@0.10 published@0.40; do
 done
 adex cv --advisors $ADVISORS,chgnet --cv published@0.10 --folds 10 --set 'augment.min_image_distances=[10.0]' \
     --set model.potential_delta=true "${COMMON[@]}" --out "$OUT/delta_0.10"
+adex cv --advisors $ADVISORS,chgnet --cv published@0.40 --folds 10 --set 'augment.min_image_distances=[10.0]' \
+    --set model.potential_delta=true "${COMMON[@]}" --out "$OUT/delta_0.40"
 adex cv --advisors $ADVISORS,chgnet --cv published --folds 10 --set 'augment.min_image_distances=[10.0]' \
     --set model.potential_delta=true "${COMMON[@]}" --out "$OUT/delta"
 adex cv --advisors $ADVISORS,chgnet --cv published_struct --folds 10 --set 'augment.min_image_distances=[10.0]' \
     --set model.potential_delta=true "${COMMON[@]}" --out "$OUT/delta_struct"
+
+for frac in 0.10 0.40; do  # a second seed of the delta expert, as two --fold halves side by side, and the blends
+    adex cv --advisors $ADVISORS,chgnet --cv published@$frac --fold=${frac}k{0,1,2,3,4} --set 'augment.min_image_distances=[10.0]' \
+        --set model.potential_delta=true --seed 1 "${COMMON[@]}" --out "$OUT/delta_${frac}_seed1_a"
+    adex cv --advisors $ADVISORS,chgnet --cv published@$frac --fold=${frac}k{5,6,7,8,9} --set 'augment.min_image_distances=[10.0]' \
+        --set model.potential_delta=true --seed 1 "${COMMON[@]}" --out "$OUT/delta_${frac}_seed1_b"
+    adex experiment merge "$OUT/delta_${frac}_seed1_a" "$OUT/delta_${frac}_seed1_b" --out "$OUT/delta_${frac}_seed1"
+    adex experiment blend "$OUT/delta_$frac" "$OUT/delta_${frac}_seed1" --out "$OUT/delta_${frac}_2seeds"
+    adex experiment blend "$OUT/delta_${frac}_2seeds" "$OUT/baseline_chgnet_delta_$frac" --out "$OUT/blend_delta_${frac}_2seeds"
+    adex experiment blend "$OUT/delta_$frac" "$OUT/baseline_chgnet_delta_$frac" --out "$OUT/blend_delta_$frac"
+done
+adex experiment blend "$OUT/delta" "$OUT/baseline_chgnet_delta" --out "$OUT/blend_delta"
+adex experiment blend "$OUT/delta_struct" "$OUT/baseline_chgnet_delta_struct" --out "$OUT/blend_delta_struct"
 
 adex report "$OUT"/* -o "$OUT/report.md"
