@@ -104,7 +104,7 @@ def lazy_model(entry) -> "LazyModel":
     _builder(name)  # RegistryError for a class unknown to this adex version
     if name in _REQUIREMENTS:
         _REQUIREMENTS[name]()
-    return LazyModel(entry)
+    return LazyModel(entry, name)
 
 
 class LazyModel:
@@ -113,8 +113,9 @@ class LazyModel:
     ``adex predict --cache`` then never imports CHGNet. Attribute access is forwarded to
     the loaded module; :meth:`get` returns it."""
 
-    def __init__(self, entry) -> None:
+    def __init__(self, entry, class_name: str = "") -> None:
         self.entry = entry
+        self.class_name = class_name  # the stored architecture's "class"
         self._model: nn.Module | None = None
 
     @property
@@ -124,8 +125,7 @@ class LazyModel:
     @property
     def model_class(self) -> type | None:
         """The class the stored model is built as (known without building it), or None."""
-        builder = _builder(json.loads(self.entry.read_file(ARCHITECTURE)).get("class", ""))
-        return getattr(builder, "__self__", None)
+        return getattr(_builder(self.class_name), "__self__", None)
 
     def get(self) -> nn.Module:
         if self._model is None:
@@ -135,6 +135,6 @@ class LazyModel:
         return self._model
 
     def __getattr__(self, name: str):
-        if name.startswith("_") or name in ("entry",):
+        if name.startswith("_") or name in ("entry", "class_name"):
             raise AttributeError(name)
         return getattr(self.get(), name)

@@ -767,11 +767,11 @@ def run_baseline(
     atomic_write_text(out_dir / "config.yaml", yaml.safe_dump(config, sort_keys=False))
     rows, predictions = [], []
     train_seconds = 0.0
+    offset = np.zeros(len(table.ids)) if table.offset is None else table.offset  # eV, added to the regressor's output
     with threadpool_limits(limits=threads):
         for k, fold in enumerate(folds):
             tr, te = table.rows(fold.train), table.rows(fold.test)
             t0 = time.perf_counter()
-            offset = np.zeros(len(table.ids)) if table.offset is None else table.offset
             regressor, loss, val_mae = fit_model(table.X[tr], table.targets[tr] - offset[tr], table.hosts[tr], model, seed,
                                                  grouped)
             pred = regressor.predict(table.X[te]) + offset[te]

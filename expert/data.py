@@ -130,9 +130,19 @@ class PackedVacancies:
         return self.graphs.targets
 
     @property
+    def vacated_nodes(self) -> np.ndarray:
+        """Index of each vacancy's vacated node among all nodes of ``graphs``: int64 [B]."""
+        return self.graphs.node_ptr[:-1] + self.vacancy_node
+
+    @property
     def vacated_numbers(self) -> np.ndarray:
         """Atomic number of each vacancy's vacated atom: int64 [B]."""
-        return self.graphs.atomic_numbers[self.graphs.node_ptr[:-1] + self.vacancy_node]
+        return self.graphs.atomic_numbers[self.vacated_nodes]
+
+    @property
+    def vacated_primitive_sites(self) -> np.ndarray:
+        """Index of each vacancy's vacated atom in its canonical primitive host: int64 [B]."""
+        return self.node_primitive[self.vacated_nodes]
 
     def primitive_structure(self, b: int) -> Structure:
         sl = slice(self.prim_ptr[b], self.prim_ptr[b + 1])

@@ -55,11 +55,6 @@ def potential_advisor(advisors: list) -> tuple:
                       f"(e.g. chgnet: adex advisor import chgnet) among the advisors (got: {names})")
 
 
-def vacated_primitive_sites(packed) -> np.ndarray:
-    """Index of each vacancy's vacated atom in its canonical primitive host: int64 [B]."""
-    return packed.node_primitive[packed.graphs.node_ptr[:-1] + packed.vacancy_node]
-
-
 def vacancy_energies(entry, advisor, packed, settings, batch_size: int = 16, use_cache: bool = True,
                      description: str = "potential: vacancy energies") -> np.ndarray:
     """Unrelaxed vacancy energies dE (eV) of every vacancy of ``packed``: float64 [B].
@@ -80,7 +75,7 @@ def vacancy_energies(entry, advisor, packed, settings, batch_size: int = 16, use
     from adex.supercell import build_vacancy
 
     n = len(packed)
-    sites = vacated_primitive_sites(packed)
+    sites = packed.vacated_primitive_sites
     hosts = [host_digest(packed, b) for b in range(n)]
     settings_key = json.dumps(settings.to_dict(), sort_keys=True)
     identity = advisor_identity(entry) if use_cache else ""

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import yaml
 from pymatgen.core import Lattice, Structure
 
 from adex.checkpoint import load_model
@@ -72,7 +73,7 @@ def test_init_from_chgnet_is_a_one_line_error(imported, tiny, reg, capsys) -> No
 
 # --------------------------------------------------------------------------- delta-learning on the potential
 def test_vacancy_energies_are_chgnet_energy_differences_and_cached(imported, packed, monkeypatch) -> None:  # noqa: F811
-    from adex.expert.potential import vacancy_energies, vacated_primitive_sites
+    from adex.expert.potential import vacancy_energies
     from adex.supercell import SupercellSettings, build_vacancy
 
     advisor = load_model(imported)
@@ -82,7 +83,7 @@ def test_vacancy_energies_are_chgnet_energy_differences_and_cached(imported, pac
     assert delta.shape == (3,) and delta.dtype == np.float64
     # by hand for vacancy 0: CHGNet energies of the defected and pristine supercells
     reference = chgnet_model.CHGNet.load(model_name="0.3.0", use_device="cpu", verbose=False)
-    vac = build_vacancy(first.primitive_structure(0), int(vacated_primitive_sites(first)[0]), settings)
+    vac = build_vacancy(first.primitive_structure(0), int(first.vacated_primitive_sites[0]), settings)
     by_hand = [float(reference.predict_structure(s, task="e")["e"]) * len(s) for s in (vac.defected, vac.pristine)]
     roles = first.node_role[first.graphs.node_ptr[0]:first.graphs.node_ptr[1]]
     assert len(vac.pristine) == (roles == 0).sum() > len(first.primitive_structure(0))  # the graph's supercell
@@ -179,13 +180,7 @@ def test_baseline_with_potential_delta_learns_dh_minus_the_vacancy_energy(import
     np.testing.assert_allclose(got, expected, atol=2e-5)  # the CSV keeps 6 significant digits
     plain, _, _ = fit_model(table.X[tr], table.targets[tr], table.hosts[tr], ModelSettings(), 0, True)
     assert np.abs(plain.predict(table.X[te]) - got).max() > 0.01  # without dE it would differ
-    assert yaml_load(out / "config.yaml")["potential_delta"] is True
-
-
-def yaml_load(path):
-    import yaml
-
-    return yaml.safe_load(path.read_text())
+    assert yaml.safe_load((out / "config.yaml").read_text())["potential_delta"] is True
 
 
 def test_predict_cli_with_a_potential_delta_expert_and_cache(imported, tiny, reg, capsys, monkeypatch,
