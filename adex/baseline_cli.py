@@ -30,6 +30,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--potential-delta", action="store_true",
                    help="delta-learning: learn dH minus the unrelaxed vacancy energy of the potential among --advisors "
                         "(CHGNet), as the expert's model.potential_delta")
+    p.add_argument("--potential-relaxation", action="store_true",
+                   help="with --potential-delta: line-search relax the defected supercell on the potential's forces "
+                        "first (as the expert's model.potential_relaxation; ~5x the potential's cost, cached)")
     p.add_argument("--registry", help="user registry root (default: $ADEX_HOME/registry)")
     p.set_defaults(func=cmd_baseline)
 
@@ -50,6 +53,8 @@ def cmd_baseline(args: argparse.Namespace) -> int:
             raise ConfigError(f"--{flag} must be >= 1, got {value}")
     if args.potential_delta and not (args.advisors or "").strip():
         raise ConfigError("--potential-delta needs a potential among --advisors (e.g. --advisors chgnet)")
+    if args.potential_relaxation and not args.potential_delta:
+        raise ConfigError("--potential-relaxation needs --potential-delta")
     model = ModelSettings(loss=args.loss)
     root = dataset_root("witman2023_vacancies", args.data)
     if args.split:
@@ -83,11 +88,13 @@ def cmd_baseline(args: argparse.Namespace) -> int:
         if args.potential_delta:
             from adex.expert.baseline import add_potential_delta
 
-            table = add_potential_delta(table, args.data, advisors)
-            con.print("learning dH minus the potential's unrelaxed vacancy energies", soft_wrap=True)
+            table = add_potential_delta(table, args.data, advisors, relaxation=args.potential_relaxation)
+            con.print("learning dH minus the potential's " + ("line-search relaxed" if args.potential_relaxation else "unrelaxed")
+                      + " vacancy energies", soft_wrap=True)
     config = {"command": "baseline", "cv": None if args.split else scheme, "split": args.split, "n_folds": args.folds,
               "elements": args.elements, "data": str(root), "features": settings.to_dict(), "workers": args.workers,
-              "advisors": advisor_refs, "potential_delta": bool(args.potential_delta)}
+              "advisors": advisor_refs, "potential_delta": bool(args.potential_delta),
+              "potential_relaxation": bool(args.potential_relaxation)}
 
     def report(k, row, val_mae) -> None:
         chosen = row["loss"] + (f" (validation MAE {', '.join(f'{l} {v:.3f}' for l, v in val_mae.items())})"

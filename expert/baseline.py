@@ -480,11 +480,14 @@ def add_advisor_features(table: FeatureTable, root: Path, advisors: list[tuple[o
                                featurize_seconds=table.featurize_seconds + time.perf_counter() - t0)
 
 
-def add_potential_delta(table: FeatureTable, data, advisors: list[tuple[object, object]], supercell=None) -> FeatureTable:
+def add_potential_delta(table: FeatureTable, data, advisors: list[tuple[object, object]], supercell=None,
+                        relaxation: bool = False) -> FeatureTable:
     """The table with ``offset`` = the unrelaxed vacancy energies E(defected) - E(pristine)
     (eV) of the potential among ``advisors`` (CHGNet) in the canonical supercells of
     ``supercell`` (default: those of the default expert config), as the expert's
-    ``model.potential_delta`` uses them (:mod:`adex.expert.potential`, cached)."""
+    ``model.potential_delta`` uses them (:mod:`adex.expert.potential`, cached); with
+    ``relaxation`` the defected supercell is line-search relaxed first
+    (``model.potential_relaxation``)."""
     import dataclasses
 
     from adex.config import load_config
@@ -497,7 +500,7 @@ def add_potential_delta(table: FeatureTable, data, advisors: list[tuple[object, 
     supercell = supercell or expert.supercell
     t0 = time.perf_counter()
     packed = load_witman(expert.featurizer, supercell, data, ids=[str(i) for i in table.ids])
-    offset = vacancy_energies(entry, model, packed, supercell)
+    offset = vacancy_energies(entry, model, packed, supercell, relaxation=relaxation)
     return dataclasses.replace(table, offset=offset, featurize_seconds=table.featurize_seconds + time.perf_counter() - t0)
 
 

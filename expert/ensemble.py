@@ -74,6 +74,13 @@ class ExpertEnsemble(nn.Module):
         return any(m.needs_potential_delta for m in self.members)
 
     @property
+    def potential_relaxation(self) -> bool:
+        kinds = {m.potential_relaxation for m in self.members if m.needs_potential_delta}
+        if len(kinds) > 1:
+            raise ValueError("ensemble members disagree on model.potential_relaxation")
+        return kinds == {True}
+
+    @property
     def receptive_hops(self) -> int | None:
         hops = [m.receptive_hops for m in self.members]
         return None if any(h is None for h in hops) else max(hops)

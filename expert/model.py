@@ -61,6 +61,10 @@ class ExpertModelConfig:
             the unrelaxed vacancy energy E(defected) - E(pristine) (eV) of the supercell
             that advisor computes (:mod:`adex.expert.potential`); the element reference
             and the network learn what it misses (relaxation, chemical potentials).
+        potential_relaxation: with ``potential_delta``, take the defected supercell's
+            energy after one steepest-descent line search on the potential's forces
+            (:meth:`adex.advisors.chgnet.CHGNetAdvisor.relaxed_energies`), so dE already
+            holds an estimate of the relaxation energy around the vacancy.
     """
 
     atom_fea_len: int = 64
@@ -73,6 +77,11 @@ class ExpertModelConfig:
     oxidation_states: bool = False
     element_reference: bool = False
     potential_delta: bool = False
+    potential_relaxation: bool = False
+
+    def __post_init__(self) -> None:
+        if self.potential_relaxation and not self.potential_delta:
+            raise ValueError("model.potential_relaxation needs model.potential_delta: true")
 
 
 class OxidationEncoding(nn.Module):
@@ -175,6 +184,11 @@ class Expert(nn.Module):
     def needs_potential_delta(self) -> bool:
         """Whether batches must carry a potential's vacancy energies (``potential_delta``)."""
         return self.config.potential_delta
+
+    @property
+    def potential_relaxation(self) -> bool:
+        """Whether those energies are line-search relaxed (``potential_relaxation``)."""
+        return self.config.potential_relaxation
 
     def prepare(self, packed):
         """The packed vacancy graphs this model needs: pruned to its receptive field."""

@@ -56,8 +56,10 @@ def potential_advisor(advisors: list) -> tuple:
 
 
 def vacancy_energies(entry, advisor, packed, settings, batch_size: int = 16, use_cache: bool = True,
-                     description: str = "potential: vacancy energies") -> np.ndarray:
-    """Unrelaxed vacancy energies dE (eV) of every vacancy of ``packed``: float64 [B].
+                     description: str = "potential: vacancy energies", relaxation: bool = False) -> np.ndarray:
+    """Vacancy energies dE (eV) of every vacancy of ``packed``: float64 [B], unrelaxed or,
+    with ``relaxation``, with the defected supercell line-search relaxed
+    (``advisor.relaxed_energies``, ~5x the cost; cached apart from the unrelaxed ones).
 
     Args:
         entry: the advisor's registry entry (its file hashes key the cache; an entry
@@ -74,6 +76,9 @@ def vacancy_energies(entry, advisor, packed, settings, batch_size: int = 16, use
     from adex.progress import progress_bar
     from adex.supercell import build_vacancy
 
+    if relaxation and not callable(getattr(advisor, "relaxed_energies", None)):
+        raise ConfigError(f"model.potential_relaxation needs a potential with forces (relaxed_energies); {type(advisor).__name__} has none")
+    vacancy_kind = "vr" if relaxation else "v"
     n = len(packed)
     sites = packed.vacated_primitive_sites
     hosts = [host_digest(packed, b) for b in range(n)]
@@ -102,7 +107,7 @@ def vacancy_energies(entry, advisor, packed, settings, batch_size: int = 16, use
     todo: dict[tuple[str, int], list[int]] = {}  # (host, site) -> vacancies
     for b in range(n):
         key = (hosts[b], int(sites[b]))
-        cached = read(entry_path("v", f"{key[0]}|{key[1]}"))
+        cached = read(entry_path(vacancy_kind, f"{key[0]}|{key[1]}"))
         if cached is None:
             todo.setdefault(key, []).append(b)
         else:
@@ -116,18 +121,24 @@ def vacancy_energies(entry, advisor, packed, settings, batch_size: int = 16, use
     for key, text in pristine_keys.items():
         if pristine_energy[text] is None and text not in pristine_todo:
             pristine_todo[text] = vacancies[key].pristine
-    jobs = [("p", text, s) for text, s in pristine_todo.items()] + [("v", key, vacancies[key].defected) for key in vacancies]
+    jobs = [("p", text, s) for text, s in pristine_todo.items()] + [(vacancy_kind, key, vacancies[key].defected) for key in vacancies]
     with progress_bar() as progress:  # pristine supercells first, so each vacancy is stored as soon as it is known
         task = progress.add_task(description, total=len(jobs))
         for start in range(0, len(jobs), batch_size):
             chunk = jobs[start:start + batch_size]
-            for (kind, key, _), energy in zip(chunk, advisor.total_energies([s for _, _, s in chunk])):
+            pristine = [s for kind, _, s in chunk if kind == "p"]
+            defected = [s for kind, _, s in chunk if kind != "p"]
+            energies = iter(advisor.total_energies(pristine) if pristine else [])
+            defected_energies = iter((advisor.relaxed_energies if relaxation else advisor.total_energies)(defected)
+                                     if defected else [])
+            for kind, key, _ in chunk:
+                energy = next(energies) if kind == "p" else next(defected_energies)
                 if kind == "p":
                     pristine_energy[key] = float(energy)
                     write(entry_path("p", key), float(energy))
                 else:
                     delta = float(energy) - pristine_energy[pristine_keys[key]]
-                    write(entry_path("v", f"{key[0]}|{key[1]}"), delta)
+                    write(entry_path(vacancy_kind, f"{key[0]}|{key[1]}"), delta)
                     out[todo[key]] = delta
             progress.advance(task, len(chunk))
     return out

@@ -221,13 +221,14 @@ def prepare_data(config: ExpertConfig, data, registry, fold=None, grouped: bool 
     advisors = load_advisors(config.advisors, registry)
     potential = potential_advisor(advisors) if config.model.potential_delta else None
     features = [compute_advisor_features(model, entry.ref, packed) for entry, model in advisors]
-    delta = None if potential is None else vacancy_energies(*potential, packed, config.supercell)
+    relax = config.model.potential_relaxation
+    delta = None if potential is None else vacancy_energies(*potential, packed, config.supercell, relaxation=relax)
     advisor_seconds = time.perf_counter() - t1
     views = []
     for distance in config.augment.min_image_distances:
         settings = dataclasses.replace(config.supercell, min_image_distance=float(distance))
         view = load_witman(config.featurizer, settings, data, ids=[str(i) for i in packed.ids[pool]])
-        view_delta = None if potential is None else vacancy_energies(*potential, view, settings)
+        view_delta = None if potential is None else vacancy_energies(*potential, view, settings, relaxation=relax)
         views.append(VacancyDataset(view, [compute_advisor_features(model, entry.ref, view) for entry, model in advisors],
                                     view_delta))
     init_advisor = None

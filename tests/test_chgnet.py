@@ -114,7 +114,59 @@ def test_vacancy_energy_cache_entries_are_checked(imported, packed, adex_home) -
     np.testing.assert_allclose(vacancy_energies(imported, advisor, one, settings, use_cache=False), delta, atol=1e-6)
 
 
-def test_potential_delta_expert_predicts_potential_plus_reference_plus_network(imported, tiny, reg, capsys) -> None:  # noqa: F811
+def test_relaxed_energies_are_a_line_search_on_chgnet_forces(imported) -> None:
+    from adex.advisors.chgnet import RELAXATION_STEP_SIZES
+
+    advisor = load_model(imported)
+    rattled = perovskite().make_supercell([2, 1, 1], in_place=False)
+    rattled.translate_sites([1], [0.15, -0.1, 0.05], frac_coords=False)  # off equilibrium: large forces on Ti
+    equilibrium = rocksalt()
+    unrelaxed = advisor.total_energies([rattled, equilibrium])
+    relaxed = advisor.relaxed_energies([rattled, equilibrium])
+    assert relaxed.shape == (2,) and relaxed.dtype == np.float64
+    assert np.all(relaxed <= unrelaxed + 1e-9)
+    assert unrelaxed[0] - relaxed[0] > 0.01  # moving along the forces lowers the energy
+    # by hand: the best of E(x + a F) over the step sizes, each move capped at 0.4 Å
+    reference = chgnet_model.CHGNet.load(model_name="0.3.0", use_device="cpu", verbose=False)
+    forces = np.asarray(reference.predict_structure(rattled, task="ef")["f"], dtype=np.float64)
+    largest = np.linalg.norm(forces, axis=1).max()
+    trials = []
+    for a in RELAXATION_STEP_SIZES:
+        moved = Structure(rattled.lattice, rattled.species, rattled.cart_coords + min(a, 0.4 / largest) * forces,
+                          coords_are_cartesian=True)
+        trials.append(float(reference.predict_structure(moved, task="e")["e"]) * len(moved))
+    assert relaxed[0] == pytest.approx(min(min(trials), unrelaxed[0]), abs=2e-3)
+    assert advisor.relaxed_energies([]).shape == (0,)
+
+
+def test_relaxed_vacancy_energies_are_lower_and_cached_apart(imported, packed, monkeypatch) -> None:  # noqa: F811
+    from adex.expert.potential import vacancy_energies
+    from adex.supercell import SupercellSettings
+
+    advisor = load_model(imported)
+    settings = SupercellSettings(min_image_distance=6.0)
+    first = packed.subset([0, 1])
+    unrelaxed = vacancy_energies(imported, advisor, first, settings)
+    relaxed = vacancy_energies(imported, advisor, first, settings, relaxation=True)
+    assert np.all(relaxed < unrelaxed)  # atoms around a vacancy always relax into it a little
+    monkeypatch.setattr(type(advisor), "relaxed_energies", lambda self, s, **kw: pytest.fail("not cached"))
+    monkeypatch.setattr(type(advisor), "total_energies", lambda self, s, batch_size=16: pytest.fail("not cached"))
+    np.testing.assert_array_equal(vacancy_energies(imported, advisor, first, settings, relaxation=True), relaxed)
+    np.testing.assert_array_equal(vacancy_energies(imported, advisor, first, settings), unrelaxed)
+
+
+def test_potential_relaxation_without_potential_delta_is_a_one_line_error(imported, tiny, reg, capsys) -> None:  # noqa: F811
+    from conftest import assert_one_line_error
+
+    rc = main(["expert", "train", "--data", str(tiny.root), "--registry", str(reg.root), *TINY,
+               "--advisors", "chgnet", "--split", "tiny", "--epochs", "1", "--set", "name=norelax",
+               "--set", "model.potential_relaxation=true"])
+    assert_one_line_error(rc, capsys.readouterr().err, "potential_relaxation", "potential_delta")
+
+
+@pytest.mark.parametrize("relaxation", [False, True])
+def test_potential_delta_expert_predicts_potential_plus_reference_plus_network(imported, tiny, reg, capsys,  # noqa: F811
+                                                                             relaxation) -> None:
     import torch
 
     from adex.expert.data import VacancyDataset, load_witman
@@ -123,18 +175,19 @@ def test_potential_delta_expert_predicts_potential_plus_reference_plus_network(i
     from adex.supercell import SupercellSettings
 
     rc = main(["expert", "train", "--data", str(tiny.root), "--registry", str(reg.root), *TINY,
-               "--advisors", "chgnet", "--split", "tiny", "--epochs", "1", "--set", "name=delta",
+               "--advisors", "chgnet", "--split", "tiny", "--epochs", "1", "--set", f"name=delta-{relaxation}",
                "--set", "model.potential_delta=true", "--set", "model.element_reference=true",
+               "--set", f"model.potential_relaxation={str(relaxation).lower()}",
                "--set", "augment.min_image_distances=[7.0]"])
     assert rc == 0, capsys.readouterr().err
-    entry = reg.registry.resolve("expert/delta")
+    entry = reg.registry.resolve(f"expert/delta-{relaxation}")
     expert = load_expert(entry.ref, reg.registry)
     model = expert.model
-    assert model.config.potential_delta and model.needs_potential_delta
+    assert model.config.potential_delta and model.needs_potential_delta and model.potential_relaxation is relaxation
     packed = load_witman(model.featurizer_settings, SupercellSettings.from_dict(model.supercell), tiny.root)
     pred = predict_packed(expert, packed)
     (chg_entry, chg), = expert.advisors
-    delta = vacancy_energies(chg_entry, chg, packed, SupercellSettings.from_dict(model.supercell))
+    delta = vacancy_energies(chg_entry, chg, packed, SupercellSettings.from_dict(model.supercell), relaxation=relaxation)
     features = [compute_advisor_features(chg, chg_entry.ref, packed)]
     batch = VacancyDataset(model.prepare(packed), features, delta).batch(np.arange(len(packed)))
     with torch.no_grad():
@@ -215,3 +268,11 @@ def test_predict_cli_with_a_potential_delta_expert_and_cache(imported, tiny, reg
     assert main(args) == 0
     again = list(csv.DictReader(io.StringIO(capsys.readouterr().out)))
     assert [r["dH_pred_eV"] for r in again] == [r["dH_pred_eV"] for r in first]
+
+
+def test_baseline_potential_relaxation_needs_potential_delta(imported, tiny, reg, capsys, tmp_path) -> None:  # noqa: F811
+    from conftest import assert_one_line_error
+
+    rc = main(["baseline", "--split", "tiny", "--data", str(tiny.root), "--registry", str(reg.root),
+               "--advisors", "chgnet", "--potential-relaxation", "--out", str(tmp_path / "x")])
+    assert_one_line_error(rc, capsys.readouterr().err, "--potential-relaxation", "--potential-delta")
