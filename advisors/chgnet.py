@@ -120,9 +120,10 @@ class CHGNetAdvisor(nn.Module):
         structures = list(structures)
         if not structures:
             return np.zeros(0, dtype=np.float64)
+        out = []
         with contextlib.redirect_stdout(sys.stderr), torch.enable_grad():  # forces = -dE/dx by autograd
-            out = self.chgnet.predict_structure(structures, task="ef", batch_size=batch_size)
-        out = out if isinstance(out, list) else [out]
+            for structure in structures:  # one at a time: a batch of 16 supercells of ~130 atoms peaks at ~20 GB
+                out.append(self.chgnet.predict_structure(structure, task="ef", batch_size=1))
         best = np.array([float(r["e"]) * len(s) for r, s in zip(out, structures)], dtype=np.float64)
         moved, owner = [], []
         for b, (r, s) in enumerate(zip(out, structures)):

@@ -122,4 +122,19 @@ done
 adex experiment blend "$OUT/delta" "$OUT/baseline_chgnet_delta" --out "$OUT/blend_delta"
 adex experiment blend "$OUT/delta_struct" "$OUT/baseline_chgnet_delta_struct" --out "$OUT/blend_delta_struct"
 
+# ... with the defected supercell line-search relaxed on CHGNet's forces first (model.potential_relaxation; ~2 s per
+# vacancy on one core, cached). The expert without augmentation: the 10 A views would need their own relaxations.
+for cv in published published_struct published@0.10 published@0.40; do
+    adex baseline --cv $cv --advisors chgnet --potential-delta --potential-relaxation \
+        --out "$OUT/baseline_chgnet_relax$(echo $cv | sed 's/published//; s/@/_/')"
+done
+adex cv --advisors $ADVISORS,chgnet --cv published --folds 10 --set model.potential_delta=true \
+    --set model.potential_relaxation=true "${COMMON[@]}" --out "$OUT/relax"
+adex cv --advisors $ADVISORS,chgnet --cv published --folds 10 --set model.potential_delta=true "${COMMON[@]}" \
+    --out "$OUT/delta_noaug"
+adex cv --advisors $ADVISORS,chgnet --cv published_struct --folds 10 --set model.potential_delta=true \
+    --set model.potential_relaxation=true "${COMMON[@]}" --out "$OUT/relax_struct"
+adex experiment blend "$OUT/relax" "$OUT/baseline_chgnet_relax" --out "$OUT/blend_relax"
+adex experiment blend "$OUT/relax_struct" "$OUT/baseline_chgnet_relax_struct" --out "$OUT/blend_relax_struct"
+
 adex report "$OUT"/* -o "$OUT/report.md"
