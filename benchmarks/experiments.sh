@@ -122,9 +122,9 @@ done
 adex experiment blend "$OUT/delta" "$OUT/baseline_chgnet_delta" --out "$OUT/blend_delta"
 adex experiment blend "$OUT/delta_struct" "$OUT/baseline_chgnet_delta_struct" --out "$OUT/blend_delta_struct"
 
-# ... with the defected supercell line-search relaxed on CHGNet's forces first (model.potential_relaxation; ~1 s per
+# ... with the defected supercell line-search relaxed on CHGNet's forces first (model.potential_relaxation; ~2 s per
 # vacancy on one core, cached). The expert without augmentation (the 10 A views would need their own relaxations),
-# per vacancy as two --fold halves side by side, per compound on the first 5 folds only (time).
+# each as two --fold halves side by side.
 for cv in published published_struct published@0.10 published@0.40; do
     adex baseline --cv $cv --advisors chgnet --potential-delta --potential-relaxation \
         --out "$OUT/baseline_chgnet_relax$(echo $cv | sed 's/published//; s/@/_/')"
@@ -136,6 +136,9 @@ adex cv --advisors $ADVISORS,chgnet --cv published --fold=1.00k{5,6,7,8,9} --set
 adex experiment merge "$OUT/relax_a" "$OUT/relax_b" --out "$OUT/relax"
 adex cv --advisors $ADVISORS,chgnet --cv published_struct --fold=1.00k{0,1,2,3,4}_struct --set model.potential_delta=true \
     --set model.potential_relaxation=true "${COMMON[@]}" --out "$OUT/relax_struct_a"
+adex cv --advisors $ADVISORS,chgnet --cv published_struct --fold=1.00k{5,6,7,8,9}_struct --set model.potential_delta=true \
+    --set model.potential_relaxation=true "${COMMON[@]}" --out "$OUT/relax_struct_b"
+adex experiment merge "$OUT/relax_struct_a" "$OUT/relax_struct_b" --out "$OUT/relax_struct"
 adex experiment blend "$OUT/delta" "$OUT/baseline_chgnet_relax" --out "$OUT/blend_delta_relaxbaseline"
 adex experiment blend "$OUT/delta_struct" "$OUT/baseline_chgnet_relax_struct" --out "$OUT/blend_delta_relaxbaseline_struct"
 
