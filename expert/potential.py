@@ -121,24 +121,21 @@ def vacancy_energies(entry, advisor, packed, settings, batch_size: int = 16, use
     for key, text in pristine_keys.items():
         if pristine_energy[text] is None and text not in pristine_todo:
             pristine_todo[text] = vacancies[key].pristine
-    jobs = [("p", text, s) for text, s in pristine_todo.items()] + [(vacancy_kind, key, vacancies[key].defected) for key in vacancies]
+    defected_energies = advisor.relaxed_energies if relaxation else advisor.total_energies
+    pristine_jobs, vacancy_jobs = list(pristine_todo.items()), list(vacancies)
     with progress_bar() as progress:  # pristine supercells first, so each vacancy is stored as soon as it is known
-        task = progress.add_task(description, total=len(jobs))
-        for start in range(0, len(jobs), batch_size):
-            chunk = jobs[start:start + batch_size]
-            pristine = [s for kind, _, s in chunk if kind == "p"]
-            defected = [s for kind, _, s in chunk if kind != "p"]
-            energies = iter(advisor.total_energies(pristine) if pristine else [])
-            defected_energies = iter((advisor.relaxed_energies if relaxation else advisor.total_energies)(defected)
-                                     if defected else [])
-            for kind, key, _ in chunk:
-                energy = next(energies) if kind == "p" else next(defected_energies)
-                if kind == "p":
-                    pristine_energy[key] = float(energy)
-                    write(entry_path("p", key), float(energy))
-                else:
-                    delta = float(energy) - pristine_energy[pristine_keys[key]]
-                    write(entry_path(vacancy_kind, f"{key[0]}|{key[1]}"), delta)
-                    out[todo[key]] = delta
+        task = progress.add_task(description, total=len(pristine_jobs) + len(vacancy_jobs))
+        for start in range(0, len(pristine_jobs), batch_size):
+            chunk = pristine_jobs[start:start + batch_size]
+            for (text, _), energy in zip(chunk, advisor.total_energies([s for _, s in chunk])):
+                pristine_energy[text] = float(energy)
+                write(entry_path("p", text), float(energy))
+            progress.advance(task, len(chunk))
+        for start in range(0, len(vacancy_jobs), batch_size):
+            chunk = vacancy_jobs[start:start + batch_size]
+            for key, energy in zip(chunk, defected_energies([vacancies[k].defected for k in chunk])):
+                delta = float(energy) - pristine_energy[pristine_keys[key]]
+                write(entry_path(vacancy_kind, f"{key[0]}|{key[1]}"), delta)
+                out[todo[key]] = delta
             progress.advance(task, len(chunk))
     return out
