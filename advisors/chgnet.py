@@ -27,7 +27,74 @@ RELAXATION_STEP_SIZES = (0.02, 0.04, 0.08, 0.16)  # Å²/eV: the line search of 
 INSTALL_HINT = "the CHGNet advisor needs the optional CHGNet package: pip install 'adex[chgnet]' (or pip install chgnet)"
 
 
+#: Names that CHGNet's package ``__init__`` files import eagerly from heavy modules (ASE
+#: molecular dynamics, pymatgen's VASP output parsers, hence scipy.signal and matplotlib:
+#: ~2 s per process) although the network needs none of them: (package, module, names).
+_CHGNET_EAGER_EXTRAS = (
+    ("chgnet.model", "chgnet.model.dynamics", ("CHGNetCalculator", "MolecularDynamics", "StructOptimizer")),
+    ("chgnet.utils", "chgnet.utils.vasp_utils", ("parse_vasp_dir", "solve_charge_by_mag")),
+)
+
+
+def _lazy_package(name: str, heavy_module: str, heavy_names: tuple[str, ...], eager_module: str | None = None):
+    """The package ``name`` without running its ``__init__``: submodules import as usual,
+    ``eager_module``'s public names are copied in, and ``heavy_names`` import
+    ``heavy_module`` on first access (PEP 562 module ``__getattr__``), so
+    ``from chgnet.model import StructOptimizer`` still works, just later."""
+    import importlib
+    import importlib.util
+    import types
+
+    spec = importlib.util.find_spec(name)
+    if spec is None or not spec.submodule_search_locations:
+        raise ImportError(name)
+    module = types.ModuleType(name)
+    module.__spec__, module.__path__, module.__file__ = spec, list(spec.submodule_search_locations), spec.origin
+    module.__package__ = name
+
+    def __getattr__(attr: str):
+        if attr in heavy_names:
+            value = getattr(importlib.import_module(heavy_module), attr)
+            setattr(module, attr, value)
+            return value
+        raise AttributeError(f"module {name!r} has no attribute {attr!r}")
+
+    module.__getattr__ = __getattr__
+    sys.modules[name] = module
+    parent, _, child = name.rpartition(".")
+    setattr(sys.modules[parent], child, module)  # as the import system does for a loaded submodule
+    if eager_module:
+        source = importlib.import_module(eager_module)
+        for attr in getattr(source, "__all__", [a for a in vars(source) if not a.startswith("_")]):
+            setattr(module, attr, getattr(source, attr))
+    return module
+
+
 def _chgnet_class():
+    """CHGNet's network class, imported without the molecular-dynamics and VASP-parsing
+    modules its package ``__init__`` files pull in (see ``benchmarks/`` and the README:
+    about 2 s less per process). Falls back to the plain import if CHGNet's layout differs."""
+    try:
+        import chgnet  # noqa: F401  (the top-level package itself is light)
+    except ImportError:
+        raise MissingExtraError(INSTALL_HINT) from None
+    if "chgnet.model" not in sys.modules:
+        created = []
+        try:
+            for package, heavy_module, heavy_names in reversed(_CHGNET_EAGER_EXTRAS):  # chgnet.utils first
+                if package not in sys.modules:
+                    eager = "chgnet.utils.common_utils" if package == "chgnet.utils" else None
+                    _lazy_package(package, heavy_module, heavy_names, eager_module=eager)
+                    created.append(package)
+            from chgnet.model.model import CHGNet
+
+            sys.modules["chgnet.model"].CHGNet = CHGNet
+            return CHGNet
+        except Exception:  # an unexpected package layout: undo, then import as usual
+            for package in created:
+                sys.modules.pop(package, None)
+                if hasattr(chgnet, package.rpartition(".")[2]):
+                    delattr(chgnet, package.rpartition(".")[2])
     try:
         from chgnet.model import CHGNet
     except ImportError:

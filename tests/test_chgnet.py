@@ -276,3 +276,28 @@ def test_baseline_potential_relaxation_needs_potential_delta(imported, tiny, reg
     rc = main(["baseline", "--split", "tiny", "--data", str(tiny.root), "--registry", str(reg.root),
                "--advisors", "chgnet", "--potential-relaxation", "--out", str(tmp_path / "x")])
     assert_one_line_error(rc, capsys.readouterr().err, "--potential-relaxation", "--potential-delta")
+
+
+def test_chgnet_network_imports_without_its_md_and_vasp_modules() -> None:
+    """The advisor imports CHGNet's network without ``chgnet.model.dynamics`` (ASE MD) and
+    ``chgnet.utils.vasp_utils`` (pymatgen's VASP parsers): ~2 s less per process. The
+    names those modules give the packages still import, on first use. A fresh process:
+    this one already imported ``chgnet.model`` the usual way."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys\n"
+        "from adex.advisors.chgnet import _chgnet_class\n"
+        "CHGNet = _chgnet_class()\n"
+        "heavy = [m for m in ('chgnet.model.dynamics', 'chgnet.utils.vasp_utils', 'ase.md', 'scipy.signal') if m in sys.modules]\n"
+        "assert not heavy, heavy\n"
+        "import chgnet.model\n"
+        "assert chgnet.model.CHGNet is CHGNet and CHGNet.__module__ == 'chgnet.model.model'\n"
+        "from chgnet.model import StructOptimizer\n"
+        "from chgnet.utils import mkdir, parse_vasp_dir\n"
+        "assert 'chgnet.model.dynamics' in sys.modules and callable(parse_vasp_dir) and callable(mkdir)\n"
+        "print('ok')\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0 and proc.stdout.strip() == "ok", proc.stderr[-2000:]
