@@ -145,10 +145,10 @@ def cmd_predict(args: argparse.Namespace) -> int:
 def _predict_structure(args, expert, con) -> int:
     from adex.errors import AdexError
     from adex.expert.predict import featurize_host_sites
-    from adex.io import read_structure
+    from adex.io import read_hosts
     from adex.supercell import distinct_sites, site_from_frac, site_from_label
 
-    host = read_structure(args.structure)
+    host = read_hosts([args.structure])[0][0]  # site i is the file's i-th atom
     if args.all_sites:
         infos = distinct_sites(host, expert.model.supercell.get("symprec", 0.01))
         sites = [info.index for info in infos]

@@ -372,11 +372,12 @@ def hop_distances(edge_index: np.ndarray, sources: np.ndarray, n_nodes: int) -> 
 
 
 def featurize_vacancy(host: Structure, site: int, vacancy_id: str, target: float | None,
-                      featurizer: Featurizer, supercell_settings) -> PackedVacancies:
-    """Supercell + combined graph of one vacancy, packed."""
+                      featurizer: Featurizer, supercell_settings, canonical=None) -> PackedVacancies:
+    """Supercell + combined graph of one vacancy, packed (``canonical``: the site's
+    :class:`adex.supercell.CanonicalVacancy` if already known)."""
     from adex.supercell import build_vacancy, build_vacancy_graph
 
-    vac = build_vacancy(host, site, supercell_settings)
+    vac = build_vacancy(host, site, supercell_settings, canonical=canonical)
     return pack_vacancy(build_vacancy_graph(vac, featurizer), vac, vacancy_id, target)
 
 

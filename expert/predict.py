@@ -9,7 +9,7 @@ import numpy as np
 import torch
 from pymatgen.core import Structure
 
-from adex.errors import RegistryError
+from adex.errors import RegistryError, StructureError
 from adex.expert.data import AdvisorFeatures, PackedVacancies, VacancyDataset, compute_advisor_features, featurize_vacancy
 from adex.graphs import Featurizer
 
@@ -86,14 +86,17 @@ def load_default_expert(registry, lazy_advisors: bool = False) -> tuple[LoadedEx
 
 
 def featurize_host_sites(expert: LoadedExpert, host: Structure, sites: list[int], host_id: str) -> PackedVacancies:
-    """Supercell graphs of several vacancies of one host (the host is read once)."""
-    from adex.supercell import SupercellSettings
+    """Supercell graphs of several vacancies of one host (the host is read and its
+    symmetry analysed once)."""
+    from adex.supercell import SupercellSettings, canonical_host_sites
 
     model = expert.model
     featurizer = Featurizer(model.featurizer_settings)
     settings = SupercellSettings.from_dict(model.supercell)
+    canonical = canonical_host_sites(host, sites, settings.symprec)
     packed = PackedVacancies.concatenate(
-        [featurize_vacancy(host, site, f"{host_id}#{site}", None, featurizer, settings) for site in sites]
+        [featurize_vacancy(host, site, f"{host_id}#{site}", None, featurizer, settings, can)
+         for site, can in zip(sites, canonical)]
     )
     warn_about_inputs(expert, packed, host_id)
     return packed
@@ -242,20 +245,54 @@ def _init_worker(threads: int) -> None:
 
 
 def _predict_chunk(expert: LoadedExpert | None, chunk: list[tuple[str, list[int]]], batch_size: int, cache: bool = False):
-    """Read, featurize and predict one chunk of hosts: ``[(path, sites, members [M, S])]``."""
+    """Read, featurize and predict one chunk of hosts: ``[(path, sites, members [M, S])]``.
+
+    Files that describe the same crystal (:func:`adex.io.read_hosts`: one CIF per vacancy,
+    atoms reordered) are one host: its structure is built, its symmetry analysed and its
+    advisors run once, and a vacancy asked for twice is featurized and predicted once.
+    With ``cache`` every file goes through :func:`cached_host_sites` instead.
+    """
     from pathlib import Path
 
-    from adex.io import read_structure
+    from adex.io import read_hosts
+    from adex.supercell import check_site
 
     expert = expert or _WORKER_EXPERT
-    parts, sizes = [], []
-    for path, sites in chunk:
-        parts.append(cached_host_sites(expert, path, sites) if cache
-                     else featurize_host_sites(expert, read_structure(path), sites, Path(path).name))
-        sizes.append(len(sites))
-    members = predict_packed_members(expert, PackedVacancies.concatenate(parts), batch_size, cache=cache)
-    bounds = np.cumsum([0, *sizes])
-    return [(path, sites, members[:, a:b]) for (path, sites), a, b in zip(chunk, bounds[:-1], bounds[1:])]
+    if cache:
+        parts = [cached_host_sites(expert, path, sites) for path, sites in chunk]
+        members = predict_packed_members(expert, PackedVacancies.concatenate(parts), batch_size, cache=True)
+        bounds = np.cumsum([0, *(len(sites) for _, sites in chunk)])
+        return [(path, sites, members[:, a:b]) for (path, sites), a, b in zip(chunk, bounds[:-1], bounds[1:])]
+    hosts, host_of_file, atom_maps = read_hosts([path for path, _ in chunk])
+    column: dict[tuple[int, int], int] = {}  # (host, host site) -> column of the predictions
+    host_sites: dict[int, list[int]] = {}
+    host_files: dict[int, list[str]] = {}
+    file_columns = []
+    for (path, sites), host, atom_map in zip(chunk, host_of_file, atom_maps):
+        host = int(host)
+        host_files.setdefault(host, []).append(Path(path).name)
+        columns = []
+        for site in sites:
+            try:
+                mapped = int(atom_map[check_site(atom_map, site)])  # atom_map: one entry per atom of the file
+            except StructureError as exc:
+                raise StructureError(f"{path}: {exc}") from None
+            if (host, mapped) not in column:
+                column[(host, mapped)] = len(column)
+                host_sites.setdefault(host, []).append(mapped)
+            columns.append(column[(host, mapped)])
+        file_columns.append(columns)
+    parts, order = [], []
+    for host, sites in host_sites.items():  # the columns' order: hosts, then their sites
+        files = host_files[host]
+        name = files[0] + (f" (and {len(files) - 1} other file{'s' if len(files) > 2 else ''} of the same crystal)"
+                           if len(files) > 1 else "")
+        parts.append(featurize_host_sites(expert, hosts[host], sites, name))
+        order.extend(column[(host, site)] for site in sites)
+    members = predict_packed_members(expert, PackedVacancies.concatenate(parts), batch_size)
+    by_column = np.empty_like(members)
+    by_column[:, order] = members
+    return [(path, sites, by_column[:, columns]) for (path, sites), columns in zip(chunk, file_columns)]
 
 
 def host_chunks(jobs: list[tuple[str, list[int]]], chunk_vacancies: int = CHUNK_VACANCIES) -> list[list[tuple[str, list[int]]]]:

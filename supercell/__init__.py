@@ -49,6 +49,7 @@ from adex.supercell.symmetry import (
     SiteInfo,
     analyze_host,
     canonical_host,
+    canonical_host_sites,
     check_site,
     distinct_sites,
 )
@@ -58,7 +59,7 @@ __all__ = [
     "CanonicalVacancy", "HostSymmetry", "SiteInfo", "SupercellSettings", "VacancyGraph", "VacancySupercell",
     "EDGE_PRISTINE", "EDGE_DEFECTED", "EDGE_DEFECTED_TO_PRISTINE", "EDGE_PRISTINE_TO_DEFECTED",
     "ROLE_PRISTINE", "ROLE_DEFECTED",
-    "analyze_host", "build_vacancy", "build_vacancy_graph", "canonical_host", "check_site", "cif_site_labels",
+    "analyze_host", "build_vacancy", "build_vacancy_graph", "canonical_host", "canonical_host_sites", "check_site", "cif_site_labels",
     "distinct_sites", "find_supercell_matrix", "lattice_points_in_supercell", "lll_reduce",
     "min_image_distance", "shortest_vector_length", "site_from_frac", "site_from_label",
     "sites_with_label", "successive_minima", "supercell_of",

@@ -108,7 +108,8 @@ class SiteInfo:
 
 
 def check_site(structure: Structure, site: int) -> int:
-    """Validate a site index of ``structure``; returns it as ``int``.
+    """Validate a site index of ``structure`` (or of any sequence with one entry per
+    atom); returns it as ``int``.
 
     Raises:
         StructureError: ``"site 57 out of range: host has 20 atoms (0..19)"``.
@@ -323,8 +324,21 @@ def canonical_host(structure: Structure, site: int, symprec: float = 0.01) -> Ca
     Raises:
         StructureError: site out of range, disorder, or spglib failure.
     """
-    site = check_site(structure, site)
+    return canonical_host_sites(structure, [site], symprec)[0]
+
+
+def canonical_host_sites(structure: Structure, sites, symprec: float = 0.01) -> list[CanonicalVacancy]:
+    """:func:`canonical_host` of several sites of one host (the host is analysed once).
+
+    Raises:
+        StructureError: a site out of range, disorder, or spglib failure.
+    """
+    sites = [check_site(structure, site) for site in sites]
     sym = analyze_host(structure, symprec)
+    return [_canonical_vacancy(sym, site) for site in sites]
+
+
+def _canonical_vacancy(sym: HostSymmetry, site: int) -> CanonicalVacancy:
     rep = int(sym.orbit[sym.input_to_primitive[site]])
     return CanonicalVacancy(
         primitive=sym.primitive,

@@ -128,6 +128,7 @@ def build_vacancy(
     site: int,
     settings: SupercellSettings | None = None,
     max_det: int = DEFAULT_MAX_DETERMINANT,
+    canonical: CanonicalVacancy | None = None,
 ) -> VacancySupercell:
     """Build the canonical vacancy supercell of (host, site).
 
@@ -139,11 +140,14 @@ def build_vacancy(
         site: index of the vacated atom.
         settings: supercell settings (default :class:`SupercellSettings`).
         max_det: cap of the exact supercell search (primitive cells).
+        canonical: ``canonical_host(host, site, settings.symprec)`` if already known
+            (:func:`adex.supercell.canonical_host_sites` analyses a host once for many sites).
     Raises:
         StructureError: site out of range, disordered host, spglib failure.
     """
     settings = settings or SupercellSettings()
-    canonical = canonical_host(host, site, settings.symprec)
+    if canonical is None:
+        canonical = canonical_host(host, site, settings.symprec)
     primitive = canonical.primitive
     matrix = find_supercell_matrix(primitive.lattice, settings.min_image_distance, max_det=max_det)
     n_cells = int(round(abs(np.linalg.det(matrix))))

@@ -112,3 +112,43 @@ def test_fast_path_wraps_coordinates_like_ase() -> None:
     assert fast is not None and np.all((fast[2] >= 0) & (fast[2] < 1))
     assert_same_crystal(structure_from_text(text, "cif"), ase_structure(text))
     assert adex.io._CELL_TAGS[0] == "_cell_length_a"
+
+
+def test_cellpar_to_cell_equals_ase_exactly() -> None:
+    from ase.geometry import cellpar_to_cell as ase_cellpar_to_cell
+
+    rng = np.random.default_rng(0)
+    cells = [[5.78507, 5.78507, 5.78507, 60, 60, 59.9999], [3, 4, 5, 90, 90, 90], [3, 4, 5, 90, 90, 120],
+             [3, 3, 3, 90, 90, -90], [4, 4, 4, 109.47, 109.47, 109.47]]
+    cells += [list(rng.uniform(2, 10, 3)) + list(rng.choice([90.0, 60.0, 120.0, rng.uniform(60, 120)], 3)) for _ in range(300)]
+    for cellpar in cells:
+        assert np.array_equal(adex.io.cellpar_to_cell(cellpar), ase_cellpar_to_cell(cellpar)), cellpar
+    with pytest.raises(ValueError, match="describe no cell"):
+        adex.io.cellpar_to_cell([3, 3, 3, 10, 10, 170])
+
+
+def test_read_hosts_shares_one_structure_between_reordered_files(tmp_path) -> None:
+    """One CIF per vacancy with the vacated atom first (the Witman files) is one crystal:
+    read_hosts builds it once and maps every file's atoms onto it; another crystal, or the
+    same atoms moved by 1e-5, stays apart."""
+    files = [WITMAN / f"0010541-{label}.cif" for label in ("Ti1", "Sr1", "O1")]
+    if not all(f.is_file() for f in files):
+        pytest.skip(f"no Witman structures at {WITMAN}")
+    moved = tmp_path / "moved.cif"
+    moved.write_text(files[0].read_text().replace("0.50000  0.50000  0.00000", "0.50001  0.50000  0.00000", 1))
+    assert moved.read_text() != files[0].read_text()
+    poscar = tmp_path / "POSCAR"
+    read_structure(files[2]).to(filename=str(poscar), fmt="poscar")
+    paths = [*files, WITMAN / "0009684-O1.cif", moved, poscar]
+    hosts, host_of_file, atom_maps = adex.io.read_hosts(paths)
+    assert host_of_file.tolist() == [0, 0, 0, 1, 2, 0] and len(hosts) == 3
+    for path, host, atom_map in zip(paths, host_of_file, atom_maps):
+        own = read_structure(path)
+        shared = hosts[host]
+        assert sorted(atom_map.tolist()) == list(range(len(own)))
+        assert [shared[int(j)].specie.symbol for j in atom_map] == [s.specie.symbol for s in own]
+        diff = shared.frac_coords[atom_map] - own.frac_coords
+        assert np.abs(diff - np.rint(diff)).max() < 1e-9
+    assert read_structure(files[1])[0].specie.symbol == "Sr" and hosts[0][int(atom_maps[1][0])].specie.symbol == "Sr"
+    with pytest.raises(StructureError, match="no such file"):
+        adex.io.read_hosts([tmp_path / "missing.cif"])

@@ -119,9 +119,10 @@ def predict(capsys, ctx, *args: str) -> tuple[int, str, str]:
 
 @pytest.fixture()
 def spies(monkeypatch: pytest.MonkeyPatch) -> SimpleNamespace:
-    """Record calls to read_structure, featurize_host_sites and featurize_vacancy."""
+    """Record the files read (adex.io._read_cell, under read_hosts), and calls to
+    featurize_host_sites and featurize_vacancy."""
     calls = SimpleNamespace(read=[], hosts=[], vacancies=[])
-    read, hosts_fn, vacancy_fn = adex.io.read_structure, adex.expert.predict.featurize_host_sites, adex.expert.predict.featurize_vacancy
+    read, hosts_fn, vacancy_fn = adex.io._read_cell, adex.expert.predict.featurize_host_sites, adex.expert.predict.featurize_vacancy
 
     def spy_read(path):
         calls.read.append(Path(path).name)
@@ -135,7 +136,7 @@ def spies(monkeypatch: pytest.MonkeyPatch) -> SimpleNamespace:
         calls.vacancies.append(site)
         return vacancy_fn(host, site, *args, **kwargs)
 
-    monkeypatch.setattr(adex.io, "read_structure", spy_read)
+    monkeypatch.setattr(adex.io, "_read_cell", spy_read)
     monkeypatch.setattr(adex.expert.predict, "featurize_host_sites", spy_hosts)
     monkeypatch.setattr(adex.expert.predict, "featurize_vacancy", spy_vacancy)
     return calls
@@ -496,3 +497,24 @@ def test_unknown_oxidation_states_warn_but_predict(capsys, ctx, hosts, monkeypat
     assert "srtio3.cif" in warning and "oxidation states" in warning
     before, after = (float(out.strip().splitlines()[-1].split(",")[-1]) for out in (known.out, unknown.out))
     assert np.isfinite(after) and after != before
+
+
+def test_table_files_of_one_crystal_are_one_host(capsys, ctx, hosts, witman, tmp_path, spies) -> None:
+    """The Witman files 0010541-Ti1/-Sr1/-O1.cif are SrTiO3 with the atoms reordered (the
+    vacated atom first): one host, featurized once; the Sr vacancy asked for in two files
+    is one vacancy; values equal the single-file ones."""
+    folder = tmp_path / "srtio3"
+    folder.mkdir()
+    for label in ("Ti1", "Sr1", "O1"):
+        shutil.copy(witman / "structures" / f"0010541-{label}.cif", folder / f"{label}.cif")
+    rows = [["Ti1.cif", "0", "Ti"], ["Sr1.cif", "0", "Sr"], ["O1.cif", "0", "O"], ["Ti1.cif", "1", "Sr again"]]
+    table = folder / "table.csv"
+    table.write_text("structure,site,note\n" + "".join(",".join(r) + "\n" for r in rows))
+    rc, out, err = predict(capsys, ctx, "--input", str(table))
+    assert rc == 0, err
+    got = [float(r["dH_pred_eV"]) for r in read_csv(out)]
+    np.testing.assert_allclose(got, ctx.srtio3[[0, 1, 2, 1]], atol=1e-4)  # srtio3.cif is Ti1.cif
+    assert got[1] == got[3]
+    assert sorted(spies.read) == ["O1.cif", "Sr1.cif", "Ti1.cif"]
+    assert len(spies.hosts) == 1 and spies.hosts[0][0] == "Ti1.cif (and 2 other files of the same crystal)"
+    assert sorted(spies.hosts[0][1]) == [0, 1, 2] and len(spies.vacancies) == 3
