@@ -3,6 +3,7 @@ hosts once, predict any number of vacancies in batches."""
 from __future__ import annotations
 
 import warnings
+from collections import OrderedDict
 from dataclasses import dataclass
 
 import numpy as np
@@ -158,16 +159,24 @@ def cached_host_sites(expert: LoadedExpert, path: str, sites: list[int]) -> Pack
     return packed
 
 
-def cached_advisor_features(entry, advisor, packed: PackedVacancies) -> AdvisorFeatures:
+#: Host embeddings kept in memory by :func:`cached_advisor_features` (per process, least
+#: recently used dropped first): enough for the hosts that neighbouring chunks of a table share.
+EMBEDDING_MEMO_HOSTS = 512
+_EMBEDDING_MEMO: "OrderedDict[tuple[str, str], tuple[np.ndarray, np.ndarray]]" = OrderedDict()
+
+
+def cached_advisor_features(entry, advisor, packed: PackedVacancies, persistent: bool = True) -> AdvisorFeatures:
     """:func:`compute_advisor_features` through a content-addressed cache of per-host
     embeddings: the advisor runs only on hosts it has not embedded before.
 
     The key is the sha256 of the advisor's files (weights and model card, as recorded in
-    its registry entry) and of the host's canonical primitive cell (:func:`host_digest`);
+    its registry entry) and of the host's canonical primitive cell (:func:`host_digest`).
+    The last :data:`EMBEDDING_MEMO_HOSTS` hosts are kept in memory; with ``persistent``
     entries (``atom`` float32 [n, d], ``crystal`` float32 [d]; :func:`adex.fileio.pack_arrays`
-    files) are written atomically under ``$ADEX_HOME/cache/advisors``. An advisor embeds
-    each host independently of the others, so a hit gives the same embeddings as a cold
-    run (to float rounding: matrix kernels may sum in another order for another batch).
+    files) are also written atomically under ``$ADEX_HOME/cache/advisors`` and read from there.
+    An advisor embeds each host independently of the others, so a hit gives the same
+    embeddings as a cold run (to float rounding: matrix kernels may sum in another order
+    for another batch).
     """
     import hashlib
 
@@ -178,14 +187,22 @@ def cached_advisor_features(entry, advisor, packed: PackedVacancies) -> AdvisorF
     identity = advisor_identity(entry)
     if not identity:  # an advisor without recorded files cannot be cached safely
         return compute_advisor_features(advisor, entry.ref, packed)
-    folder = cache_dir() / "advisors" / hashlib.sha256(identity.encode()).hexdigest()[:24]
+    identity = hashlib.sha256(identity.encode()).hexdigest()[:24]
+    folder = cache_dir() / "advisors" / identity
     first, inverse = unique_hosts(packed)
     sizes = packed.prim_ptr[first + 1] - packed.prim_ptr[first]  # atoms per distinct host
-    paths = [folder / digest[:2] / f"{digest[2:26]}.arrays" for digest in (host_digest(packed, int(b)) for b in first)]
+    digests = [host_digest(packed, int(b)) for b in first]
+    paths = [folder / digest[:2] / f"{digest[2:26]}.arrays" for digest in digests]
     atoms: list = [None] * len(first)
     crystals: list = [None] * len(first)
     for u, path in enumerate(paths):
-        if path.is_file():
+        stored = _EMBEDDING_MEMO.get((identity, digests[u]))
+        if stored is not None:
+            atoms[u], crystals[u] = stored
+            if persistent and not path.is_file():  # embedded earlier in this process without the disk cache
+                atomic_write_bytes(path, pack_arrays({"atom": atoms[u], "crystal": crystals[u]}))
+            continue
+        if persistent and path.is_file():
             try:
                 stored = unpack_arrays(path.read_bytes())
                 atom, crystal = stored["atom"], stored["crystal"]
@@ -199,8 +216,14 @@ def cached_advisor_features(entry, advisor, packed: PackedVacancies) -> AdvisorF
                                     [str(packed.ids[first[u]]) for u in missing])
         starts = np.r_[0, np.cumsum(sizes[missing])]
         for k, u in enumerate(missing):
-            atoms[u], crystals[u] = atom[starts[k]:starts[k + 1]], crystal[k]
-            atomic_write_bytes(paths[u], pack_arrays({"atom": atoms[u], "crystal": crystals[u]}))
+            atoms[u], crystals[u] = atom[starts[k]:starts[k + 1]].copy(), crystal[k].copy()
+            if persistent:
+                atomic_write_bytes(paths[u], pack_arrays({"atom": atoms[u], "crystal": crystals[u]}))
+    for u in range(len(first)):
+        _EMBEDDING_MEMO[(identity, digests[u])] = (atoms[u], crystals[u])
+        _EMBEDDING_MEMO.move_to_end((identity, digests[u]))
+    while len(_EMBEDDING_MEMO) > EMBEDDING_MEMO_HOSTS:
+        _EMBEDDING_MEMO.popitem(last=False)
     return per_vacancy_features(entry.ref, np.concatenate(atoms), np.stack(crystals), sizes, inverse)
 
 
@@ -208,12 +231,12 @@ def cached_advisor_features(entry, advisor, packed: PackedVacancies) -> AdvisorF
 def predict_packed_members(expert: LoadedExpert, packed: PackedVacancies, batch_size: int = DEFAULT_BATCH_SIZE,
                            cache: bool = False) -> np.ndarray:
     """dH (eV) of every member for every vacancy of ``packed``: float64 [M, B] (M = 1
-    for a single expert). Featurization and advisors run once for all members; with
-    ``cache`` the advisors' host embeddings go through :func:`cached_advisor_features`."""
+    for a single expert). Featurization and advisors run once for all members; the
+    advisors' host embeddings go through :func:`cached_advisor_features` (in memory, and
+    with ``cache`` on disk too)."""
     from adex.expert.ensemble import as_members
 
-    features = [cached_advisor_features(entry, model, packed) if cache else compute_advisor_features(model, entry.ref, packed)
-                for entry, model in expert.advisors]
+    features = [cached_advisor_features(entry, model, packed, persistent=cache) for entry, model in expert.advisors]
     delta = None
     if getattr(expert.model, "needs_potential_delta", False):
         from adex.expert.potential import potential_advisor, vacancy_energies
@@ -355,12 +378,14 @@ def predict_sites(
         for chunk in chunks:
             collect(_predict_chunk(expert, chunk, batch_size, cache))
         return out
+    # The first host is predicted here, before forking: the modules, tables and lazily
+    # built models its featurization and prediction need are then loaded once, in this
+    # process, and inherited by the workers instead of loaded again in each of them.
+    collect(_predict_chunk(expert, chunks[0][:1], batch_size, cache))
+    chunks = [chunks[0][1:], *chunks[1:]] if len(chunks[0]) > 1 else chunks[1:]
+    if not chunks:
+        return out
     _WORKER_EXPERT = expert
-    if getattr(expert.model, "reads_oxidation_states", False):
-        # read the bond-valence tables once here, so the forked workers inherit them
-        from adex.oxidation import _bond_valence_tables
-
-        _bond_valence_tables()
     try:
         with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork"),
                                  initializer=_init_worker, initargs=(1,)) as pool:

@@ -518,3 +518,27 @@ def test_table_files_of_one_crystal_are_one_host(capsys, ctx, hosts, witman, tmp
     assert sorted(spies.read) == ["O1.cif", "Sr1.cif", "Ti1.cif"]
     assert len(spies.hosts) == 1 and spies.hosts[0][0] == "Ti1.cif (and 2 other files of the same crystal)"
     assert sorted(spies.hosts[0][1]) == [0, 1, 2] and len(spies.vacancies) == 3
+
+
+def test_advisor_embeddings_are_memoised_in_the_process(ctx, hosts, monkeypatch) -> None:
+    """Within one process an advisor embeds a host once (chunks of a table share hosts at
+    their edges); a memo hit gives the same predictions, and the memo is bounded."""
+    import adex.expert.data
+    import adex.expert.predict as predict_module
+
+    calls = []
+    embed = adex.expert.data.embed_hosts
+    monkeypatch.setattr(adex.expert.data, "embed_hosts",
+                        lambda advisor, structures, ids: calls.append(len(structures)) or embed(advisor, structures, ids))
+    monkeypatch.setattr(predict_module, "_EMBEDDING_MEMO", predict_module.OrderedDict())
+    packed = featurize_host_sites(ctx.loaded, read_structure(hosts / "srtio3.cif"), [0, 1, 2], "srtio3.cif")
+    first = predict_module.predict_packed_members(ctx.loaded, packed)
+    second = predict_module.predict_packed_members(ctx.loaded, packed)
+    assert calls == [1]  # one host, embedded once
+    np.testing.assert_array_equal(first, second)
+    np.testing.assert_allclose(first[0], ctx.srtio3[:3], atol=1e-5)
+    monkeypatch.setattr(predict_module, "EMBEDDING_MEMO_HOSTS", 1)
+    feo = featurize_host_sites(ctx.loaded, read_structure(hosts / "feo.cif"), [0], "feo.cif")
+    predict_module.predict_packed_members(ctx.loaded, feo)  # evicts SrTiO3
+    predict_module.predict_packed_members(ctx.loaded, packed)
+    assert calls == [1, 1, 1] and len(predict_module._EMBEDDING_MEMO) == 1
