@@ -46,6 +46,9 @@ def _builder(name: str) -> Callable[[dict], nn.Module]:
         from adex.advisors.chgnet import CHGNetAdvisor, require_chgnet  # chgnet itself only when a model is built
 
         register_builder("chgnet_advisor", CHGNetAdvisor.from_architecture, requires=require_chgnet)
+        from adex.advisors.descriptors import DescriptorAdvisor
+
+        register_builder("descriptor_advisor", DescriptorAdvisor.from_architecture)
         try:
             from adex.expert.model import Expert
 

@@ -6,6 +6,7 @@ import json
 import sys
 
 from adex.cli_common import add_training_options, open_registry_from, training_overrides
+from adex.errors import AdexError
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -26,12 +27,18 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--registry", help="user registry root")
     p.set_defaults(func=cmd_embed)
 
-    p = sub.add_parser("import", help="register a pretrained foundation model as an advisor (chgnet)",
+    p = sub.add_parser("import", help="register a pretrained foundation model (chgnet) or the hand-made descriptors "
+                                      "(descriptors) as an advisor",
                        description="e.g. `adex advisor import chgnet` (needs pip install 'adex[chgnet]'); then "
-                                   "`adex expert train --advisors bandgap,eform,chgnet`")
-    p.add_argument("kind", choices=("chgnet",), help="which foundation model")
+                                   "`adex expert train --advisors bandgap,eform,chgnet`. `adex advisor import descriptors` "
+                                   "registers the descriptor baseline's features (standardised on --n-structures "
+                                   "Materials Project crystals from --data) as an advisor.")
+    p.add_argument("kind", choices=("chgnet", "descriptors"), help="which advisor")
     p.add_argument("--model", default="0.3.0", help="CHGNet pretrained model name (default 0.3.0)")
-    p.add_argument("--name", default="chgnet", help="registry name (default chgnet)")
+    p.add_argument("--name", help="registry name (default: the kind)")
+    p.add_argument("--data", help="data directory (descriptors: the MP crystals; default $ADEX_DATA)")
+    p.add_argument("--n-structures", type=int, default=200,
+                   help="descriptors: MP crystals the standardisation is fitted on (default 200)")
     p.add_argument("--tag", action="append", default=[], help="extra registry alias")
     p.add_argument("--registry", help="user registry root")
     p.set_defaults(func=cmd_import)
@@ -129,9 +136,21 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
 
 def cmd_import(args: argparse.Namespace) -> int:
-    from adex.advisors.chgnet import import_chgnet
     from adex.progress import console
 
-    entry = import_chgnet(open_registry_from(args), args.model, args.name, tuple(args.tag))
+    if args.kind == "descriptors":
+        from adex.advisors.descriptors import import_descriptors
+
+        if args.n_structures < 2:
+            raise AdexError(f"--n-structures must be >= 2, not {args.n_structures}")
+        entry = import_descriptors(open_registry_from(args), args.data, args.n_structures, name=args.name or "descriptors",
+                                   aliases=tuple(args.tag))
+        std = entry.card["standardization"]
+        console().print(f"registered: {entry.ref} ({entry.card['embedding_width']} descriptors, standardised on "
+                        f"{std['n_sites']} sites of {std['n_structures']} MP crystals)")
+        return 0
+    from adex.advisors.chgnet import import_chgnet
+
+    entry = import_chgnet(open_registry_from(args), args.model, args.name or "chgnet", tuple(args.tag))
     console().print(f"registered: {entry.ref} (CHGNet {args.model}, embedding width {entry.card['embedding_width']})")
     return 0

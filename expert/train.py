@@ -220,7 +220,7 @@ def prepare_data(config: ExpertConfig, data, registry, fold=None, grouped: bool 
     t1 = time.perf_counter()
     advisors = load_advisors(config.advisors, registry)
     potential = potential_advisor(advisors) if config.model.potential_delta else None
-    features = [compute_advisor_features(model, entry.ref, packed) for entry, model in advisors]
+    features = [advisor_features(entry, model, packed) for entry, model in advisors]
     relax = config.model.potential_relaxation
     delta = None if potential is None else vacancy_energies(*potential, packed, config.supercell, relaxation=relax)
     advisor_seconds = time.perf_counter() - t1
@@ -229,7 +229,7 @@ def prepare_data(config: ExpertConfig, data, registry, fold=None, grouped: bool 
         settings = dataclasses.replace(config.supercell, min_image_distance=float(distance))
         view = load_witman(config.featurizer, settings, data, ids=[str(i) for i in packed.ids[pool]])
         view_delta = None if potential is None else vacancy_energies(*potential, view, settings, relaxation=relax)
-        views.append(VacancyDataset(view, [compute_advisor_features(model, entry.ref, view) for entry, model in advisors],
+        views.append(VacancyDataset(view, [advisor_features(entry, model, view) for entry, model in advisors],
                                     view_delta))
     init_advisor = None
     if config.transfer.init_from:
@@ -240,6 +240,17 @@ def prepare_data(config: ExpertConfig, data, registry, fold=None, grouped: bool 
         raise ConfigError("transfer.freeze needs transfer.init_from (an advisor to start from)")
     return PreparedData(packed, features, advisors, test_idx, pool, grouped, base_split, featurize_seconds,
                         advisor_seconds, views, init_advisor, delta)
+
+
+def advisor_features(entry, advisor, packed):
+    """:func:`compute_advisor_features`; for advisors that ask for it (``cache_embeddings``:
+    deterministic per host and slow, e.g. the descriptor advisor) through the per-host
+    embedding cache of ``adex predict --cache`` (:func:`adex.expert.predict.cached_advisor_features`)."""
+    if getattr(advisor, "cache_embeddings", False):
+        from adex.expert.predict import cached_advisor_features
+
+        return cached_advisor_features(entry, advisor, packed)
+    return compute_advisor_features(advisor, entry.ref, packed)
 
 
 def member_split(prepared: PreparedData, val_fraction: float, base_seed: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
