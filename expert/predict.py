@@ -118,45 +118,105 @@ def warn_about_inputs(expert: LoadedExpert, packed: PackedVacancies, host_id: st
                       "failed); predicted with oxidation states marked unknown", OxidationStateWarning, stacklevel=3)
 
 
-def cached_host_sites(expert: LoadedExpert, path: str, sites: list[int]) -> PackedVacancies:
-    """:func:`featurize_host_sites` through a content-addressed cache.
+def featurize_files(expert: LoadedExpert, files: list[tuple[str, list[int]]]) -> list[PackedVacancies]:
+    """Supercell graphs of ``(structure file, [site, ...])`` pairs, one PackedVacancies per
+    file (ids ``"<file name>#<site>"``, in the order of its sites).
 
-    The key is the sha256 of the file's bytes, the sites, the featurizer fingerprint, the
-    supercell settings and the graph format version, so an edited file or any changed
-    setting misses. Entries (:meth:`PackedVacancies.to_bytes`) are written atomically under
-    ``$ADEX_HOME/cache/predict`` (two processes filling the same entry write identical
-    bytes); a hit skips reading, symmetry, oxidation states and graph construction.
+    Files that describe the same crystal (:func:`adex.io.read_hosts`: one CIF per vacancy,
+    atoms reordered) are one host: its structure is built, its symmetry analysed and its
+    graphs built once, and a vacancy that several files ask for is featurized once.
+
+    Raises:
+        StructureError: an unreadable file or a site out of range, naming the file.
     """
+    from pathlib import Path
+
+    from adex.io import read_hosts
+    from adex.supercell import check_site
+
+    hosts, host_of_file, atom_maps = read_hosts([path for path, _ in files])
+    host_sites: dict[int, list[int]] = {}  # host -> its distinct vacated atoms, in order of first appearance
+    position: dict[tuple[int, int], int] = {}  # (host, host atom) -> row in that host's graphs
+    host_files: dict[int, list[str]] = {}
+    for (path, sites), host, atom_map in zip(files, host_of_file, atom_maps):
+        host = int(host)
+        host_files.setdefault(host, []).append(Path(path).name)
+        for site in sites:
+            try:
+                mapped = int(atom_map[check_site(atom_map, site)])  # atom_map: one entry per atom of the file
+            except StructureError as exc:
+                raise StructureError(f"{path}: {exc}") from None
+            if (host, mapped) not in position:
+                position[(host, mapped)] = len(host_sites.setdefault(host, []))
+                host_sites[host].append(mapped)
+    graphs = {}
+    for host, sites in host_sites.items():
+        names = host_files[host]
+        name = names[0] + (f" (and {len(names) - 1} other file{'s' if len(names) > 2 else ''} of the same crystal)"
+                           if len(names) > 1 else "")
+        graphs[host] = featurize_host_sites(expert, hosts[host], sites, name)
+    out = []
+    for (path, sites), host, atom_map in zip(files, host_of_file, atom_maps):
+        host = int(host)
+        packed = graphs[host].subset([position[(host, int(atom_map[site]))] for site in sites])
+        packed.graphs.ids = np.array([f"{Path(path).name}#{site}" for site in sites])
+        out.append(packed)
+    return out
+
+
+def _prediction_cache_entry(expert: LoadedExpert, path: str, sites: list[int]):
+    """The cache file of ``(path, sites)`` (a ``Path``), or None if the file cannot be read
+    (the structure reader then names the problem)."""
     import hashlib
     from pathlib import Path
 
     from adex.expert.data import GRAPH_FORMAT_VERSION
-    from adex.fileio import atomic_write_bytes
-    from adex.io import read_structure
     from adex.paths import cache_dir
 
     model = expert.model
     try:
         content = Path(path).read_bytes()
     except OSError:
-        content = None  # read_structure below names the problem
-    if content is not None:
-        settings = repr(sorted(model.supercell.items()))
-        key = hashlib.sha256(b"|".join([content, ",".join(map(str, sites)).encode(), GRAPH_FORMAT_VERSION.encode(),
-                                        model.featurizer_settings.fingerprint().encode(), settings.encode()])).hexdigest()
-        entry = cache_dir() / "predict" / key[:2] / f"{key[2:26]}.arrays"
-        if entry.is_file():
-            try:
-                packed = PackedVacancies.from_bytes(entry.read_bytes())
-            except Exception:  # a damaged entry is rebuilt, never trusted
-                packed = None
-            if packed is not None and [str(i) for i in packed.ids] == [f"{Path(path).name}#{s}" for s in sites]:
-                warn_about_inputs(expert, packed, Path(path).name)
-                return packed
-    packed = featurize_host_sites(expert, read_structure(path), sites, Path(path).name)
-    if content is not None:
-        atomic_write_bytes(entry, packed.to_bytes())
-    return packed
+        return None
+    settings = repr(sorted(model.supercell.items()))
+    key = hashlib.sha256(b"|".join([content, ",".join(map(str, sites)).encode(), GRAPH_FORMAT_VERSION.encode(),
+                                    model.featurizer_settings.fingerprint().encode(), settings.encode()])).hexdigest()
+    return cache_dir() / "predict" / key[:2] / f"{key[2:26]}.arrays"
+
+
+def cached_files(expert: LoadedExpert, files: list[tuple[str, list[int]]]) -> list[PackedVacancies]:
+    """:func:`featurize_files` through a content-addressed cache, one entry per file.
+
+    The key is the sha256 of the file's bytes, the sites, the featurizer fingerprint, the
+    supercell settings and the graph format version, so an edited file or any changed
+    setting misses. Entries (:meth:`PackedVacancies.to_bytes`) are written atomically under
+    ``$ADEX_HOME/cache/predict`` (two processes filling the same entry write identical
+    bytes); a hit skips reading, symmetry, oxidation states and graph construction; the
+    misses are featurized together (files of one crystal as one host).
+    """
+    from pathlib import Path
+
+    from adex.fileio import atomic_write_bytes
+
+    entries = [_prediction_cache_entry(expert, path, sites) for path, sites in files]
+    parts: list[PackedVacancies | None] = [None] * len(files)
+    for k, ((path, sites), entry) in enumerate(zip(files, entries)):
+        if entry is None or not entry.is_file():
+            continue
+        try:
+            packed = PackedVacancies.from_bytes(entry.read_bytes())
+        except Exception:  # a damaged entry is rebuilt, never trusted
+            continue
+        if [str(i) for i in packed.ids] == [f"{Path(path).name}#{s}" for s in sites]:
+            warn_about_inputs(expert, packed, Path(path).name)
+            parts[k] = packed
+    misses = [k for k in range(len(files)) if parts[k] is None]
+    if misses:
+        for k, packed in zip(misses, featurize_files(expert, [files[k] for k in misses])):
+            parts[k] = packed
+            if entries[k] is not None:
+                atomic_write_bytes(entries[k], packed.to_bytes())
+    return parts
 
 
 #: Host embeddings kept in memory by :func:`cached_advisor_features` (per process, least
@@ -268,54 +328,13 @@ def _init_worker(threads: int) -> None:
 
 
 def _predict_chunk(expert: LoadedExpert | None, chunk: list[tuple[str, list[int]]], batch_size: int, cache: bool = False):
-    """Read, featurize and predict one chunk of hosts: ``[(path, sites, members [M, S])]``.
-
-    Files that describe the same crystal (:func:`adex.io.read_hosts`: one CIF per vacancy,
-    atoms reordered) are one host: its structure is built, its symmetry analysed and its
-    advisors run once, and a vacancy asked for twice is featurized and predicted once.
-    With ``cache`` every file goes through :func:`cached_host_sites` instead.
-    """
-    from pathlib import Path
-
-    from adex.io import read_hosts
-    from adex.supercell import check_site
-
+    """Read, featurize (:func:`featurize_files`, with ``cache`` :func:`cached_files`) and
+    predict one chunk of files: ``[(path, sites, members [M, S])]``."""
     expert = expert or _WORKER_EXPERT
-    if cache:
-        parts = [cached_host_sites(expert, path, sites) for path, sites in chunk]
-        members = predict_packed_members(expert, PackedVacancies.concatenate(parts), batch_size, cache=True)
-        bounds = np.cumsum([0, *(len(sites) for _, sites in chunk)])
-        return [(path, sites, members[:, a:b]) for (path, sites), a, b in zip(chunk, bounds[:-1], bounds[1:])]
-    hosts, host_of_file, atom_maps = read_hosts([path for path, _ in chunk])
-    column: dict[tuple[int, int], int] = {}  # (host, host site) -> column of the predictions
-    host_sites: dict[int, list[int]] = {}
-    host_files: dict[int, list[str]] = {}
-    file_columns = []
-    for (path, sites), host, atom_map in zip(chunk, host_of_file, atom_maps):
-        host = int(host)
-        host_files.setdefault(host, []).append(Path(path).name)
-        columns = []
-        for site in sites:
-            try:
-                mapped = int(atom_map[check_site(atom_map, site)])  # atom_map: one entry per atom of the file
-            except StructureError as exc:
-                raise StructureError(f"{path}: {exc}") from None
-            if (host, mapped) not in column:
-                column[(host, mapped)] = len(column)
-                host_sites.setdefault(host, []).append(mapped)
-            columns.append(column[(host, mapped)])
-        file_columns.append(columns)
-    parts, order = [], []
-    for host, sites in host_sites.items():  # the columns' order: hosts, then their sites
-        files = host_files[host]
-        name = files[0] + (f" (and {len(files) - 1} other file{'s' if len(files) > 2 else ''} of the same crystal)"
-                           if len(files) > 1 else "")
-        parts.append(featurize_host_sites(expert, hosts[host], sites, name))
-        order.extend(column[(host, site)] for site in sites)
-    members = predict_packed_members(expert, PackedVacancies.concatenate(parts), batch_size)
-    by_column = np.empty_like(members)
-    by_column[:, order] = members
-    return [(path, sites, by_column[:, columns]) for (path, sites), columns in zip(chunk, file_columns)]
+    parts = cached_files(expert, chunk) if cache else featurize_files(expert, chunk)
+    members = predict_packed_members(expert, PackedVacancies.concatenate(parts), batch_size, cache=cache)
+    bounds = np.cumsum([0, *(len(sites) for _, sites in chunk)])
+    return [(path, sites, members[:, a:b]) for (path, sites), a, b in zip(chunk, bounds[:-1], bounds[1:])]
 
 
 def host_chunks(jobs: list[tuple[str, list[int]]], chunk_vacancies: int = CHUNK_VACANCIES) -> list[list[tuple[str, list[int]]]]:
@@ -351,7 +370,7 @@ def predict_sites(
             reloaded) and run 1 torch thread each.
         on_progress: called with the number of vacancies finished, after each chunk.
         cache: keep featurized vacancies in the content-addressed cache
-            (:func:`cached_host_sites`); a second run over the same files skips featurization.
+            (:func:`cached_files`); a second run over the same files skips featurization.
 
     Returns:
         ``{(path, site): member predictions float64 [M]}`` (eV; M = 1 for a single expert).

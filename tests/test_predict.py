@@ -518,6 +518,13 @@ def test_table_files_of_one_crystal_are_one_host(capsys, ctx, hosts, witman, tmp
     assert sorted(spies.read) == ["O1.cif", "Sr1.cif", "Ti1.cif"]
     assert len(spies.hosts) == 1 and spies.hosts[0][0] == "Ti1.cif (and 2 other files of the same crystal)"
     assert sorted(spies.hosts[0][1]) == [0, 1, 2] and len(spies.vacancies) == 3
+    # through the cache: the first run featurizes the crystal once as well, the rerun not at all
+    for run in range(2):
+        spies.hosts.clear()
+        rc, out, err = predict(capsys, ctx, "--input", str(table), "--cache")
+        assert rc == 0, err
+        assert [float(r["dH_pred_eV"]) for r in read_csv(out)] == got
+        assert len(spies.hosts) == (1 if run == 0 else 0)
 
 
 def test_advisor_embeddings_are_memoised_in_the_process(ctx, hosts, monkeypatch) -> None:
