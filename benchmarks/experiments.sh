@@ -151,5 +151,18 @@ adex cv --advisors $ADVISORS,chgnet,descriptors --cv published --fold=1.00k{0,1,
 adex cv --advisors $ADVISORS,chgnet,descriptors --cv published --fold=1.00k{5,6,7,8,9} --set 'augment.min_image_distances=[10.0]' \
     --set model.potential_delta=true "${COMMON[@]}" --out "$OUT/descriptors_b"
 adex experiment merge "$OUT/descriptors_a" "$OUT/descriptors_b" --out "$OUT/descriptors"
+for family in published_struct published@0.10 published@0.40; do  # per compound, 10 % and 40 % of the data
+    name=descriptors$(echo $family | sed 's/published//; s/@/_/')
+    prefix=$(case $family in published_struct) echo 1.00k;; *) echo ${family#published@}k;; esac)
+    suffix=$([ $family = published_struct ] && echo _struct)
+    adex cv --advisors $ADVISORS,chgnet,descriptors --cv $family --fold=${prefix}{0,1,2,3,4}${suffix} \
+        --set 'augment.min_image_distances=[10.0]' --set model.potential_delta=true "${COMMON[@]}" --out "$OUT/${name}_a"
+    adex cv --advisors $ADVISORS,chgnet,descriptors --cv $family --fold=${prefix}{5,6,7,8,9}${suffix} \
+        --set 'augment.min_image_distances=[10.0]' --set model.potential_delta=true "${COMMON[@]}" --out "$OUT/${name}_b"
+    adex experiment merge "$OUT/${name}_a" "$OUT/${name}_b" --out "$OUT/$name"
+done
+adex experiment blend "$OUT/descriptors" "$OUT/baseline_chgnet_delta" --out "$OUT/blend_descriptors"
+adex experiment blend "$OUT/descriptors_struct" "$OUT/baseline_chgnet_delta_struct" --out "$OUT/blend_descriptors_struct"
+adex experiment blend "$OUT/descriptors_struct" "$OUT/baseline_chgnet_relax_struct" --out "$OUT/blend_descriptors_relaxbaseline_struct"
 
 adex report "$OUT"/* -o "$OUT/report.md"
