@@ -182,7 +182,8 @@ def structure_from_text(text: str, fmt: str = "cif", source: str = "<string>") -
     except StructureError:
         raise
     except Exception as exc:  # parsers raise anything from ValueError to IndexError
-        raise StructureError(f"{source}: cannot parse as {fmt} ({type(exc).__name__}: {exc})") from None
+        detail = f"{type(exc).__name__}: {exc}" if str(exc) else "no complete structure found"
+        raise StructureError(f"{source}: cannot parse as {fmt} ({detail})") from None
 
 
 def read_structure(path: str | os.PathLike) -> Structure:
