@@ -162,6 +162,13 @@ for family in published_struct published@0.10 published@0.40; do  # per compound
     adex experiment merge "$OUT/${name}_a" "$OUT/${name}_b" --out "$OUT/$name"
 done
 adex experiment blend "$OUT/descriptors" "$OUT/baseline_chgnet_delta" --out "$OUT/blend_descriptors"
+# a second seed of the descriptor-advised expert per vacancy, and the mean of the two seeds
+adex cv --advisors $ADVISORS,chgnet,descriptors --cv published --fold=1.00k{0,1,2,3,4} --set 'augment.min_image_distances=[10.0]' \
+    --set model.potential_delta=true --seed 1 "${COMMON[@]}" --out "$OUT/descriptors_seed1_a"
+adex cv --advisors $ADVISORS,chgnet,descriptors --cv published --fold=1.00k{5,6,7,8,9} --set 'augment.min_image_distances=[10.0]' \
+    --set model.potential_delta=true --seed 1 "${COMMON[@]}" --out "$OUT/descriptors_seed1_b"
+adex experiment merge "$OUT/descriptors_seed1_a" "$OUT/descriptors_seed1_b" --out "$OUT/descriptors_seed1"
+adex experiment blend "$OUT/descriptors" "$OUT/descriptors_seed1" --out "$OUT/descriptors_2seeds"
 adex experiment blend "$OUT/descriptors_struct" "$OUT/baseline_chgnet_delta_struct" --out "$OUT/blend_descriptors_struct"
 adex experiment blend "$OUT/descriptors_struct" "$OUT/baseline_chgnet_relax_struct" --out "$OUT/blend_descriptors_relaxbaseline_struct"
 
