@@ -169,6 +169,14 @@ adex cv --advisors $ADVISORS,chgnet,descriptors --cv published --fold=1.00k{5,6,
     --set model.potential_delta=true --seed 1 "${COMMON[@]}" --out "$OUT/descriptors_seed1_b"
 adex experiment merge "$OUT/descriptors_seed1_a" "$OUT/descriptors_seed1_b" --out "$OUT/descriptors_seed1"
 adex experiment blend "$OUT/descriptors" "$OUT/descriptors_seed1" --out "$OUT/descriptors_2seeds"
+# ... and a third seed: the 3-seed mean (as a 3-member ensemble predicts), alone and blended with the dE baseline
+adex cv --advisors $ADVISORS,chgnet,descriptors --cv published --fold=1.00k{0,1,2,3,4} --set 'augment.min_image_distances=[10.0]' \
+    --set model.potential_delta=true --seed 2 "${COMMON[@]}" --out "$OUT/descriptors_seed2_a"
+adex cv --advisors $ADVISORS,chgnet,descriptors --cv published --fold=1.00k{5,6,7,8,9} --set 'augment.min_image_distances=[10.0]' \
+    --set model.potential_delta=true --seed 2 "${COMMON[@]}" --out "$OUT/descriptors_seed2_b"
+adex experiment merge "$OUT/descriptors_seed2_a" "$OUT/descriptors_seed2_b" --out "$OUT/descriptors_seed2"
+adex experiment blend "$OUT/descriptors" "$OUT/descriptors_seed1" "$OUT/descriptors_seed2" --out "$OUT/descriptors_3seeds"
+adex experiment blend "$OUT/descriptors_3seeds" "$OUT/baseline_chgnet_delta" --out "$OUT/blend_descriptors_3seeds"
 adex experiment blend "$OUT/descriptors_struct" "$OUT/baseline_chgnet_delta_struct" --out "$OUT/blend_descriptors_struct"
 adex experiment blend "$OUT/descriptors_struct" "$OUT/baseline_chgnet_relax_struct" --out "$OUT/blend_descriptors_relaxbaseline_struct"
 
