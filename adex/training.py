@@ -10,6 +10,7 @@ lowest validation MAE.
 """
 from __future__ import annotations
 
+import contextlib
 import copy
 import math
 import random
@@ -47,6 +48,11 @@ class TrainingConfig:
         threads: torch CPU threads (None: torch's default).
         max_minutes: stop after this wall time (the best epoch so far is kept).
         device: ``cpu``, ``cuda`` or ``auto``.
+        ema_decay: if set (e.g. 0.999), keep an exponential moving average of the
+            weights (and float buffers), updated after every optimizer step as
+            ``ema = decay * ema + (1 - decay) * weights`` (as nequip's ``use_ema``);
+            validation, early stopping and the returned model use the averaged
+            weights. ``1 / (1 - decay)`` steps is the averaging horizon.
     """
 
     epochs: int = 100
@@ -63,10 +69,13 @@ class TrainingConfig:
     threads: int | None = None
     max_minutes: float | None = None
     device: str = "cpu"
+    ema_decay: float | None = None
 
     def __post_init__(self) -> None:
         if self.epochs < 1 or self.batch_size < 1 or self.lr <= 0:
             raise ValueError("epochs and batch_size must be >= 1 and lr > 0")
+        if self.ema_decay is not None and not 0 < self.ema_decay < 1:
+            raise ValueError(f"ema_decay must be in (0, 1) or null, got {self.ema_decay}")
         if not (0 <= self.val_fraction < 1 and 0 <= self.test_fraction < 1 and self.val_fraction + self.test_fraction < 1):
             raise ValueError("val_fraction and test_fraction must be in [0, 1) and sum below 1")
 
@@ -133,6 +142,34 @@ def regression_metrics(pred: np.ndarray, target: np.ndarray) -> dict[str, float]
     }
 
 
+class WeightAverage:
+    """Exponential moving average of a model's floating-point state (parameters and
+    float buffers such as BatchNorm statistics; integer buffers are copied)."""
+
+    def __init__(self, model: nn.Module, decay: float):
+        self.decay = decay
+        self.state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+    @torch.no_grad()
+    def update(self, model: nn.Module) -> None:
+        for key, value in model.state_dict().items():
+            avg = self.state[key]
+            if avg.is_floating_point():
+                avg.mul_(self.decay).add_(value.detach(), alpha=1 - self.decay)
+            else:
+                avg.copy_(value)
+
+    @contextlib.contextmanager
+    def applied(self, model: nn.Module):
+        """Within the block ``model`` holds the averaged weights; its own come back after."""
+        live = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        model.load_state_dict(self.state)
+        try:
+            yield model
+        finally:
+            model.load_state_dict(live)
+
+
 @dataclass
 class FitResult:
     best_epoch: int
@@ -190,6 +227,7 @@ def fit(
         return optimizer.param_groups[0]["lr"]
 
     best_state = copy.deepcopy(model.state_dict())
+    average = WeightAverage(model, config.ema_decay) if config.ema_decay is not None else None
     best_val, best_epoch, flat = math.inf, -1, 0
     history: list[dict] = []
     start = time.perf_counter()
@@ -221,6 +259,8 @@ def fit(
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 optimizer.step()
+                if average is not None:
+                    average.update(model)
                 total_loss += loss.item() * len(idx)
                 total_n += len(idx)
             if dist.enabled:  # the epoch's loss over all processes (identical on each, so decisions agree)
@@ -228,17 +268,20 @@ def fit(
                 torch.distributed.all_reduce(totals)
                 total_loss, total_n = float(totals[0]), int(totals[1])
             train_loss = total_loss / max(total_n, 1)
-            if val is not None and len(val):
-                val_pred = predict(model, val, device=device)
-                val_mae = float(np.abs(val_pred - val.batch(np.arange(len(val))).target.numpy()).mean())
-            else:
-                val_mae = train_loss * float(model.normalizer.std)
+            with average.applied(model) if average is not None else contextlib.nullcontext(model) as evaluated:
+                if val is not None and len(val):
+                    val_pred = predict(evaluated, val, device=device)
+                    val_mae = float(np.abs(val_pred - val.batch(np.arange(len(val))).target.numpy()).mean())
+                else:
+                    val_mae = train_loss * float(model.normalizer.std)
+                improved = val_mae < best_val
+                if improved:  # copied inside the block: the averaged weights, when averaging
+                    best_state = copy.deepcopy(evaluated.state_dict())
             if config.scheduler == "plateau" and flat and flat % max(config.patience // 3, 1) == 0:
                 for group in optimizer.param_groups:
                     group["lr"] *= 0.5
-            if val_mae < best_val:
+            if improved:
                 best_val, best_epoch, flat = val_mae, epoch, 0
-                best_state = copy.deepcopy(model.state_dict())
             else:
                 flat += 1
             elapsed = time.perf_counter() - start

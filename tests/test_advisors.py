@@ -10,7 +10,7 @@ import shutil
 import subprocess
 import sys
 import textwrap
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -388,6 +388,46 @@ def test_early_stopping_keeps_best_weights() -> None:
     # weights restored to the end of epoch 0 (= the start of epoch 1), not the last epoch
     assert model.b.item() == pytest.approx(seen[1])
     assert model.b.item() < seen[-1]
+
+
+def test_weight_average_validates_and_returns_the_averaged_weights() -> None:
+    """With ``ema_decay`` the validation MAE of every epoch is that of the moving average
+    of the weights after each step (here one step per epoch), and the returned model holds
+    the average, not the raw weights."""
+    decay = 0.5
+    seen = []
+    model = _ToyModel()
+    config = TrainingConfig(epochs=4, batch_size=8, lr=0.1, scheduler="none", patience=100, ema_decay=decay)
+    result = fit(model, _ToyData([1.0] * 8), _ToyData([1.0] * 4), config, on_epoch=lambda e, m: seen.append(m.b.item()))
+    average = seen[0]  # the initial weights
+    for epoch in range(3):
+        average = decay * average + (1 - decay) * seen[epoch + 1]  # raw weights after the step of this epoch
+        assert result.history[epoch]["val_mae"] == pytest.approx(abs(1.0 - average), abs=1e-6)
+    assert result.best_epoch == 3  # the average climbs towards the targets every epoch
+    assert model.b.item() == pytest.approx(1.0 - result.history[-1]["val_mae"], abs=1e-6)
+    raw = fit(_ToyModel(), _ToyData([1.0] * 8), _ToyData([1.0] * 4), replace(config, ema_decay=None))
+    assert raw.history[-1]["val_mae"] < result.history[-1]["val_mae"]  # the average lags the raw weights
+
+
+def test_weight_average_buffers_and_restore() -> None:
+    from adex.training import WeightAverage
+
+    net = nn.Sequential(nn.Linear(2, 2), nn.BatchNorm1d(2))
+    average = WeightAverage(net, decay=0.9)
+    start = {k: v.clone() for k, v in net.state_dict().items()}
+    with torch.no_grad():
+        net[0].weight.add_(1.0)
+    net(torch.randn(4, 2))  # training mode: BatchNorm updates its float statistics and integer counter
+    average.update(net)
+    torch.testing.assert_close(average.state["0.weight"], start["0.weight"] + 0.1)
+    assert int(average.state["1.num_batches_tracked"]) == 1  # integers are copied, not averaged
+    live = {k: v.clone() for k, v in net.state_dict().items()}
+    with average.applied(net):
+        torch.testing.assert_close(net[0].weight, average.state["0.weight"])
+    for key, value in net.state_dict().items():
+        torch.testing.assert_close(value, live[key])
+    with pytest.raises(ValueError, match="ema_decay"):
+        TrainingConfig(ema_decay=1.0)
 
 
 def test_max_minutes_stops() -> None:
