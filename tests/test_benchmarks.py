@@ -57,3 +57,24 @@ def test_report_from_results(tmp_path):
     assert (tmp_path / "scaling_supercell.png").stat().st_size > 0
     assert run_all._ratio(54.0, 27.0, True).startswith("2.00 (2.0× faster")
     assert run_all._ratio(3.84, 1.92, False).startswith("2.00 (2.0× slower")
+
+
+def test_host_offsets_split_error_into_host_levels(tmp_path):
+    """Two hosts whose errors are a constant per host and class: nothing is left once the
+    offsets are removed; one per host alone leaves the O / metal difference."""
+    host_offsets = _load("host_offsets")
+    run = tmp_path / "run"
+    run.mkdir()
+    rows = ["fold,id,host,element,dH_eV,dH_pred_eV"]
+    errors = {("h1", "O"): 0.5, ("h1", "Fe"): 1.5, ("h2", "O"): -0.2, ("h2", "Ba"): -0.2}
+    for i, ((host, element), e) in enumerate(errors.items()):
+        for j in range(2):
+            rows.append(f"k0,{host}-{element}{j},{host},{element},{3.0 + i + j},{3.0 + i + j + e}")
+    (run / "predictions.csv").write_text("\n".join(rows) + "\n")
+    props = {"h1": (1.0, -2.0), "h2": (3.0, -3.0)}
+    t = host_offsets.offsets_table(run, props)
+    assert t["n"] == 8 and t["mae"] == pytest.approx((0.5 + 1.5 + 0.2 + 0.2) / 4)
+    assert t["mae_minus_host_class_offset"] == pytest.approx(0.0, abs=1e-9)
+    assert t["mae_minus_host_offset"] == pytest.approx((0.5 + 0.5 + 0 + 0) / 4)  # h1: mean +1.0, errors 0.5 / 1.5
+    assert t["host_offset_mae"] == pytest.approx((1.0 + 0.2) / 2)
+    assert t["corr_offset_gap_O"] == pytest.approx(-1.0)  # two hosts: O offsets 0.5 / -0.2 against gaps 1 / 3
