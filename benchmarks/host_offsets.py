@@ -55,18 +55,19 @@ def offsets_table(run: Path, props: dict[str, tuple[float, float]]) -> dict:
     is_oxygen = np.array([r["element"] == "O" for r in rows])
     err = np.array([float(r["dH_pred_eV"]) - float(r["dH_eV"]) for r in rows])  # eV, signed
 
-    def minus_group_mean(keys: np.ndarray) -> np.ndarray:
+    def group_means(keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(mean signed error of each row's group [n], group index of each row [n])."""
         _, inverse = np.unique(keys, return_inverse=True)
         means = np.bincount(inverse, weights=err) / np.bincount(inverse)
-        return err - means[inverse], means
+        return means[inverse], inverse
 
-    by_host, host_means = minus_group_mean(hosts)
-    by_class, _ = minus_group_mean(np.char.add(hosts, np.where(is_oxygen, ":O", ":M")))
-    unique_hosts, inverse = np.unique(hosts, return_inverse=True)
-    summed = np.bincount(inverse, weights=np.abs(err))
+    host_offset, inverse = group_means(hosts)
+    class_offset, _ = group_means(np.char.add(hosts, np.where(is_oxygen, ":O", ":M")))
+    summed = np.bincount(inverse, weights=np.abs(err))  # eV, per host
     result = {"run": run.name, "n": len(err), "mae": np.abs(err).mean(),
-              "mae_minus_host_offset": np.abs(by_host).mean(), "mae_minus_host_class_offset": np.abs(by_class).mean(),
-              "host_offset_mae": np.abs(host_means[inverse]).mean(),
+              "mae_minus_host_offset": np.abs(err - host_offset).mean(),
+              "mae_minus_host_class_offset": np.abs(err - class_offset).mean(),
+              "host_offset_mae": np.abs(host_offset).mean(),
               "top10_hosts_share": np.sort(summed)[::-1][:10].sum() / summed.sum()}
     for label, mask in (("O", is_oxygen), ("metal", ~is_oxygen)):
         keys = hosts[mask]
@@ -118,12 +119,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.oracle_baseline:
         m = oracle_baseline(args.data, props, args.oracle_baseline)
         print(f"oracle baseline per compound: MAE {m['mae_mean']:.3f} ± {m['mae_std']:.3f} eV ({args.oracle_baseline})")
+    from adex.expert.cv import write_table
+
     table = [offsets_table(run, props) for run in args.runs]
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    with open(args.out, "w", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=list(table[0]))
-        writer.writeheader()
-        writer.writerows(table)
+    write_table(args.out, table)
     writer = csv.DictWriter(sys.stdout, fieldnames=list(table[0]))
     writer.writeheader()
     writer.writerows(table)
