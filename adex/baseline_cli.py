@@ -40,7 +40,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def cmd_baseline(args: argparse.Namespace) -> int:
     from adex.datasets import dataset_root
     from adex.errors import ConfigError
-    from adex.expert.baseline import GROUPED_SCHEMES, BaselineSettings, ModelSettings, load_witman_features, run_baseline
+    from adex.expert.baseline import GROUPED_SCHEMES, BaselineSettings, ModelSettings, baseline_table, run_baseline
     from adex.expert.data import read_split
     from adex.expert.splits import Fold, make_folds, parse_scheme
     from adex.progress import console
@@ -71,26 +71,17 @@ def cmd_baseline(args: argparse.Namespace) -> int:
         raise ConfigError(f"--cv {scheme}: no folds (nothing to train on or to test)")
     con = console()
     settings = BaselineSettings()
-    table = load_witman_features(args.data, settings, workers=args.workers, use_cache=not args.no_cache)
-    con.print(f"descriptors: {len(table.ids)} vacancies x {len(table.names)} features "
-              + (f"(cache, featurized in {table.featurize_seconds:.0f} s)" if table.from_cache
-                 else f"(featurized in {table.featurize_seconds:.0f} s)"), soft_wrap=True)
     advisor_refs = [r.strip() for r in (args.advisors or "").split(",") if r.strip()]
+    advisors = []
     if advisor_refs:
         from adex.cli_common import open_registry_from
-        from adex.expert.baseline import add_advisor_features
         from adex.expert.train import load_advisors
 
         advisors = load_advisors(advisor_refs, open_registry_from(args))
-        table = add_advisor_features(table, root, advisors)
         advisor_refs = [entry.ref for entry, _ in advisors]
-        con.print(f"+ advisor embeddings of {', '.join(advisor_refs)}: {len(table.names)} features", soft_wrap=True)
-        if args.potential_delta:
-            from adex.expert.baseline import add_potential_delta
-
-            table = add_potential_delta(table, args.data, advisors, relaxation=args.potential_relaxation)
-            con.print("learning dH minus the potential's " + ("line-search relaxed" if args.potential_relaxation else "unrelaxed")
-                      + " vacancy energies", soft_wrap=True)
+    table = baseline_table(args.data, advisors, potential_delta=args.potential_delta,
+                           relaxation=args.potential_relaxation, settings=settings, workers=args.workers,
+                           use_cache=not args.no_cache, log=lambda line: con.print(line, soft_wrap=True))
     config = {"command": "baseline", "cv": None if args.split else scheme, "split": args.split, "n_folds": args.folds,
               "elements": args.elements, "data": str(root), "features": settings.to_dict(), "workers": args.workers,
               "advisors": advisor_refs, "potential_delta": bool(args.potential_delta),

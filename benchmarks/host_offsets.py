@@ -87,15 +87,13 @@ def oracle_baseline(data: str, props: dict[str, tuple[float, float]], out: str) 
 
     from adex.cli_common import open_registry_from
     from adex.datasets import dataset_root
-    from adex.expert.baseline import (BaselineSettings, ModelSettings, add_advisor_features, add_potential_delta,
-                                      load_witman_features, run_baseline)
+    from adex.expert.baseline import ModelSettings, baseline_table, run_baseline
     from adex.expert.splits import make_folds, parse_scheme
     from adex.expert.train import load_advisors
 
     root = dataset_root("witman2023_vacancies", data)
-    table = load_witman_features(data, BaselineSettings())
     advisors = load_advisors(["chgnet"], open_registry_from(argparse.Namespace(registry=None)))
-    table = add_potential_delta(add_advisor_features(table, root, advisors), data, advisors, relaxation=True)
+    table = baseline_table(data, advisors, potential_delta=True, relaxation=True)
     oracle = np.array([props[str(h)] for h in table.hosts])
     table = replace(table, X=np.hstack([table.X, oracle]), names=list(table.names) + ["dft_host_gap", "dft_host_hf"])
     folds = make_folds(root, n_folds=10, seed=0, **parse_scheme("published_struct"))

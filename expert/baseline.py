@@ -609,6 +609,48 @@ def load_witman_features(
     return FeatureTable(**meta, X=X, names=names, featurize_seconds=seconds, from_cache=False, cache_path=path)
 
 
+def baseline_table(
+    data: str | os.PathLike | None = None,
+    advisors: list[tuple[object, object]] = (),
+    potential_delta: bool = False,
+    relaxation: bool = False,
+    settings: BaselineSettings | None = None,
+    workers: int = 1,
+    use_cache: bool = True,
+    log=None,
+) -> FeatureTable:
+    """The table ``adex baseline`` trains on: the descriptors of every Witman vacancy
+    (:func:`load_witman_features`), plus the embeddings of ``advisors``
+    (:func:`add_advisor_features`), plus with ``potential_delta`` the potential's vacancy
+    energies as the offset (:func:`add_potential_delta`, line-search relaxed with
+    ``relaxation``).
+
+    Args:
+        advisors: ``(registry entry, frozen model)`` pairs (:func:`adex.expert.train.load_advisors`).
+        log: called with one line after each step (e.g. a console's ``print``), or None.
+    Raises:
+        ConfigError: ``potential_delta`` without advisors, or ``relaxation`` without ``potential_delta``.
+    """
+    from adex.datasets import dataset_root
+
+    if potential_delta and not advisors:
+        raise ConfigError("potential_delta needs a potential among the advisors (e.g. chgnet)")
+    if relaxation and not potential_delta:
+        raise ConfigError("potential relaxation needs potential_delta")
+    log = log or (lambda line: None)
+    table = load_witman_features(data, settings or BaselineSettings(), workers=workers, use_cache=use_cache)
+    log(f"descriptors: {len(table.ids)} vacancies x {len(table.names)} features "
+        + (f"(cache, featurized in {table.featurize_seconds:.0f} s)" if table.from_cache
+           else f"(featurized in {table.featurize_seconds:.0f} s)"))
+    if advisors:
+        table = add_advisor_features(table, dataset_root("witman2023_vacancies", data), advisors)
+        log(f"+ advisor embeddings of {', '.join(str(entry.ref) for entry, _ in advisors)}: {len(table.names)} features")
+    if potential_delta:
+        table = add_potential_delta(table, data, advisors, relaxation=relaxation)
+        log("learning dH minus the potential's " + ("line-search relaxed" if relaxation else "unrelaxed") + " vacancy energies")
+    return table
+
+
 def featurize_records(root: Path, rows: list[dict], settings: BaselineSettings, workers: int = 1) -> tuple[np.ndarray, list[str]]:
     """Feature matrix of ``vacancies.csv`` rows (in their order) and the feature names."""
     from concurrent.futures import ProcessPoolExecutor

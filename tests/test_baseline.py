@@ -230,3 +230,15 @@ def test_worker_processes_give_the_same_matrix(tiny, table) -> None:  # noqa: F8
     X, names = baseline.featurize_records(witman(tiny), rows, BaselineSettings(), workers=2)
     assert names == table.names
     np.testing.assert_array_equal(X, table.X)
+
+
+def test_baseline_table_is_the_descriptor_table_without_advisors(tiny, table) -> None:  # noqa: F811
+    lines = []
+    assembled = baseline.baseline_table(tiny.root, log=lines.append)
+    np.testing.assert_array_equal(assembled.X, table.X)
+    assert assembled.names == table.names and assembled.offset is None
+    assert len(lines) == 1 and lines[0].startswith(f"descriptors: {len(table.ids)} vacancies")
+    with pytest.raises(ConfigError, match="potential_delta needs a potential"):
+        baseline.baseline_table(tiny.root, potential_delta=True)
+    with pytest.raises(ConfigError, match="relaxation needs potential_delta"):
+        baseline.baseline_table(tiny.root, relaxation=True)
