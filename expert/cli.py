@@ -53,6 +53,9 @@ def register_cv(subparsers: argparse._SubParsersAction) -> None:
                                                           "l2eo pairs drawn; default 10)")
     p.add_argument("--fold", action="append", default=[], metavar="NAME", help="run only this fold (repeatable)")
     p.add_argument("--elements", help="comma-separated elements for loeo / l2eo (default: every element but O)")
+    p.add_argument("--resume", action="store_true",
+                   help="continue an interrupted run in --out: folds whose folder holds finished results are read "
+                        "back, the others trained (the config must be the one the folder was started with)")
     add_training_options(p)
     p.set_defaults(func=cmd_cv)
 
@@ -218,10 +221,12 @@ def cmd_cv(args: argparse.Namespace) -> int:
             raise ConfigError(f"--fold {unknown[0]!r} is not a fold of --cv {args.cv} ({', '.join(f.name for f in folds)})")
         folds = [f for f in folds if f.name in args.fold]
     grouped = kwargs["scheme"] in GROUPED_SCHEMES or kwargs.get("per_compound", False)
+    if args.resume and not args.out:
+        raise ConfigError("--resume needs --out (the folder of the interrupted run)")
     con = console()
     con.print(f"cross-validation {args.cv}: {len(folds)} folds ({', '.join(f.name for f in folds)})", soft_wrap=True)
     result = cross_validate(config, folds, data=args.data, registry=open_registry_from(args), out=args.out,
-                            grouped=grouped, scheme=args.cv,
+                            grouped=grouped, scheme=args.cv, resume=args.resume,
                             on_fold=lambda k, row: con.print(f"fold {row['fold']}: MAE {row['mae']:.3f} eV, "
                                                              f"RMSE {row['rmse']:.3f} eV (n={row['n_test']})"))
     m = result.metrics

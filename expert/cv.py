@@ -40,6 +40,7 @@ def cross_validate(
     grouped: bool = False,
     scheme: str = "",
     on_fold=None,
+    resume: bool = False,
 ) -> CVResult:
     """Train ``config`` on every fold's training ids and test on its held-out ids.
 
@@ -48,24 +49,41 @@ def cross_validate(
         folds: :class:`adex.expert.splits.Fold` list.
         grouped: draw the validation set (early stopping) by host compound.
         on_fold: optional ``callback(k, fold_row)`` after each fold (e.g. pruning in a search).
+        resume: continue an interrupted run in ``out``: a fold whose folder holds
+            ``metrics.json`` and ``test_predictions.csv`` (written last, atomically) is read
+            back instead of trained; the others are trained. ``out/config.yaml`` must be
+            the resolved ``config`` (ConfigError otherwise).
     Returns the aggregated metrics (eV), one row per fold and the output folder.
     """
     from adex.paths import new_run_dir
     from adex.config import dump_yaml
     from adex.expert.train import host_of, train_expert
 
+    from adex.errors import ConfigError
+
+    config_text = dump_yaml(config)
+    if resume:
+        if out is None:
+            raise ConfigError("resume needs the output folder of the interrupted run")
+        previous = Path(out) / "config.yaml"
+        if previous.is_file() and previous.read_text() != config_text:
+            raise ConfigError(f"cannot resume {out}: it was started with another config (config.yaml differs)")
     out_dir = new_run_dir(f"cv-{config.name}", out)
-    atomic_write_text(out_dir / "config.yaml", dump_yaml(config))
+    atomic_write_text(out_dir / "config.yaml", config_text)
     rows, predictions = [], []
     t0 = time.perf_counter()
     for k, fold in enumerate(folds):
-        run = train_expert(config, data=data, out=out_dir / fold.name, registry=registry, register=False,
-                           fold=fold, grouped=grouped)
-        test = run.test
-        m = run.metrics["test"]
+        finished = finished_fold(out_dir / fold.name) if resume else None
+        if finished is not None:
+            run_metrics, test = finished
+        else:
+            run = train_expert(config, data=data, out=out_dir / fold.name, registry=registry, register=False,
+                               fold=fold, grouped=grouped)
+            run_metrics, test = run.metrics, run.test
+        m = run_metrics["test"]
         row = {"fold": fold.name, "n_train": len(fold.train), "n_test": len(fold.test), "mae": m["mae"], "rmse": m["rmse"],
                "mae_O": m.get("mae_O", float("nan")), "mae_metal": m.get("mae_metal", float("nan")),
-               "train_seconds": run.metrics.get("train_seconds", float("nan"))}
+               "train_seconds": run_metrics.get("train_seconds", float("nan"))}
         rows.append(row)
         for j in range(len(test["id"])):
             predictions.append({"fold": fold.name, "id": str(test["id"][j]), "host": host_of(test["id"][j]),
@@ -88,6 +106,28 @@ def cross_validate(
     atomic_write_json(out_dir / "metrics.json", metrics)
     plot_folds(out_dir / "cv.png", rows, pred, target, elements, f"{config.name}: {scheme or 'cv'}")
     return CVResult(metrics, rows, out_dir)
+
+
+def finished_fold(fold_dir: Path) -> tuple[dict, dict] | None:
+    """(metrics, test columns) of a fold run folder that finished, else None.
+
+    ``test`` maps ``id``, ``element`` (str arrays) and ``dH_eV``, ``dH_pred_eV``
+    (+ ``dH_std_eV``) (float arrays, eV) as :func:`adex.expert.train.train_expert` returns them.
+    """
+    import csv
+    import json
+
+    metrics_path, predictions_path = fold_dir / "metrics.json", fold_dir / "test_predictions.csv"
+    if not (metrics_path.is_file() and predictions_path.is_file()):
+        return None
+    metrics = json.loads(metrics_path.read_text())
+    with open(predictions_path, newline="") as handle:
+        records = list(csv.DictReader(handle))
+    if "test" not in metrics or len(records) != metrics["test"].get("n", len(records)):
+        return None
+    columns = records[0].keys() if records else ("id", "element", "dH_eV", "dH_pred_eV")
+    test = {c: np.array([r[c] for r in records], dtype=str if c in ("id", "element") else np.float64) for c in columns}
+    return metrics, test
 
 
 def fold_errors(pred: np.ndarray, target: np.ndarray, elements: np.ndarray) -> dict:

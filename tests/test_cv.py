@@ -128,3 +128,45 @@ def test_cv_fold_subsets_merge_into_the_full_cv(tiny, reg, tmp_path, capsys) -> 
 def test_cv_with_an_unknown_fold_is_a_one_line_error(tiny, reg, capsys) -> None:  # noqa: F811
     rc = main(["cv", "--cv", "loeo", "--fold", "no-Xx", "--data", str(tiny.root), "--registry", str(reg.root)])
     assert_one_line_error(rc, capsys.readouterr().err, "no-Xx")
+
+
+def test_an_interrupted_cv_resumes_without_retraining_finished_folds(tiny, reg, tmp_path, capsys,  # noqa: F811
+                                                                     monkeypatch) -> None:
+    """`adex cv --resume` reads back the folds that finished (their metrics.json and
+    test_predictions.csv) and trains only the rest; the result equals the uninterrupted run's.
+    Resuming with another config is refused."""
+    import adex.expert.train as train_module
+
+    common = ["cv", "--cv", "group", "--folds", "3", "--data", str(tiny.root), "--registry", str(reg.root), *TINY,
+              "--advisors", "adv8", "--epochs", "1"]
+    out = tmp_path / "cv"
+    assert main([*common, "--out", str(out)]) == 0
+    full = json.loads((out / "metrics.json").read_text())
+    names = [r["fold"] for r in csv.DictReader(open(out / "folds.csv"))]
+    # the interruption: the last fold had only begun, the CV summary was never written
+    for path in (out / names[-1]).iterdir():
+        if path.name != "config.yaml":
+            path.unlink()
+    for name in ("metrics.json", "folds.csv", "predictions.csv"):
+        (out / name).unlink()
+    trained = []
+    original = train_module.train_expert
+
+    def counting(config, **kwargs):
+        trained.append(kwargs["fold"].name)
+        return original(config, **kwargs)
+
+    monkeypatch.setattr(train_module, "train_expert", counting)
+    capsys.readouterr()
+    assert main([*common, "--out", str(out), "--resume"]) == 0, capsys.readouterr().err
+    assert trained == [names[-1]]  # the finished folds were read back
+    resumed = json.loads((out / "metrics.json").read_text())
+    assert resumed["n_folds"] == 3
+    assert resumed["mae_mean"] == pytest.approx(full["mae_mean"], abs=1e-4)  # seeded: the retrained fold is the same
+    assert resumed["pooled"]["mae"] == pytest.approx(full["pooled"]["mae"], abs=1e-4)
+    assert sorted(p["id"] for p in csv.DictReader(open(out / "predictions.csv"))) == sorted(tiny.ids)
+    capsys.readouterr()
+    rc = main([*common[:-1], "2", "--out", str(out), "--resume"])
+    assert_one_line_error(rc, capsys.readouterr().err, "another config")
+    rc = main([*common, "--resume"])
+    assert_one_line_error(rc, capsys.readouterr().err, "--resume needs --out")
