@@ -190,6 +190,28 @@ for seed in 0 1 2; do
 done
 adex experiment blend "$OUT/descriptors_ema" "$OUT/descriptors_ema_seed1" "$OUT/descriptors_ema_seed2" --out "$OUT/descriptors_ema_3seeds"
 adex experiment blend "$OUT/descriptors_ema_3seeds" "$OUT/baseline_chgnet_delta" --out "$OUT/blend_descriptors_ema_3seeds"
+# ... per compound with weight averaging (seed 0; an interrupted half continues with --resume), blended with the baselines
+for half in a b; do
+    folds=$([ $half = a ] && echo 1.00k{0,1,2,3,4}_struct || echo 1.00k{5,6,7,8,9}_struct)
+    adex cv --advisors $ADVISORS,chgnet,descriptors --cv published_struct $(printf -- "--fold=%s " $folds) "${EMA[@]}" \
+        "${COMMON[@]}" --out "$OUT/descriptors_ema_struct_$half" --resume
+done
+adex experiment merge "$OUT/descriptors_ema_struct_a" "$OUT/descriptors_ema_struct_b" --out "$OUT/descriptors_ema_struct"
+adex experiment blend "$OUT/descriptors_ema_struct" "$OUT/baseline_chgnet_relax_struct" --out "$OUT/blend_descriptors_ema_relax_struct"
+adex experiment blend "$OUT/descriptors_ema_struct" "$OUT/baseline_chgnet_delta_struct" --out "$OUT/blend_descriptors_ema_delta_struct"
+# ... and without a validation set (training.val_fraction=0: each fold trains on its whole training set and keeps the
+# averaged weights of the epoch with the lowest training loss), per vacancy, at 10 % and per compound
+NOVAL=("${EMA[@]}" --set training.val_fraction=0)
+for family in published published@0.10 published_struct; do
+    name=descriptors_ema_noval$(echo $family | sed 's/published//; s/@/_/')
+    prefix=$(case $family in published@0.10) echo 0.10k;; *) echo 1.00k;; esac)
+    suffix=$([ $family = published_struct ] && echo _struct)
+    adex cv --advisors $ADVISORS,chgnet,descriptors --cv $family --fold=${prefix}{0,1,2,3,4}${suffix} "${NOVAL[@]}" \
+        "${COMMON[@]}" --out "$OUT/${name}_a"
+    adex cv --advisors $ADVISORS,chgnet,descriptors --cv $family --fold=${prefix}{5,6,7,8,9}${suffix} "${NOVAL[@]}" \
+        "${COMMON[@]}" --out "$OUT/${name}_b"
+    adex experiment merge "$OUT/${name}_a" "$OUT/${name}_b" --out "$OUT/$name"
+done
 # where the per-compound error comes from: one offset per host (and the baseline with the true DFT host properties)
 python "$(dirname "$0")/host_offsets.py" "$OUT"/{delta_struct,descriptors_struct,baseline_chgnet_delta_struct,baseline_chgnet_relax_struct,blend_delta_relaxbaseline_struct,delta,descriptors_3seeds,baseline_chgnet_delta} \
     --oracle-baseline "$OUT/baseline_oracle_host_struct" --out "$OUT/host_offsets.csv"
