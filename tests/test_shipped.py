@@ -46,6 +46,22 @@ def test_shipped_advisors_predict_sensible_values(shipped: Registry) -> None:
         assert low < value < high, (name, value)  # MgO: gap 4.4 eV (PBE), eform -3.0 eV/atom
 
 
+def test_shipped_descriptor_advisor_embeds_every_site(shipped: Registry) -> None:
+    """builtin::advisor/descriptors: standardised on 200 MP crystals; equivalent sites get
+    equal rows, Mg and O sites different ones."""
+    try:
+        entry = shipped.resolve("builtin::advisor/descriptors")
+    except Exception:
+        pytest.skip("descriptor advisor not shipped in this checkout")
+    assert entry.card["standardization"]["n_structures"] == 200
+    atom, crystal = load_model(entry).embed_structures([rocksalt(4.21)])  # Mg 0-3, O 4-7
+    assert atom.shape == (8, entry.card["embedding_width"]) and crystal.shape == (1, atom.shape[1])
+    assert np.isfinite(atom).all() and np.abs(atom).max() > 0
+    np.testing.assert_allclose(atom[:4], np.repeat(atom[:1], 4, axis=0), atol=1e-6)
+    np.testing.assert_allclose(atom[4:], np.repeat(atom[4:5], 4, axis=0), atol=1e-6)
+    assert not np.allclose(atom[0], atom[4])
+
+
 def test_default_expert_predicts_without_flags(shipped: Registry, data_dir, capsys) -> None:
     try:
         shipped.resolve("builtin::expert/vacancy")
