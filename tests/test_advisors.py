@@ -430,6 +430,30 @@ def test_weight_average_buffers_and_restore() -> None:
         TrainingConfig(ema_decay=1.0)
 
 
+def test_weight_average_warmup_grows_the_horizon_with_the_run() -> None:
+    """With warmup the decay of update n is min(decay, (1 + n) / (10 + n)): the first
+    update keeps 10 % of the initial weights (not 99.9 %), and the decay reaches the
+    configured one only after ~9,000 updates at 0.999."""
+    from adex.training import WeightAverage
+
+    net = nn.Linear(1, 1, bias=False)
+    with torch.no_grad():
+        net.weight.fill_(0.0)
+    plain, warm = WeightAverage(net, 0.999), WeightAverage(net, 0.999, warmup=True)
+    assert warm.current_decay() == pytest.approx(0.1) and plain.current_decay() == 0.999
+    with torch.no_grad():
+        net.weight.fill_(1.0)
+    expected = 0.0
+    for n in range(50):
+        expected = min(0.999, (1 + n) / (10 + n)) * expected + (1 - min(0.999, (1 + n) / (10 + n))) * 1.0
+        plain.update(net)
+        warm.update(net)
+    assert float(warm.state["weight"]) == pytest.approx(expected, rel=1e-5)
+    assert float(warm.state["weight"]) > 0.99 > 0.05 > float(plain.state["weight"])  # plain: 1 - 0.999 ** 50
+    warm.updates = 20_000
+    assert warm.current_decay() == 0.999
+
+
 def test_max_minutes_stops() -> None:
     config = TrainingConfig(epochs=50, batch_size=4, lr=0.01, scheduler="none", patience=100, max_minutes=0.0)
     result = fit(_ToyModel(), _ToyData([1.0] * 8), _ToyData([1.0] * 4), config)
