@@ -55,11 +55,10 @@ def cross_validate(
             the resolved ``config`` (ConfigError otherwise).
     Returns the aggregated metrics (eV), one row per fold and the output folder.
     """
-    from adex.paths import new_run_dir
     from adex.config import dump_yaml
-    from adex.expert.train import host_of, train_expert
-
     from adex.errors import ConfigError
+    from adex.expert.train import host_of, train_expert
+    from adex.paths import new_run_dir
 
     config_text = dump_yaml(config)
     if resume:
@@ -76,6 +75,8 @@ def cross_validate(
         finished = finished_fold(out_dir / fold.name) if resume else None
         if finished is not None:
             run_metrics, test = finished
+            if sorted(map(str, test["id"])) != sorted(map(str, fold.test)):
+                raise ConfigError(f"cannot resume {out_dir / fold.name}: it tested other vacancies than fold {fold.name}")
         else:
             run = train_expert(config, data=data, out=out_dir / fold.name, registry=registry, register=False,
                                fold=fold, grouped=grouped)
@@ -123,7 +124,7 @@ def finished_fold(fold_dir: Path) -> tuple[dict, dict] | None:
     metrics = json.loads(metrics_path.read_text())
     with open(predictions_path, newline="") as handle:
         records = list(csv.DictReader(handle))
-    if "test" not in metrics or len(records) != metrics["test"].get("n", len(records)):
+    if not metrics.get("test") or len(records) != metrics["test"].get("n", len(records)):
         return None
     columns = records[0].keys() if records else ("id", "element", "dH_eV", "dH_pred_eV")
     test = {c: np.array([r[c] for r in records], dtype=str if c in ("id", "element") else np.float64) for c in columns}
