@@ -212,6 +212,20 @@ for family in published published@0.10 published_struct; do
         "${COMMON[@]}" --out "$OUT/${name}_b"
     adex experiment merge "$OUT/${name}_a" "$OUT/${name}_b" --out "$OUT/$name"
 done
+# ... at 10 % of the data (~9 steps per epoch): weight averaging as above, and with training.ema_warmup=true
+adex cv --advisors $ADVISORS,chgnet,descriptors --cv published@0.10 "${EMA[@]}" "${COMMON[@]}" --out "$OUT/descriptors_ema_0.10"
+adex cv --advisors $ADVISORS,chgnet,descriptors --cv published@0.10 "${EMA[@]}" --set training.ema_warmup=true "${COMMON[@]}" \
+    --out "$OUT/descriptors_emawarm_0.10"
+# ... seeds 3 and 4 per vacancy: the 5-seed mean (a 5-member ensemble)
+for seed in 3 4; do
+    adex cv --advisors $ADVISORS,chgnet,descriptors --cv published --fold=1.00k{0,1,2,3,4} "${EMA[@]}" --seed $seed \
+        "${COMMON[@]}" --out "$OUT/descriptors_ema_seed${seed}_a"
+    adex cv --advisors $ADVISORS,chgnet,descriptors --cv published --fold=1.00k{5,6,7,8,9} "${EMA[@]}" --seed $seed \
+        "${COMMON[@]}" --out "$OUT/descriptors_ema_seed${seed}_b"
+    adex experiment merge "$OUT/descriptors_ema_seed${seed}_a" "$OUT/descriptors_ema_seed${seed}_b" --out "$OUT/descriptors_ema_seed$seed"
+done
+adex experiment blend "$OUT"/descriptors_ema{,_seed1,_seed2,_seed3,_seed4} --out "$OUT/descriptors_ema_5seeds"
+adex experiment blend "$OUT/descriptors_ema_5seeds" "$OUT/baseline_chgnet_delta" --out "$OUT/blend_descriptors_ema_5seeds"
 # where the per-compound error comes from: one offset per host (and the baseline with the true DFT host properties)
 python "$(dirname "$0")/host_offsets.py" "$OUT"/{delta_struct,descriptors_struct,baseline_chgnet_delta_struct,baseline_chgnet_relax_struct,blend_delta_relaxbaseline_struct,delta,descriptors_3seeds,baseline_chgnet_delta} \
     --oracle-baseline "$OUT/baseline_oracle_host_struct" --out "$OUT/host_offsets.csv"
