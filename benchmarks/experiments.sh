@@ -212,6 +212,7 @@ for family in published published@0.10 published_struct; do
         "${COMMON[@]}" --out "$OUT/${name}_b"
     adex experiment merge "$OUT/${name}_a" "$OUT/${name}_b" --out "$OUT/$name"
 done
+adex experiment blend "$OUT/descriptors_ema_noval_struct" "$OUT/baseline_chgnet_relax_struct" --out "$OUT/blend_descriptors_ema_noval_relax_struct"
 # ... at 10 % of the data (8 steps per epoch): weight averaging as above, and with training.ema_warmup=true
 adex cv --advisors $ADVISORS,chgnet,descriptors --cv published@0.10 "${EMA[@]}" "${COMMON[@]}" --out "$OUT/descriptors_ema_0.10"
 adex cv --advisors $ADVISORS,chgnet,descriptors --cv published@0.10 "${EMA[@]}" --set training.ema_warmup=true "${COMMON[@]}" \
