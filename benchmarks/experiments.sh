@@ -178,9 +178,9 @@ adex experiment merge "$OUT/descriptors_seed2_a" "$OUT/descriptors_seed2_b" --ou
 adex experiment blend "$OUT/descriptors" "$OUT/descriptors_seed1" "$OUT/descriptors_seed2" --out "$OUT/descriptors_3seeds"
 adex experiment blend "$OUT/descriptors_3seeds" "$OUT/baseline_chgnet_delta" --out "$OUT/blend_descriptors_3seeds"
 # ... with an exponential moving average of the weights (training.ema_decay=0.999: validation, early stopping and the
-# returned model use the average), seeds 0, 1 and 2 per vacancy
+# returned model use the average), seeds 0-4 per vacancy: the means of seeds 0-2 and 0-4 (3- and 5-member ensembles)
 EMA=(--set 'augment.min_image_distances=[10.0]' --set model.potential_delta=true --set training.ema_decay=0.999)
-for seed in 0 1 2; do
+for seed in 0 1 2 3 4; do
     name=descriptors_ema$([ $seed = 0 ] || echo _seed$seed)
     adex cv --advisors $ADVISORS,chgnet,descriptors --cv published --fold=1.00k{0,1,2,3,4} "${EMA[@]}" --seed $seed \
         "${COMMON[@]}" --out "$OUT/${name}_a"
@@ -190,6 +190,8 @@ for seed in 0 1 2; do
 done
 adex experiment blend "$OUT/descriptors_ema" "$OUT/descriptors_ema_seed1" "$OUT/descriptors_ema_seed2" --out "$OUT/descriptors_ema_3seeds"
 adex experiment blend "$OUT/descriptors_ema_3seeds" "$OUT/baseline_chgnet_delta" --out "$OUT/blend_descriptors_ema_3seeds"
+adex experiment blend "$OUT"/descriptors_ema{,_seed1,_seed2,_seed3,_seed4} --out "$OUT/descriptors_ema_5seeds"
+adex experiment blend "$OUT/descriptors_ema_5seeds" "$OUT/baseline_chgnet_delta" --out "$OUT/blend_descriptors_ema_5seeds"
 # ... per compound with weight averaging (seed 0; an interrupted half continues with --resume), blended with the baselines
 for half in a b; do
     folds=$([ $half = a ] && echo 1.00k{0,1,2,3,4}_struct || echo 1.00k{5,6,7,8,9}_struct)
@@ -217,16 +219,6 @@ adex experiment blend "$OUT/descriptors_ema_noval_struct" "$OUT/baseline_chgnet_
 adex cv --advisors $ADVISORS,chgnet,descriptors --cv published@0.10 "${EMA[@]}" "${COMMON[@]}" --out "$OUT/descriptors_ema_0.10"
 adex cv --advisors $ADVISORS,chgnet,descriptors --cv published@0.10 "${EMA[@]}" --set training.ema_warmup=true "${COMMON[@]}" \
     --out "$OUT/descriptors_emawarm_0.10"
-# ... seeds 3 and 4 per vacancy: the 5-seed mean (a 5-member ensemble)
-for seed in 3 4; do
-    adex cv --advisors $ADVISORS,chgnet,descriptors --cv published --fold=1.00k{0,1,2,3,4} "${EMA[@]}" --seed $seed \
-        "${COMMON[@]}" --out "$OUT/descriptors_ema_seed${seed}_a"
-    adex cv --advisors $ADVISORS,chgnet,descriptors --cv published --fold=1.00k{5,6,7,8,9} "${EMA[@]}" --seed $seed \
-        "${COMMON[@]}" --out "$OUT/descriptors_ema_seed${seed}_b"
-    adex experiment merge "$OUT/descriptors_ema_seed${seed}_a" "$OUT/descriptors_ema_seed${seed}_b" --out "$OUT/descriptors_ema_seed$seed"
-done
-adex experiment blend "$OUT"/descriptors_ema{,_seed1,_seed2,_seed3,_seed4} --out "$OUT/descriptors_ema_5seeds"
-adex experiment blend "$OUT/descriptors_ema_5seeds" "$OUT/baseline_chgnet_delta" --out "$OUT/blend_descriptors_ema_5seeds"
 # where the per-compound error comes from: one offset per host (and the baseline with the true DFT host properties)
 python "$(dirname "$0")/host_offsets.py" "$OUT"/{delta_struct,descriptors_struct,baseline_chgnet_delta_struct,baseline_chgnet_relax_struct,blend_delta_relaxbaseline_struct,delta,descriptors_3seeds,baseline_chgnet_delta} \
     --oracle-baseline "$OUT/baseline_oracle_host_struct" --out "$OUT/host_offsets.csv"
