@@ -629,12 +629,14 @@ def baseline_table(
         advisors: ``(registry entry, frozen model)`` pairs (:func:`adex.expert.train.load_advisors`).
         log: called with one line after each step (e.g. a console's ``print``), or None.
     Raises:
-        ConfigError: ``potential_delta`` without advisors, or ``relaxation`` without ``potential_delta``.
+        ConfigError: ``potential_delta`` without a potential among the advisors, or
+            ``relaxation`` without ``potential_delta`` (before anything is featurized).
     """
     from adex.datasets import dataset_root
+    from adex.expert.potential import potential_advisor
 
-    if potential_delta and not advisors:
-        raise ConfigError("potential_delta needs a potential among the advisors (e.g. chgnet)")
+    if potential_delta:
+        potential_advisor(advisors)  # the check add_potential_delta makes, before the descriptors load
     if relaxation and not potential_delta:
         raise ConfigError("potential relaxation needs potential_delta")
     log = log or (lambda line: None)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import csv
 import json
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -238,7 +239,9 @@ def test_baseline_table_is_the_descriptor_table_without_advisors(tiny, table) ->
     np.testing.assert_array_equal(assembled.X, table.X)
     assert assembled.names == table.names and assembled.offset is None
     assert len(lines) == 1 and lines[0].startswith(f"descriptors: {len(table.ids)} vacancies")
-    with pytest.raises(ConfigError, match="potential_delta needs a potential"):
+    with pytest.raises(ConfigError, match="potential_delta needs a universal-potential advisor"):
         baseline.baseline_table(tiny.root, potential_delta=True)
+    with pytest.raises(ConfigError, match=r"potential_delta needs a universal-potential advisor.*got: no-potential"):
+        baseline.baseline_table(tiny.root, [(SimpleNamespace(ref="no-potential"), object())], potential_delta=True)
     with pytest.raises(ConfigError, match="relaxation needs potential_delta"):
         baseline.baseline_table(tiny.root, relaxation=True)
