@@ -221,8 +221,6 @@ def cmd_cv(args: argparse.Namespace) -> int:
             raise ConfigError(f"--fold {unknown[0]!r} is not a fold of --cv {args.cv} ({', '.join(f.name for f in folds)})")
         folds = [f for f in folds if f.name in args.fold]
     grouped = kwargs["scheme"] in GROUPED_SCHEMES or kwargs.get("per_compound", False)
-    if args.resume and not args.out:
-        raise ConfigError("--resume needs --out (the folder of the interrupted run)")
     con = console()
     con.print(f"cross-validation {args.cv}: {len(folds)} folds ({', '.join(f.name for f in folds)})", soft_wrap=True)
     result = cross_validate(config, folds, data=args.data, registry=open_registry_from(args), out=args.out,

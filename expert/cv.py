@@ -63,7 +63,7 @@ def cross_validate(
     config_text = dump_yaml(config)
     if resume:
         if out is None:
-            raise ConfigError("resume needs the output folder of the interrupted run")
+            raise ConfigError("resume needs the output folder of the interrupted run (--out)")
         previous = Path(out) / "config.yaml"
         if previous.is_file() and previous.read_text() != config_text:
             raise ConfigError(f"cannot resume {out}: it was started with another config (config.yaml differs)")

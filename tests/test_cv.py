@@ -169,7 +169,7 @@ def test_an_interrupted_cv_resumes_without_retraining_finished_folds(tiny, reg, 
     rc = main([*common[:-1], "2", "--out", str(out), "--resume"])
     assert_one_line_error(rc, capsys.readouterr().err, "another config")
     rc = main([*common, "--resume"])
-    assert_one_line_error(rc, capsys.readouterr().err, "--resume needs --out")
+    assert_one_line_error(rc, capsys.readouterr().err, "resume needs the output folder of the interrupted run (--out)")
     # a finished fold folder of another fold under this fold's name is refused
     (out / names[0]).rename(out / "moved")
     (out / names[1]).rename(out / names[0])
