@@ -215,6 +215,18 @@ for family in published published@0.10 published_struct; do
     adex experiment merge "$OUT/${name}_a" "$OUT/${name}_b" --out "$OUT/$name"
 done
 adex experiment blend "$OUT/descriptors_ema_noval_struct" "$OUT/baseline_chgnet_relax_struct" --out "$OUT/blend_descriptors_ema_noval_relax_struct"
+# ... per compound without a validation set, more seeds: the mean of seeds 0-2 (a 3-member ensemble), alone and blended
+for seed in 1 2; do
+    for half in a b; do
+        folds=$([ $half = a ] && echo 1.00k{0,1,2,3,4}_struct || echo 1.00k{5,6,7,8,9}_struct)
+        adex cv --advisors $ADVISORS,chgnet,descriptors --cv published_struct $(printf -- "--fold=%s " $folds) "${NOVAL[@]}" \
+            --seed $seed "${COMMON[@]}" --out "$OUT/descriptors_ema_noval_struct_seed${seed}_$half" --resume
+    done
+    adex experiment merge "$OUT"/descriptors_ema_noval_struct_seed${seed}_{a,b} --out "$OUT/descriptors_ema_noval_struct_seed$seed"
+done
+adex experiment blend "$OUT"/descriptors_ema_noval_struct{,_seed1,_seed2} --out "$OUT/descriptors_ema_noval_struct_3seeds"
+adex experiment blend "$OUT/descriptors_ema_noval_struct_3seeds" "$OUT/baseline_chgnet_relax_struct" \
+    --out "$OUT/blend_descriptors_ema_noval_struct_3seeds_relax"
 # ... at 10 % of the data (8 steps per epoch): weight averaging as above, and with training.ema_warmup=true
 adex cv --advisors $ADVISORS,chgnet,descriptors --cv published@0.10 "${EMA[@]}" "${COMMON[@]}" --out "$OUT/descriptors_ema_0.10"
 adex cv --advisors $ADVISORS,chgnet,descriptors --cv published@0.10 "${EMA[@]}" --set training.ema_warmup=true "${COMMON[@]}" \

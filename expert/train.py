@@ -57,9 +57,15 @@ class AugmentConfig:
             to the training set (validation and test keep the configured supercell).
             Symmetry-equivalent sites need no augmentation: they give the same graph by
             construction (canonical host and site, see docs/architecture.md).
+        share_potential_energies: with ``model.potential_delta``, a view takes the
+            potential's vacancy energy (eV) of the configured supercell instead of
+            computing its own, as it takes the label: no potential run on the views,
+            which makes ``model.potential_relaxation`` with views affordable (a view
+            relaxation would cost ~5x the view's unrelaxed energy).
     """
 
     min_image_distances: list[float] = field(default_factory=list)
+    share_potential_energies: bool = False
 
 
 @dataclass
@@ -228,7 +234,14 @@ def prepare_data(config: ExpertConfig, data, registry, fold=None, grouped: bool 
     for distance in config.augment.min_image_distances:
         settings = dataclasses.replace(config.supercell, min_image_distance=float(distance))
         view = load_witman(config.featurizer, settings, data, ids=[str(i) for i in packed.ids[pool]])
-        view_delta = None if potential is None else vacancy_energies(*potential, view, settings, relaxation=relax)
+        if potential is None:
+            view_delta = None
+        elif config.augment.share_potential_energies:
+            if list(view.ids) != list(packed.ids[pool]):
+                raise ValueError("augmented view does not follow the training pool; cannot share potential energies")
+            view_delta = delta[pool]
+        else:
+            view_delta = vacancy_energies(*potential, view, settings, relaxation=relax)
         views.append(VacancyDataset(view, [advisor_features(entry, model, view) for entry, model in advisors],
                                     view_delta))
     init_advisor = None

@@ -198,6 +198,38 @@ def test_potential_delta_expert_predicts_potential_plus_reference_plus_network(i
     assert np.abs(reference).max() < np.abs(packed.targets).max() + np.abs(delta).max()
 
 
+@pytest.mark.parametrize("relaxation", [False, True])
+def test_shared_potential_energies_give_views_the_configured_supercells_energies(imported, tiny, reg,  # noqa: F811
+                                                                                   monkeypatch, relaxation) -> None:
+    from adex.config import load_config
+    from adex.expert import potential, train
+
+    overrides = [t for t in TINY if t != "--set"] + [
+        "advisors=[chgnet]", "split=tiny", "model.potential_delta=true", f"model.potential_relaxation={str(relaxation).lower()}",
+        "augment.min_image_distances=[7.0]", "augment.share_potential_energies=true"]
+    config = load_config(train.ExpertConfig, "expert", "default", overrides)
+    calls = []
+    real = potential.vacancy_energies
+
+    def counting(entry, advisor, packed, settings, **kwargs):
+        calls.append(settings.min_image_distance)
+        return real(entry, advisor, packed, settings, **kwargs)
+
+    monkeypatch.setattr(potential, "vacancy_energies", counting)
+    monkeypatch.setattr(train, "vacancy_energies", counting)
+    prepared = train.prepare_data(config, tiny.root, reg.registry)
+    assert calls == [6.0]  # the configured supercell only: the 7 Å view ran no potential
+    (view,) = prepared.views
+    assert list(view.packed.ids) == list(prepared.packed.ids[prepared.pool])
+    assert view.packed.graphs.node_ptr[-1] > prepared.packed.subset(prepared.pool).graphs.node_ptr[-1]  # bigger cells
+    np.testing.assert_array_equal(view.potential_delta, prepared.potential_delta[prepared.pool])
+    # without sharing, the view has its own energies (another supercell: not equal)
+    config.augment.share_potential_energies = False
+    own = train.prepare_data(config, tiny.root, reg.registry)
+    assert calls[1:] == [6.0, 7.0]
+    assert not np.allclose(own.views[0].potential_delta, prepared.potential_delta[prepared.pool])
+
+
 def test_potential_delta_without_a_potential_advisor_is_a_one_line_error(imported, tiny, reg, capsys) -> None:  # noqa: F811
     from conftest import assert_one_line_error
 
