@@ -229,13 +229,22 @@ adex experiment blend "$OUT/descriptors_ema_noval_struct_3seeds" "$OUT/baseline_
     --out "$OUT/blend_descriptors_ema_noval_struct_3seeds_relax"
 # ... per compound with the relaxed dE (model.potential_relaxation) and augmentation: the 10 A views share the relaxed
 # dE of the configured supercell (augment.share_potential_energies) as they share the label
+# (seeds 0-2; their mean, alone and blended with the relaxed-dE baseline)
 RELAX=("${NOVAL[@]}" --set model.potential_relaxation=true --set augment.share_potential_energies=true)
-for half in a b; do
-    folds=$([ $half = a ] && echo 1.00k{0,1,2,3,4}_struct || echo 1.00k{5,6,7,8,9}_struct)
-    adex cv --advisors $ADVISORS,chgnet,descriptors --cv published_struct $(printf -- "--fold=%s " $folds) "${RELAX[@]}" \
-        "${COMMON[@]}" --out "$OUT/descriptors_relaxshared_struct_$half" --resume
+for seed in 0 1 2; do
+    name=descriptors_relaxshared_struct$([ $seed = 0 ] || echo _seed$seed)
+    for half in a b; do
+        folds=$([ $half = a ] && echo 1.00k{0,1,2,3,4}_struct || echo 1.00k{5,6,7,8,9}_struct)
+        adex cv --advisors $ADVISORS,chgnet,descriptors --cv published_struct $(printf -- "--fold=%s " $folds) "${RELAX[@]}" \
+            --seed $seed "${COMMON[@]}" --out "$OUT/${name}_$half" --resume
+    done
+    adex experiment merge "$OUT/${name}_a" "$OUT/${name}_b" --out "$OUT/$name"
 done
-adex experiment merge "$OUT"/descriptors_relaxshared_struct_{a,b} --out "$OUT/descriptors_relaxshared_struct"
+adex experiment blend "$OUT/descriptors_relaxshared_struct" "$OUT/baseline_chgnet_relax_struct" \
+    --out "$OUT/blend_descriptors_relaxshared_struct_relax"
+adex experiment blend "$OUT"/descriptors_relaxshared_struct{,_seed1,_seed2} --out "$OUT/descriptors_relaxshared_struct_3seeds"
+adex experiment blend "$OUT/descriptors_relaxshared_struct_3seeds" "$OUT/baseline_chgnet_relax_struct" \
+    --out "$OUT/blend_descriptors_relaxshared_struct_3seeds_relax"
 # ... at 10 % of the data (8 steps per epoch): weight averaging as above, and with training.ema_warmup=true
 adex cv --advisors $ADVISORS,chgnet,descriptors --cv published@0.10 "${EMA[@]}" "${COMMON[@]}" --out "$OUT/descriptors_ema_0.10"
 adex cv --advisors $ADVISORS,chgnet,descriptors --cv published@0.10 "${EMA[@]}" --set training.ema_warmup=true "${COMMON[@]}" \
