@@ -245,6 +245,11 @@ adex experiment blend "$OUT/descriptors_relaxshared_struct" "$OUT/baseline_chgne
 adex experiment blend "$OUT"/descriptors_relaxshared_struct{,_seed1,_seed2} --out "$OUT/descriptors_relaxshared_struct_3seeds"
 adex experiment blend "$OUT/descriptors_relaxshared_struct_3seeds" "$OUT/baseline_chgnet_relax_struct" \
     --out "$OUT/blend_descriptors_relaxshared_struct_3seeds_relax"
+# ... and the six per-compound members (unrelaxed and relaxed dE, seeds 0-2 each) averaged, alone and blended
+adex experiment blend "$OUT"/descriptors_relaxshared_struct{,_seed1,_seed2} "$OUT"/descriptors_ema_noval_struct{,_seed1,_seed2} \
+    --out "$OUT/descriptors_noval_relaxshared_struct_6seeds"
+adex experiment blend "$OUT/descriptors_noval_relaxshared_struct_6seeds" "$OUT/baseline_chgnet_relax_struct" \
+    --out "$OUT/blend_descriptors_noval_relaxshared_struct_6seeds_relax"
 # ... at 10 % of the data (8 steps per epoch): weight averaging as above, and with training.ema_warmup=true
 adex cv --advisors $ADVISORS,chgnet,descriptors --cv published@0.10 "${EMA[@]}" "${COMMON[@]}" --out "$OUT/descriptors_ema_0.10"
 adex cv --advisors $ADVISORS,chgnet,descriptors --cv published@0.10 "${EMA[@]}" --set training.ema_warmup=true "${COMMON[@]}" \
