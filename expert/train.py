@@ -224,6 +224,8 @@ def prepare_data(config: ExpertConfig, data, registry, fold=None, grouped: bool 
         pool, grouped, base_split = np.union1d(train_idx, val_idx), False, (train_idx, val_idx)
     featurize_seconds = time.perf_counter() - t0
     t1 = time.perf_counter()
+    if config.augment.share_potential_energies and not config.model.potential_delta:
+        raise ConfigError("augment.share_potential_energies needs model.potential_delta: true (no potential energies to share)")
     advisors = load_advisors(config.advisors, registry)
     potential = potential_advisor(advisors) if config.model.potential_delta else None
     features = [advisor_features(entry, model, packed) for entry, model in advisors]

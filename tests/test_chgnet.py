@@ -230,6 +230,15 @@ def test_shared_potential_energies_give_views_the_configured_supercells_energies
     assert not np.allclose(own.views[0].potential_delta, prepared.potential_delta[prepared.pool])
 
 
+def test_share_potential_energies_without_potential_delta_is_a_one_line_error(imported, tiny, reg, capsys) -> None:  # noqa: F811
+    from conftest import assert_one_line_error
+
+    rc = main(["expert", "train", "--data", str(tiny.root), "--registry", str(reg.root), *TINY,
+               "--advisors", "chgnet", "--split", "tiny", "--epochs", "1", "--set", "name=noshare",
+               "--set", "augment.min_image_distances=[7.0]", "--set", "augment.share_potential_energies=true"])
+    assert_one_line_error(rc, capsys.readouterr().err, "share_potential_energies", "potential_delta")
+
+
 def test_potential_delta_without_a_potential_advisor_is_a_one_line_error(imported, tiny, reg, capsys) -> None:  # noqa: F811
     from conftest import assert_one_line_error
 
