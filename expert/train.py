@@ -86,6 +86,8 @@ class ExpertConfig:
     def __post_init__(self) -> None:
         if self.ensemble < 1:
             raise ValueError("ensemble must be >= 1 (number of members)")
+        if self.augment.share_potential_energies and not self.model.potential_delta:
+            raise ValueError("augment.share_potential_energies needs model.potential_delta: true (no potential energies to share)")
 
 
 @dataclass
@@ -224,8 +226,6 @@ def prepare_data(config: ExpertConfig, data, registry, fold=None, grouped: bool 
         pool, grouped, base_split = np.union1d(train_idx, val_idx), False, (train_idx, val_idx)
     featurize_seconds = time.perf_counter() - t0
     t1 = time.perf_counter()
-    if config.augment.share_potential_energies and not config.model.potential_delta:
-        raise ConfigError("augment.share_potential_energies needs model.potential_delta: true (no potential energies to share)")
     advisors = load_advisors(config.advisors, registry)
     potential = potential_advisor(advisors) if config.model.potential_delta else None
     features = [advisor_features(entry, model, packed) for entry, model in advisors]
