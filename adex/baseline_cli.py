@@ -33,6 +33,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--potential-relaxation", action="store_true",
                    help="with --potential-delta: line-search relax the defected supercell on the potential's forces "
                         "first (as the expert's model.potential_relaxation; ~5x the potential's cost, cached)")
+    p.add_argument("--relaxation-steps", type=int, default=0, metavar="N",
+                   help="with --potential-relaxation: N FIRE steps instead of the line search (as the expert's "
+                        "model.potential_relaxation_steps; ~N+1 force evaluations per vacancy, cached)")
     p.add_argument("--registry", help="user registry root (default: $ADEX_HOME/registry)")
     p.set_defaults(func=cmd_baseline)
 
@@ -55,6 +58,10 @@ def cmd_baseline(args: argparse.Namespace) -> int:
         raise ConfigError("--potential-delta needs a potential among --advisors (e.g. --advisors chgnet)")
     if args.potential_relaxation and not args.potential_delta:
         raise ConfigError("--potential-relaxation needs --potential-delta")
+    if args.relaxation_steps and not args.potential_relaxation:
+        raise ConfigError("--relaxation-steps needs --potential-relaxation")
+    if args.relaxation_steps < 0:
+        raise ConfigError(f"--relaxation-steps must be >= 0, got {args.relaxation_steps}")
     model = ModelSettings(loss=args.loss)
     root = dataset_root("witman2023_vacancies", args.data)
     if args.split:
@@ -80,12 +87,13 @@ def cmd_baseline(args: argparse.Namespace) -> int:
         advisors = load_advisors(advisor_refs, open_registry_from(args))
         advisor_refs = [entry.ref for entry, _ in advisors]
     table = baseline_table(args.data, advisors, potential_delta=args.potential_delta,
-                           relaxation=args.potential_relaxation, settings=settings, workers=args.workers,
+                           relaxation=args.potential_relaxation, relaxation_steps=args.relaxation_steps,
+                           settings=settings, workers=args.workers,
                            use_cache=not args.no_cache, log=lambda line: con.print(line, soft_wrap=True))
     config = {"command": "baseline", "cv": None if args.split else scheme, "split": args.split, "n_folds": args.folds,
               "elements": args.elements, "data": str(root), "features": settings.to_dict(), "workers": args.workers,
               "advisors": advisor_refs, "potential_delta": bool(args.potential_delta),
-              "potential_relaxation": bool(args.potential_relaxation)}
+              "potential_relaxation": bool(args.potential_relaxation), "relaxation_steps": args.relaxation_steps}
 
     def report(k, row, val_mae) -> None:
         chosen = row["loss"] + (f" (validation MAE {', '.join(f'{l} {v:.3f}' for l, v in val_mae.items())})"

@@ -481,13 +481,13 @@ def add_advisor_features(table: FeatureTable, root: Path, advisors: list[tuple[o
 
 
 def add_potential_delta(table: FeatureTable, data, advisors: list[tuple[object, object]], supercell=None,
-                        relaxation: bool = False) -> FeatureTable:
+                        relaxation: bool = False, relaxation_steps: int = 0) -> FeatureTable:
     """The table with ``offset`` = the unrelaxed vacancy energies E(defected) - E(pristine)
     (eV) of the potential among ``advisors`` (CHGNet) in the canonical supercells of
     ``supercell`` (default: those of the default expert config), as the expert's
     ``model.potential_delta`` uses them (:mod:`adex.expert.potential`, cached); with
-    ``relaxation`` the defected supercell is line-search relaxed first
-    (``model.potential_relaxation``)."""
+    ``relaxation`` the defected supercell is relaxed first: one line search, or
+    ``relaxation_steps`` FIRE steps (``model.potential_relaxation[_steps]``)."""
     import dataclasses
 
     from adex.config import load_config
@@ -500,7 +500,7 @@ def add_potential_delta(table: FeatureTable, data, advisors: list[tuple[object, 
     supercell = supercell or expert.supercell
     t0 = time.perf_counter()
     packed = load_witman(expert.featurizer, supercell, data, ids=[str(i) for i in table.ids])
-    offset = vacancy_energies(entry, model, packed, supercell, relaxation=relaxation)
+    offset = vacancy_energies(entry, model, packed, supercell, relaxation=relaxation, relaxation_steps=relaxation_steps)
     return dataclasses.replace(table, offset=offset, featurize_seconds=table.featurize_seconds + time.perf_counter() - t0)
 
 
@@ -614,6 +614,7 @@ def baseline_table(
     advisors: list[tuple[object, object]] = (),
     potential_delta: bool = False,
     relaxation: bool = False,
+    relaxation_steps: int = 0,
     settings: BaselineSettings | None = None,
     workers: int = 1,
     use_cache: bool = True,
@@ -622,15 +623,16 @@ def baseline_table(
     """The table ``adex baseline`` trains on: the descriptors of every Witman vacancy
     (:func:`load_witman_features`), plus the embeddings of ``advisors``
     (:func:`add_advisor_features`), plus with ``potential_delta`` the potential's vacancy
-    energies as the offset (:func:`add_potential_delta`, line-search relaxed with
-    ``relaxation``).
+    energies as the offset (:func:`add_potential_delta`, relaxed with ``relaxation``: one
+    line search, or ``relaxation_steps`` FIRE steps).
 
     Args:
         advisors: ``(registry entry, frozen model)`` pairs (:func:`adex.expert.train.load_advisors`).
         log: called with one line after each step (e.g. a console's ``print``), or None.
     Raises:
         ConfigError: ``potential_delta`` without a potential among the advisors, or
-            ``relaxation`` without ``potential_delta`` (before anything is featurized).
+            ``relaxation`` without ``potential_delta``, ``relaxation_steps`` without
+            ``relaxation`` (before anything is featurized).
     """
     from adex.datasets import dataset_root
     from adex.expert.potential import potential_advisor
@@ -639,6 +641,10 @@ def baseline_table(
         potential_advisor(advisors)  # the check add_potential_delta makes, before the descriptors load
     if relaxation and not potential_delta:
         raise ConfigError("potential relaxation needs potential_delta")
+    if relaxation_steps and not relaxation:
+        raise ConfigError("relaxation steps need potential relaxation")
+    if relaxation_steps < 0:
+        raise ConfigError(f"relaxation steps must be >= 0, got {relaxation_steps}")
     log = log or (lambda line: None)
     table = load_witman_features(data, settings or BaselineSettings(), workers=workers, use_cache=use_cache)
     log(f"descriptors: {len(table.ids)} vacancies x {len(table.names)} features "
@@ -648,8 +654,9 @@ def baseline_table(
         table = add_advisor_features(table, dataset_root("witman2023_vacancies", data), advisors)
         log(f"+ advisor embeddings of {', '.join(str(entry.ref) for entry, _ in advisors)}: {len(table.names)} features")
     if potential_delta:
-        table = add_potential_delta(table, data, advisors, relaxation=relaxation)
-        log("learning dH minus the potential's " + ("line-search relaxed" if relaxation else "unrelaxed") + " vacancy energies")
+        table = add_potential_delta(table, data, advisors, relaxation=relaxation, relaxation_steps=relaxation_steps)
+        kind = (f"{relaxation_steps}-FIRE-step relaxed" if relaxation_steps else "line-search relaxed") if relaxation else "unrelaxed"
+        log(f"learning dH minus the potential's {kind} vacancy energies")
     return table
 
 

@@ -81,6 +81,13 @@ class ExpertEnsemble(nn.Module):
         return kinds == {True}
 
     @property
+    def potential_relaxation_steps(self) -> int:
+        steps = {m.potential_relaxation_steps for m in self.members if m.needs_potential_delta and m.potential_relaxation}
+        if len(steps) > 1:
+            raise ValueError("ensemble members disagree on model.potential_relaxation_steps")
+        return steps.pop() if steps else 0
+
+    @property
     def receptive_hops(self) -> int | None:
         hops = [m.receptive_hops for m in self.members]
         return None if any(h is None for h in hops) else max(hops)

@@ -65,6 +65,10 @@ class ExpertModelConfig:
             energy after one steepest-descent line search on the potential's forces
             (:meth:`adex.advisors.chgnet.CHGNetAdvisor.relaxed_energies`), so dE already
             holds an estimate of the relaxation energy around the vacancy.
+        potential_relaxation_steps: with ``potential_relaxation``, 0 keeps that single line
+            search; N >= 1 relaxes the defected supercell with N FIRE steps at fixed cell
+            instead (:meth:`~adex.advisors.chgnet.CHGNetAdvisor.fire_relaxed_energies`,
+            ~N+1 force evaluations; closer to the DFT-relaxed energy the labels come from).
     """
 
     atom_fea_len: int = 64
@@ -78,10 +82,15 @@ class ExpertModelConfig:
     element_reference: bool = False
     potential_delta: bool = False
     potential_relaxation: bool = False
+    potential_relaxation_steps: int = 0
 
     def __post_init__(self) -> None:
         if self.potential_relaxation and not self.potential_delta:
             raise ValueError("model.potential_relaxation needs model.potential_delta: true")
+        if self.potential_relaxation_steps < 0:
+            raise ValueError(f"model.potential_relaxation_steps must be >= 0, got {self.potential_relaxation_steps}")
+        if self.potential_relaxation_steps and not self.potential_relaxation:
+            raise ValueError("model.potential_relaxation_steps needs model.potential_relaxation: true")
 
 
 class OxidationEncoding(nn.Module):
@@ -187,8 +196,13 @@ class Expert(nn.Module):
 
     @property
     def potential_relaxation(self) -> bool:
-        """Whether those energies are line-search relaxed (``potential_relaxation``)."""
+        """Whether those energies are relaxed (``potential_relaxation``)."""
         return self.config.potential_relaxation
+
+    @property
+    def potential_relaxation_steps(self) -> int:
+        """FIRE steps of that relaxation; 0: one line search (``potential_relaxation_steps``)."""
+        return self.config.potential_relaxation_steps
 
     def prepare(self, packed):
         """The packed vacancy graphs this model needs: pruned to its receptive field."""

@@ -56,10 +56,14 @@ def potential_advisor(advisors: list) -> tuple:
 
 
 def vacancy_energies(entry, advisor, packed, settings, batch_size: int = 16, use_cache: bool = True,
-                     description: str = "potential: vacancy energies", relaxation: bool = False) -> np.ndarray:
+                     description: str = "potential: vacancy energies", relaxation: bool = False,
+                     relaxation_steps: int = 0) -> np.ndarray:
     """Vacancy energies dE (eV) of every vacancy of ``packed``: float64 [B], unrelaxed or,
-    with ``relaxation``, with the defected supercell line-search relaxed
-    (``advisor.relaxed_energies``, ~5x the cost; cached apart from the unrelaxed ones).
+    with ``relaxation``, with the defected supercell relaxed at fixed cell first: one
+    steepest-descent line search (``relaxation_steps`` 0: ``advisor.relaxed_energies``,
+    ~5x the cost) or ``relaxation_steps`` FIRE steps (``advisor.fire_relaxed_energies``,
+    ~2x that many evaluations); each kind cached apart. The pristine supercell is not
+    relaxed (the hosts are DFT-relaxed; CHGNet moves them by ~1e-4 eV).
 
     Args:
         entry: the advisor's registry entry (its file hashes key the cache; an entry
@@ -76,9 +80,12 @@ def vacancy_energies(entry, advisor, packed, settings, batch_size: int = 16, use
     from adex.progress import progress_bar
     from adex.supercell import build_vacancy
 
-    if relaxation and not callable(getattr(advisor, "relaxed_energies", None)):
-        raise ConfigError(f"model.potential_relaxation needs a potential with forces (relaxed_energies); {type(advisor).__name__} has none")
-    vacancy_kind = "vr" if relaxation else "v"
+    method = "fire_relaxed_energies" if relaxation_steps else "relaxed_energies"
+    if relaxation and not callable(getattr(advisor, method, None)):
+        raise ConfigError(f"model.potential_relaxation needs a potential with forces ({method}); {type(advisor).__name__} has none")
+    if relaxation_steps < 0:
+        raise ConfigError(f"relaxation steps must be >= 0, got {relaxation_steps}")
+    vacancy_kind = (f"vf{relaxation_steps}" if relaxation_steps else "vr") if relaxation else "v"
     n = len(packed)
     sites = packed.vacated_primitive_sites
     hosts = [host_digest(packed, b) for b in range(n)]
@@ -121,7 +128,13 @@ def vacancy_energies(entry, advisor, packed, settings, batch_size: int = 16, use
     for key, text in pristine_keys.items():
         if pristine_energy[text] is None and text not in pristine_todo:
             pristine_todo[text] = vacancies[key].pristine
-    defected_energies = advisor.relaxed_energies if relaxation else advisor.total_energies
+    if not relaxation:
+        defected_energies = advisor.total_energies
+    elif relaxation_steps:
+        def defected_energies(structures):
+            return advisor.fire_relaxed_energies(structures, relaxation_steps)
+    else:
+        defected_energies = advisor.relaxed_energies
     pristine_jobs, vacancy_jobs = list(pristine_todo.items()), list(vacancies)
     with progress_bar() as progress:  # pristine supercells first, so each vacancy is stored as soon as it is known
         task = progress.add_task(description, total=len(pristine_jobs) + len(vacancy_jobs))

@@ -303,7 +303,8 @@ def predict_packed_members(expert: LoadedExpert, packed: PackedVacancies, batch_
         from adex.supercell import SupercellSettings
 
         delta = vacancy_energies(*potential_advisor(expert.advisors), packed, SupercellSettings.from_dict(expert.model.supercell),
-                                 use_cache=cache, relaxation=bool(getattr(expert.model, "potential_relaxation", False)))
+                                 use_cache=cache, relaxation=bool(getattr(expert.model, "potential_relaxation", False)),
+                                 relaxation_steps=int(getattr(expert.model, "potential_relaxation_steps", 0)))
     dataset = VacancyDataset(expert.model.prepare(packed), features, delta)
     members = as_members(expert.model)
     out = [[] for _ in members]

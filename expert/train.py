@@ -229,8 +229,8 @@ def prepare_data(config: ExpertConfig, data, registry, fold=None, grouped: bool 
     advisors = load_advisors(config.advisors, registry)
     potential = potential_advisor(advisors) if config.model.potential_delta else None
     features = [advisor_features(entry, model, packed) for entry, model in advisors]
-    relax = config.model.potential_relaxation
-    delta = None if potential is None else vacancy_energies(*potential, packed, config.supercell, relaxation=relax)
+    relax = {"relaxation": config.model.potential_relaxation, "relaxation_steps": config.model.potential_relaxation_steps}
+    delta = None if potential is None else vacancy_energies(*potential, packed, config.supercell, **relax)
     advisor_seconds = time.perf_counter() - t1
     views = []
     for distance in config.augment.min_image_distances:
@@ -243,7 +243,7 @@ def prepare_data(config: ExpertConfig, data, registry, fold=None, grouped: bool 
                 raise ValueError("augmented view does not follow the training pool; cannot share potential energies")
             view_delta = delta[pool]
         else:
-            view_delta = vacancy_energies(*potential, view, settings, relaxation=relax)
+            view_delta = vacancy_energies(*potential, view, settings, **relax)
         views.append(VacancyDataset(view, [advisor_features(entry, model, view) for entry, model in advisors],
                                     view_delta))
     init_advisor = None

@@ -245,3 +245,5 @@ def test_baseline_table_is_the_descriptor_table_without_advisors(tiny, table) ->
         baseline.baseline_table(tiny.root, [(SimpleNamespace(ref="no-potential"), object())], potential_delta=True)
     with pytest.raises(ConfigError, match="relaxation needs potential_delta"):
         baseline.baseline_table(tiny.root, relaxation=True)
+    with pytest.raises(ConfigError, match="relaxation steps need potential relaxation"):
+        baseline.baseline_table(tiny.root, [(SimpleNamespace(ref="x"), object())], relaxation_steps=3)

@@ -139,6 +139,56 @@ def test_relaxed_energies_are_a_line_search_on_chgnet_forces(imported) -> None:
     assert advisor.relaxed_energies([]).shape == (0,)
 
 
+def test_fire_relaxed_energies_follow_ase_fire_on_chgnet(imported) -> None:
+    from ase.optimize import FIRE
+    from chgnet.model.dynamics import CHGNetCalculator
+    from pymatgen.io.ase import AseAtomsAdaptor
+
+    advisor = load_model(imported)
+    rattled = perovskite().make_supercell([2, 1, 1], in_place=False)
+    rattled.translate_sites([1], [0.15, -0.1, 0.05], frac_coords=False)  # off equilibrium: large forces on Ti
+    unrelaxed = advisor.total_energies([rattled, rocksalt()])
+    relaxed = {steps: advisor.fire_relaxed_energies([rattled, rocksalt()], steps) for steps in (1, 4, 8)}
+    for energies in relaxed.values():
+        assert energies.shape == (2,) and energies.dtype == np.float64
+        assert np.all(energies <= unrelaxed + 1e-9)
+    assert relaxed[1][0] <= unrelaxed[0] - 1e-3 and relaxed[8][0] <= relaxed[4][0] <= relaxed[1][0]  # one trajectory
+    assert relaxed[8][0] < advisor.relaxed_energies([rattled])[0]  # eight steps go further than one line search
+    # the same trajectory as ASE's FIRE (dt 0.3, maxstep 0.5 Å) on CHGNet's ASE calculator
+    atoms = AseAtomsAdaptor.get_atoms(rattled)
+    atoms.calc = CHGNetCalculator(model=chgnet_model.CHGNet.load(model_name="0.3.0", use_device="cpu", verbose=False),
+                                  use_device="cpu")
+    seen = [atoms.get_potential_energy()]
+    optimizer = FIRE(atoms, dt=0.3, maxstep=0.5, logfile=None)
+    optimizer.attach(lambda: seen.append(atoms.get_potential_energy()))
+    optimizer.run(fmax=1e-9, steps=8)
+    assert len(seen) == 10 and relaxed[8][0] == pytest.approx(min(seen), abs=2e-3)
+    with pytest.raises(ValueError, match="steps >= 1"):
+        advisor.fire_relaxed_energies([rattled], 0)
+    assert advisor.fire_relaxed_energies([], 3).shape == (0,)
+
+
+def test_fire_relaxed_vacancy_energies_are_lower_than_unrelaxed_and_cached_apart(imported, packed,  # noqa: F811
+                                                                               monkeypatch) -> None:
+    from adex.expert.potential import vacancy_energies
+    from adex.supercell import SupercellSettings
+
+    advisor = load_model(imported)
+    settings = SupercellSettings(min_image_distance=6.0)
+    first = packed.subset([0, 1])
+    unrelaxed = vacancy_energies(imported, advisor, first, settings)
+    fire = vacancy_energies(imported, advisor, first, settings, relaxation=True, relaxation_steps=3)
+    assert np.all(fire < unrelaxed)
+    monkeypatch.setattr(type(advisor), "fire_relaxed_energies", lambda self, s, steps: pytest.fail("not cached"))
+    np.testing.assert_array_equal(vacancy_energies(imported, advisor, first, settings, relaxation=True,
+                                                   relaxation_steps=3), fire)
+    calls = []
+    monkeypatch.setattr(type(advisor), "fire_relaxed_energies",
+                        lambda self, s, steps: calls.append(steps) or np.zeros(len(list(s))))
+    vacancy_energies(imported, advisor, first, settings, relaxation=True, relaxation_steps=4)  # another kind
+    assert calls == [4]
+
+
 def test_relaxed_vacancy_energies_are_lower_and_cached_apart(imported, packed, monkeypatch) -> None:  # noqa: F811
     from adex.expert.potential import vacancy_energies
     from adex.supercell import SupercellSettings
@@ -164,9 +214,23 @@ def test_potential_relaxation_without_potential_delta_is_a_one_line_error(import
     assert_one_line_error(rc, capsys.readouterr().err, "potential_relaxation", "potential_delta")
 
 
-@pytest.mark.parametrize("relaxation", [False, True])
+@pytest.mark.parametrize("settings,words", [
+    (["model.potential_delta=true", "model.potential_relaxation_steps=5"], ("potential_relaxation_steps", "potential_relaxation")),
+    (["model.potential_delta=true", "model.potential_relaxation=true", "model.potential_relaxation_steps=-1"],
+     ("potential_relaxation_steps", ">= 0")),
+])
+def test_bad_relaxation_steps_are_a_one_line_error(imported, tiny, reg, capsys, settings, words) -> None:  # noqa: F811
+    from conftest import assert_one_line_error
+
+    sets = [x for setting in settings for x in ("--set", setting)]
+    rc = main(["expert", "train", "--data", str(tiny.root), "--registry", str(reg.root), *TINY,
+               "--advisors", "chgnet", "--split", "tiny", "--epochs", "1", "--set", "name=badsteps", *sets])
+    assert_one_line_error(rc, capsys.readouterr().err, *words)
+
+
+@pytest.mark.parametrize("relaxation,steps", [(False, 0), (True, 0), (True, 2)])
 def test_potential_delta_expert_predicts_potential_plus_reference_plus_network(imported, tiny, reg, capsys,  # noqa: F811
-                                                                             relaxation) -> None:
+                                                                             relaxation, steps) -> None:
     import torch
 
     from adex.expert.data import VacancyDataset, load_witman
@@ -175,19 +239,22 @@ def test_potential_delta_expert_predicts_potential_plus_reference_plus_network(i
     from adex.supercell import SupercellSettings
 
     rc = main(["expert", "train", "--data", str(tiny.root), "--registry", str(reg.root), *TINY,
-               "--advisors", "chgnet", "--split", "tiny", "--epochs", "1", "--set", f"name=delta-{relaxation}",
+               "--advisors", "chgnet", "--split", "tiny", "--epochs", "1", "--set", f"name=delta-{relaxation}-{steps}",
                "--set", "model.potential_delta=true", "--set", "model.element_reference=true",
                "--set", f"model.potential_relaxation={str(relaxation).lower()}",
+               "--set", f"model.potential_relaxation_steps={steps}",
                "--set", "augment.min_image_distances=[7.0]"])
     assert rc == 0, capsys.readouterr().err
-    entry = reg.registry.resolve(f"expert/delta-{relaxation}")
+    entry = reg.registry.resolve(f"expert/delta-{relaxation}-{steps}")
     expert = load_expert(entry.ref, reg.registry)
     model = expert.model
     assert model.config.potential_delta and model.needs_potential_delta and model.potential_relaxation is relaxation
+    assert model.potential_relaxation_steps == steps
     packed = load_witman(model.featurizer_settings, SupercellSettings.from_dict(model.supercell), tiny.root)
     pred = predict_packed(expert, packed)
     (chg_entry, chg), = expert.advisors
-    delta = vacancy_energies(chg_entry, chg, packed, SupercellSettings.from_dict(model.supercell), relaxation=relaxation)
+    delta = vacancy_energies(chg_entry, chg, packed, SupercellSettings.from_dict(model.supercell), relaxation=relaxation,
+                             relaxation_steps=steps)
     features = [compute_advisor_features(chg, chg_entry.ref, packed)]
     batch = VacancyDataset(model.prepare(packed), features, delta).batch(np.arange(len(packed)))
     with torch.no_grad():
@@ -311,12 +378,17 @@ def test_predict_cli_with_a_potential_delta_expert_and_cache(imported, tiny, reg
     assert [r["dH_pred_eV"] for r in again] == [r["dH_pred_eV"] for r in first]
 
 
-def test_baseline_potential_relaxation_needs_potential_delta(imported, tiny, reg, capsys, tmp_path) -> None:  # noqa: F811
+@pytest.mark.parametrize("flags,words", [
+    (["--potential-relaxation"], ("--potential-relaxation", "--potential-delta")),
+    (["--potential-delta", "--relaxation-steps", "3"], ("--relaxation-steps", "--potential-relaxation")),
+    (["--potential-delta", "--potential-relaxation", "--relaxation-steps", "-2"], ("--relaxation-steps", ">= 0")),
+])
+def test_baseline_relaxation_flags_are_checked(imported, tiny, reg, capsys, tmp_path, flags, words) -> None:  # noqa: F811
     from conftest import assert_one_line_error
 
     rc = main(["baseline", "--split", "tiny", "--data", str(tiny.root), "--registry", str(reg.root),
-               "--advisors", "chgnet", "--potential-relaxation", "--out", str(tmp_path / "x")])
-    assert_one_line_error(rc, capsys.readouterr().err, "--potential-relaxation", "--potential-delta")
+               "--advisors", "chgnet", *flags, "--out", str(tmp_path / "x")])
+    assert_one_line_error(rc, capsys.readouterr().err, *words)
 
 
 def test_chgnet_network_imports_without_its_md_and_vasp_modules() -> None:
