@@ -68,7 +68,8 @@ class ExpertModelConfig:
         potential_relaxation_steps: with ``potential_relaxation``, 0 keeps that single line
             search; N >= 1 relaxes the defected supercell with N FIRE steps at fixed cell
             instead (:meth:`~adex.advisors.chgnet.CHGNetAdvisor.fire_relaxed_energies`,
-            ~N+1 force evaluations; closer to the DFT-relaxed energy the labels come from).
+            N+1 force evaluations; a closer relaxation, though on the Witman data no
+            better a baseline than the line search: README "A closer relaxation").
     """
 
     atom_fea_len: int = 64

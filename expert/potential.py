@@ -62,7 +62,7 @@ def vacancy_energies(entry, advisor, packed, settings, batch_size: int = 16, use
     with ``relaxation``, with the defected supercell relaxed at fixed cell first: one
     steepest-descent line search (``relaxation_steps`` 0: ``advisor.relaxed_energies``,
     ~5x the cost) or ``relaxation_steps`` FIRE steps (``advisor.fire_relaxed_energies``,
-    ~2x that many evaluations); each kind cached apart. The pristine supercell is not
+    ``relaxation_steps + 1`` force evaluations); each kind cached apart. The pristine supercell is not
     relaxed (the hosts are DFT-relaxed; CHGNet moves them by ~1e-4 eV).
 
     Args:
@@ -85,6 +85,8 @@ def vacancy_energies(entry, advisor, packed, settings, batch_size: int = 16, use
         raise ConfigError(f"model.potential_relaxation needs a potential with forces ({method}); {type(advisor).__name__} has none")
     if relaxation_steps < 0:
         raise ConfigError(f"relaxation steps must be >= 0, got {relaxation_steps}")
+    if relaxation_steps and not relaxation:
+        raise ConfigError("relaxation steps need relaxation (model.potential_relaxation)")
     vacancy_kind = (f"vf{relaxation_steps}" if relaxation_steps else "vr") if relaxation else "v"
     n = len(packed)
     sites = packed.vacated_primitive_sites
