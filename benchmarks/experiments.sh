@@ -215,8 +215,9 @@ for family in published published@0.10 published_struct; do
     adex experiment merge "$OUT/${name}_a" "$OUT/${name}_b" --out "$OUT/$name"
 done
 adex experiment blend "$OUT/descriptors_ema_noval_struct" "$OUT/baseline_chgnet_relax_struct" --out "$OUT/blend_descriptors_ema_noval_relax_struct"
-# ... per compound without a validation set, more seeds: the mean of seeds 0-2 (a 3-member ensemble), alone and blended
-for seed in 1 2; do
+# ... per compound without a validation set, more seeds: the mean of seeds 0-2 (a 3-member ensemble) and of seeds 0-3,
+# alone and blended
+for seed in 1 2 3; do
     for half in a b; do
         folds=$([ $half = a ] && echo 1.00k{0,1,2,3,4}_struct || echo 1.00k{5,6,7,8,9}_struct)
         adex cv --advisors $ADVISORS,chgnet,descriptors --cv published_struct $(printf -- "--fold=%s " $folds) "${NOVAL[@]}" \
@@ -227,6 +228,9 @@ done
 adex experiment blend "$OUT"/descriptors_ema_noval_struct{,_seed1,_seed2} --out "$OUT/descriptors_ema_noval_struct_3seeds"
 adex experiment blend "$OUT/descriptors_ema_noval_struct_3seeds" "$OUT/baseline_chgnet_relax_struct" \
     --out "$OUT/blend_descriptors_ema_noval_struct_3seeds_relax"
+adex experiment blend "$OUT"/descriptors_ema_noval_struct{,_seed1,_seed2,_seed3} --out "$OUT/descriptors_ema_noval_struct_4seeds"
+adex experiment blend "$OUT/descriptors_ema_noval_struct_4seeds" "$OUT/baseline_chgnet_relax_struct" \
+    --out "$OUT/blend_descriptors_ema_noval_struct_4seeds_relax"
 # ... per compound with the relaxed dE (model.potential_relaxation) and augmentation: the 10 A views share the relaxed
 # dE of the configured supercell (augment.share_potential_energies) as they share the label
 # (seeds 0-2; their mean, alone and blended with the relaxed-dE baseline)
@@ -250,6 +254,11 @@ adex experiment blend "$OUT"/descriptors_relaxshared_struct{,_seed1,_seed2} "$OU
     --out "$OUT/descriptors_noval_relaxshared_struct_6seeds"
 adex experiment blend "$OUT/descriptors_noval_relaxshared_struct_6seeds" "$OUT/baseline_chgnet_relax_struct" \
     --out "$OUT/blend_descriptors_noval_relaxshared_struct_6seeds_relax"
+# ... and with seed 3 of the unrelaxed recipe: seven members
+adex experiment blend "$OUT"/descriptors_relaxshared_struct{,_seed1,_seed2} "$OUT"/descriptors_ema_noval_struct{,_seed1,_seed2,_seed3} \
+    --out "$OUT/descriptors_noval_relaxshared_struct_7seeds"
+adex experiment blend "$OUT/descriptors_noval_relaxshared_struct_7seeds" "$OUT/baseline_chgnet_relax_struct" \
+    --out "$OUT/blend_descriptors_noval_relaxshared_struct_7seeds_relax"
 # ... at 10 % of the data (8 steps per epoch): weight averaging as above, and with training.ema_warmup=true
 adex cv --advisors $ADVISORS,chgnet,descriptors --cv published@0.10 "${EMA[@]}" "${COMMON[@]}" --out "$OUT/descriptors_ema_0.10"
 adex cv --advisors $ADVISORS,chgnet,descriptors --cv published@0.10 "${EMA[@]}" --set training.ema_warmup=true "${COMMON[@]}" \
