@@ -235,7 +235,7 @@ adex experiment blend "$OUT/descriptors_ema_noval_struct_4seeds" "$OUT/baseline_
 # dE of the configured supercell (augment.share_potential_energies) as they share the label
 # (seeds 0-2; their mean, alone and blended with the relaxed-dE baseline)
 RELAX=("${NOVAL[@]}" --set model.potential_relaxation=true --set augment.share_potential_energies=true)
-for seed in 0 1 2; do
+for seed in 0 1 2 3; do
     name=descriptors_relaxshared_struct$([ $seed = 0 ] || echo _seed$seed)
     for half in a b; do
         folds=$([ $half = a ] && echo 1.00k{0,1,2,3,4}_struct || echo 1.00k{5,6,7,8,9}_struct)
@@ -259,6 +259,12 @@ adex experiment blend "$OUT"/descriptors_relaxshared_struct{,_seed1,_seed2} "$OU
     --out "$OUT/descriptors_noval_relaxshared_struct_7seeds"
 adex experiment blend "$OUT/descriptors_noval_relaxshared_struct_7seeds" "$OUT/baseline_chgnet_relax_struct" \
     --out "$OUT/blend_descriptors_noval_relaxshared_struct_7seeds_relax"
+# ... and with seed 3 of the relaxed recipe too: eight members
+adex experiment blend "$OUT"/descriptors_relaxshared_struct{,_seed1,_seed2,_seed3} --out "$OUT/descriptors_relaxshared_struct_4seeds"
+adex experiment blend "$OUT"/descriptors_relaxshared_struct{,_seed1,_seed2,_seed3} "$OUT"/descriptors_ema_noval_struct{,_seed1,_seed2,_seed3} \
+    --out "$OUT/descriptors_noval_relaxshared_struct_8seeds"
+adex experiment blend "$OUT/descriptors_noval_relaxshared_struct_8seeds" "$OUT/baseline_chgnet_relax_struct" \
+    --out "$OUT/blend_descriptors_noval_relaxshared_struct_8seeds_relax"
 # ... at 10 % of the data (8 steps per epoch): weight averaging as above, and with training.ema_warmup=true
 adex cv --advisors $ADVISORS,chgnet,descriptors --cv published@0.10 "${EMA[@]}" "${COMMON[@]}" --out "$OUT/descriptors_ema_0.10"
 adex cv --advisors $ADVISORS,chgnet,descriptors --cv published@0.10 "${EMA[@]}" --set training.ema_warmup=true "${COMMON[@]}" \
