@@ -47,8 +47,7 @@ def main(argv: list[str] | None = None) -> int:
     label = f"fire{steps}" if steps else ("line_search" if args.line_search else "unrelaxed")
     config = load_config(ExpertConfig, "expert", "default")
     everything = load_witman(config.featurizer, config.supercell, args.data)
-    ids = [str(i) for i in everything.ids][args.part::args.of]
-    packed = load_witman(config.featurizer, config.supercell, args.data, ids=ids)
+    packed = everything.subset(np.arange(args.part, len(everything), args.of))
     entry, model = load_advisors([args.advisor], Registry())[0]
     t0 = time.perf_counter()
     energies = vacancy_energies(entry, model, packed, config.supercell, relaxation=relaxation,
@@ -56,8 +55,8 @@ def main(argv: list[str] | None = None) -> int:
     seconds = time.perf_counter() - t0
     out = Path(args.out or Path(__file__).parent / "results" / f"potential_energies_{label}_{args.part}of{args.of}.json")
     out.parent.mkdir(parents=True, exist_ok=True)
-    summary = {"kind": label, "part": args.part, "of": args.of, "vacancies": len(ids), "seconds": seconds,
-               "seconds_per_vacancy": seconds / max(len(ids), 1), "mean_dE_eV": float(np.mean(energies)),
+    summary = {"kind": label, "part": args.part, "of": args.of, "vacancies": len(packed), "seconds": seconds,
+               "seconds_per_vacancy": seconds / max(len(packed), 1), "mean_dE_eV": float(np.mean(energies)),
                "supercell": config.supercell.to_dict()}
     out.write_text(json.dumps(summary, indent=2) + "\n")
     print(json.dumps(summary))

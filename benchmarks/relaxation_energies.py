@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 
 
-def per_element_mae(residual: np.ndarray, elements: np.ndarray) -> np.ndarray:
+def per_element_abs_errors(residual: np.ndarray, elements: np.ndarray) -> np.ndarray:
     """|residual - median residual of its element| [n] (eV)."""
     out = np.empty_like(residual)
     for element in np.unique(elements):
@@ -66,9 +66,9 @@ def main(argv: list[str] | None = None) -> int:
             result["relaxation_eV"][name] = {"mean": float(relaxation.mean()), "min": float(relaxation.min()),
                                              "max": float(relaxation.max())}
             result["scaled_relaxation_mae_eV"][name] = {
-                str(a): float(per_element_mae(target - (energies["unrelaxed"] - a * relaxation), elements).mean())
+                str(a): float(per_element_abs_errors(target - (energies["unrelaxed"] - a * relaxation), elements).mean())
                 for a in (0.0, 0.25, 0.5, 0.75, 1.0)}
-        errors = per_element_mae(target - dE, elements)
+        errors = per_element_abs_errors(target - dE, elements)
         result["per_element_mae_eV"][name] = {"all": float(errors.mean()), "O": float(errors[oxygen].mean()),
                                               "metal": float(errors[~oxygen].mean())}
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)

@@ -22,6 +22,7 @@ likewise, per host and supercell), written atomically; a damaged entry is recomp
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 
@@ -32,13 +33,19 @@ from adex.errors import ConfigError
 CACHE_FORMAT = 1  # bump when the meaning of a cached energy changes
 
 
-def computes_energies(advisor) -> bool:
-    """Whether an advisor model is a potential (has ``total_energies(structures)``); a
-    :class:`adex.checkpoint.LazyModel` is answered from its stored class, not loaded."""
+def has_method(advisor, name: str) -> bool:
+    """Whether an advisor model has the method ``name``; a :class:`adex.checkpoint.LazyModel`
+    is answered from its stored class, not loaded."""
     from adex.checkpoint import LazyModel
 
     kind = advisor.model_class if isinstance(advisor, LazyModel) else type(advisor)
-    return callable(getattr(kind, "total_energies", None))
+    return callable(getattr(kind, name, None))
+
+
+def computes_energies(advisor) -> bool:
+    """Whether an advisor model is a potential (has ``total_energies(structures)``), without
+    loading a :class:`adex.checkpoint.LazyModel`."""
+    return has_method(advisor, "total_energies")
 
 
 def potential_advisor(advisors: list) -> tuple:
@@ -81,14 +88,19 @@ def vacancy_energies(entry, advisor, packed, settings, batch_size: int = 16, use
     from adex.progress import progress_bar
     from adex.supercell import build_vacancy
 
-    method = "fire_relaxed_energies" if relaxation_steps else "relaxed_energies"
-    if relaxation and not callable(getattr(advisor, method, None)):
-        raise ConfigError(f"model.potential_relaxation needs a potential with forces ({method}); {type(advisor).__name__} has none")
     if relaxation_steps < 0:
         raise ConfigError(f"relaxation steps must be >= 0, got {relaxation_steps}")
     if relaxation_steps and not relaxation:
         raise ConfigError("relaxation steps need relaxation (model.potential_relaxation)")
-    vacancy_kind = (f"vf{relaxation_steps}" if relaxation_steps else "vr") if relaxation else "v"
+    # the advisor's method for the defected supercells' energies, and their cache kind
+    if not relaxation:
+        method, vacancy_kind = "total_energies", "v"
+    elif relaxation_steps:
+        method, vacancy_kind = "fire_relaxed_energies", f"vf{relaxation_steps}"
+    else:
+        method, vacancy_kind = "relaxed_energies", "vr"
+    if relaxation and not has_method(advisor, method):  # checked on the class: a cached run never loads the advisor
+        raise ConfigError(f"model.potential_relaxation needs a potential with forces ({method}); {type(advisor).__name__} has none")
     n = len(packed)
     sites = packed.vacated_primitive_sites
     hosts = [host_digest(packed, b) for b in range(n)]
@@ -131,13 +143,9 @@ def vacancy_energies(entry, advisor, packed, settings, batch_size: int = 16, use
     for key, text in pristine_keys.items():
         if pristine_energy[text] is None and text not in pristine_todo:
             pristine_todo[text] = vacancies[key].pristine
-    if not relaxation:
-        defected_energies = advisor.total_energies
-    elif relaxation_steps:
-        def defected_energies(structures):
-            return advisor.fire_relaxed_energies(structures, relaxation_steps)
-    else:
-        defected_energies = advisor.relaxed_energies
+    defected_energies = getattr(advisor, method)
+    if relaxation_steps:
+        defected_energies = functools.partial(defected_energies, steps=relaxation_steps)
     pristine_jobs, vacancy_jobs = list(pristine_todo.items()), list(vacancies)
     with progress_bar() as progress:  # pristine supercells first, so each vacancy is stored as soon as it is known
         task = progress.add_task(description, total=len(pristine_jobs) + len(vacancy_jobs))

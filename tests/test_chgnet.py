@@ -187,6 +187,14 @@ def test_fire_relaxed_vacancy_energies_are_lower_than_unrelaxed_and_cached_apart
                         lambda self, s, steps: calls.append(steps) or np.zeros(len(list(s))))
     vacancy_energies(imported, advisor, first, settings, relaxation=True, relaxation_steps=4)  # another kind
     assert calls == [4]
+    # all cached: a lazily loaded advisor is checked on its class and never loaded, for every kind
+    from adex.checkpoint import LazyModel
+
+    lazy = LazyModel(imported, advisor.architecture()["class"])
+    np.testing.assert_array_equal(vacancy_energies(imported, lazy, first, settings, relaxation=True,
+                                                   relaxation_steps=3), fire)
+    np.testing.assert_array_equal(vacancy_energies(imported, lazy, first, settings), unrelaxed)
+    assert not lazy.is_loaded
 
 
 def test_relaxed_vacancy_energies_are_lower_and_cached_apart(imported, packed, monkeypatch) -> None:  # noqa: F811
