@@ -20,6 +20,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, default=0, help="seed of the folds (kfold, group, l2eo) and the model (default 0)")
     p.add_argument("--loss", default="auto", help="absolute_error, squared_error, or auto (default: chosen per fold "
                                                   "on a validation set carved from its training set)")
+    p.add_argument("--host-weight-power", type=float, default=0.0, metavar="P",
+                   help="weigh each training vacancy by n_host^-P, n_host the training vacancies of its host "
+                        "(as the expert's training.host_weight_power; default 0: all equal)")
     p.add_argument("--data", help="data directory (default: $ADEX_DATA, else $ADEX_HOME/data)")
     p.add_argument("--out", help="run folder (default: $ADEX_HOME/runs/baseline-<time>)")
     p.add_argument("--workers", type=int, default=1, help="featurization processes (default 1)")
@@ -62,7 +65,7 @@ def cmd_baseline(args: argparse.Namespace) -> int:
         raise ConfigError("--relaxation-steps needs --potential-relaxation")
     if args.relaxation_steps < 0:
         raise ConfigError(f"--relaxation-steps must be >= 0, got {args.relaxation_steps}")
-    model = ModelSettings(loss=args.loss)
+    model = ModelSettings(loss=args.loss, host_weight_power=args.host_weight_power)
     root = dataset_root("witman2023_vacancies", args.data)
     if args.split:
         train, test = read_split(root, args.split)

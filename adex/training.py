@@ -59,6 +59,11 @@ class TrainingConfig:
             still holds a large share of the initial weights (without it, after n
             updates the initial weights keep ``decay ** n``: 37 % after 1,000 steps at
             0.999).
+        host_weight_power: experts only: weight each training vacancy's loss by
+            ``n_host ** -p`` (``n_host``: training vacancies of its host compound),
+            normalised to mean 1; 0 (default) counts every vacancy once, 0.5 keeps a host
+            with 100 vacancies from weighing 100x a host with one, 1 weighs every host
+            equally. Advisors have no hosts (setting it there is an error).
     """
 
     epochs: int = 100
@@ -77,8 +82,11 @@ class TrainingConfig:
     device: str = "cpu"
     ema_decay: float | None = None
     ema_warmup: bool = False
+    host_weight_power: float = 0.0
 
     def __post_init__(self) -> None:
+        if self.host_weight_power < 0:
+            raise ValueError(f"host_weight_power must be >= 0, got {self.host_weight_power}")
         if self.epochs < 1 or self.batch_size < 1 or self.lr <= 0:
             raise ValueError("epochs and batch_size must be >= 1 and lr > 0")
         if self.ema_decay is not None and not 0 < self.ema_decay < 1:
@@ -117,7 +125,9 @@ def split_indices(n: int, val_fraction: float, test_fraction: float, seed: int) 
 
 
 def _loss_fn(name: str) -> nn.Module:
-    return {"l1": nn.L1Loss(), "mse": nn.MSELoss(), "huber": nn.HuberLoss(delta=1.0)}[name]
+    """The per-sample loss ([B] -> [B], no reduction)."""
+    return {"l1": nn.L1Loss(reduction="none"), "mse": nn.MSELoss(reduction="none"),
+            "huber": nn.HuberLoss(delta=1.0, reduction="none")}[name]
 
 
 @torch.no_grad()
@@ -205,6 +215,7 @@ def fit(
     description: str = "training",
     on_epoch: Callable[[int, nn.Module], None] | None = None,
     parameters: Callable[[], list] | None = None,
+    sample_weight: np.ndarray | None = None,
 ) -> FitResult:
     """Train ``model`` in place; on return it holds the best-validation weights.
 
@@ -212,6 +223,9 @@ def fit(
         on_epoch: called at the start of each epoch with (epoch, model), e.g. to unfreeze
             layers on a schedule (``parameters`` then re-reads the trainable set).
         parameters: trainable parameters (default: those with ``requires_grad``).
+        sample_weight: float [len(train)], the loss weight of each training sample
+            (a batch's loss is the mean of weight x per-sample loss; weights of mean 1
+            keep the loss scale), or None: all 1.
 
     Under ``torchrun`` (see :mod:`adex.distributed`) the model is wrapped in
     ``DistributedDataParallel`` and each process trains on its share of every global
@@ -229,6 +243,10 @@ def fit(
     if dist.enabled:
         net = nn.parallel.DistributedDataParallel(model, device_ids=[dist.local_rank] if device.type == "cuda" else None)
     loss_fn = _loss_fn(config.loss)
+    if sample_weight is not None:
+        sample_weight = np.asarray(sample_weight, dtype=np.float64)
+        if sample_weight.shape != (len(train),) or not np.all(np.isfinite(sample_weight)) or np.any(sample_weight < 0):
+            raise ValueError(f"sample_weight must be {len(train)} finite weights >= 0, got shape {sample_weight.shape}")
     rng = np.random.default_rng(config.seed)
 
     def make_optimizer():
@@ -272,7 +290,10 @@ def fit(
                     continue
                 idx = np.sort(chunk[dist.rank :: dist.world_size])
                 batch = train.batch(idx).to(device)
-                loss = loss_fn(net(batch), model.normalizer.norm(batch.target - target_offset(model, batch)))
+                per_sample = loss_fn(net(batch), model.normalizer.norm(batch.target - target_offset(model, batch)))  # [B]
+                if sample_weight is not None:
+                    per_sample = per_sample * torch.as_tensor(sample_weight[idx], dtype=per_sample.dtype, device=device)
+                loss = per_sample.mean()
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 optimizer.step()

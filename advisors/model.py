@@ -54,6 +54,10 @@ class AdvisorConfig:
     model: AdvisorModelConfig = field(default_factory=AdvisorModelConfig)
     training: TrainingConfig = field(default_factory=TrainingConfig)
 
+    def __post_init__(self) -> None:
+        if self.training.host_weight_power:
+            raise ValueError("training.host_weight_power is for experts (vacancies grouped by host); an advisor's crystals have no hosts")
+
 
 class Advisor(nn.Module):
     """Backbone + head + target normaliser.

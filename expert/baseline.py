@@ -707,6 +707,8 @@ class ModelSettings:
     check on validation sets carved from the training sets of ``1.00k0`` and
     ``1.00k0_struct`` (test vacancies untouched): 31 leaves beat 15, 600 iterations were
     within 0.01 eV of 1200 at half the cost, and squared_error beat absolute_error on both.
+    ``host_weight_power`` p weighs each training vacancy by ``n_host ** -p`` (as the
+    expert's ``training.host_weight_power``; 0: every vacancy counts once).
     """
 
     loss: str = "auto"
@@ -718,8 +720,11 @@ class ModelSettings:
     max_features: float = 0.5
     validation_fraction: float = 0.2
     min_auto: int = 30
+    host_weight_power: float = 0.0
 
     def __post_init__(self) -> None:
+        if self.host_weight_power < 0:
+            raise ConfigError(f"host weight power must be >= 0, got {self.host_weight_power}")
         if self.loss not in LOSSES:
             raise ConfigError(f"unknown loss {self.loss!r} (choose from {', '.join(LOSSES)})")
 
@@ -756,7 +761,10 @@ def carve_validation(hosts: np.ndarray, fraction: float, seed: int, grouped: boo
 def fit_model(X: np.ndarray, y: np.ndarray, hosts: np.ndarray, settings: ModelSettings, seed: int = 0,
               grouped: bool = False) -> tuple[object, str, dict]:
     """Fit the regressor on a training set: (model, loss used, validation MAE per loss tried)."""
+    from adex.expert.train import host_weights
+
     val_mae: dict = {}
+    weight = host_weights(hosts, settings.host_weight_power) if settings.host_weight_power else np.ones(len(y))
     loss = settings.loss
     if loss == "auto":
         loss = "squared_error"
@@ -764,10 +772,11 @@ def fit_model(X: np.ndarray, y: np.ndarray, hosts: np.ndarray, settings: ModelSe
             fit_idx, val_idx = carve_validation(hosts, settings.validation_fraction, seed, grouped)
             if len(fit_idx) and len(val_idx):
                 for candidate in LOSSES[1:]:
-                    model = make_regressor(settings, candidate, seed).fit(X[fit_idx], y[fit_idx])
+                    model = make_regressor(settings, candidate, seed).fit(X[fit_idx], y[fit_idx],
+                                                                          sample_weight=weight[fit_idx])
                     val_mae[candidate] = float(np.abs(model.predict(X[val_idx]) - y[val_idx]).mean())
                 loss = min(val_mae, key=val_mae.get)
-    return make_regressor(settings, loss, seed).fit(X, y), loss, val_mae
+    return make_regressor(settings, loss, seed).fit(X, y, sample_weight=weight), loss, val_mae
 
 
 def check_folds(folds, table: FeatureTable) -> None:

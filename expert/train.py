@@ -268,6 +268,14 @@ def advisor_features(entry, advisor, packed):
     return compute_advisor_features(advisor, entry.ref, packed)
 
 
+def host_weights(ids, power: float) -> np.ndarray:
+    """Loss weight of each vacancy: float [len(ids)], ``n_host ** -power`` normalised to
+    mean 1, where ``n_host`` counts the vacancies of ``ids`` in the same host compound."""
+    _, inverse, counts = np.unique([host_of(i) for i in ids], return_inverse=True, return_counts=True)
+    weight = counts[inverse].astype(np.float64) ** -power
+    return weight / weight.mean()
+
+
 def member_split(prepared: PreparedData, val_fraction: float, base_seed: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
     """(train, val) indices of the member trained with ``seed``.
 
@@ -329,8 +337,12 @@ def fit_member(config: ExpertConfig, prepared: PreparedData, seed: int, descript
         rows = np.searchsorted(prepared.pool, train_idx)
         train = VacancyDataset.concatenate([train, *(VacancyDataset(model.prepare(v.packed), v.advisors, v.potential_delta).subset(rows)
                                                      for v in prepared.views)])
+    weight = None
+    if tc.host_weight_power:  # one weight per training vacancy, repeated for each augmented view
+        weight = np.tile(host_weights(packed.ids[train_idx], tc.host_weight_power), 1 + len(prepared.views))
     member_tc = dataclasses.replace(tc, seed=seed)  # batch order too
-    result = fit(model, train, val if len(val) else None, member_tc, description=description, on_epoch=on_epoch)
+    result = fit(model, train, val if len(val) else None, member_tc, description=description, on_epoch=on_epoch,
+                 sample_weight=weight)
     model.eval()
     return FittedMember(model, seed, train_idx, val_idx, result, dataset)
 

@@ -454,6 +454,32 @@ def test_weight_average_warmup_grows_the_horizon_with_the_run() -> None:
     assert warm.current_decay() == 0.999
 
 
+def test_sample_weights_move_the_fit_to_the_weighted_optimum() -> None:
+    """A learned constant under the squared loss goes to the (weighted) mean of the
+    targets: 0.25 for [0, 0, 0, 1]; 0.5 when the three 0s share one host and the 1 has its
+    own (``host_weights`` with power 1: every host weighs the same)."""
+    from adex.expert.train import host_weights
+
+    weights = host_weights(["h1-O1", "h1-O2", "h1-Ti1", "h2-O1"], 1.0)
+    np.testing.assert_allclose(weights, [2 / 3, 2 / 3, 2 / 3, 2.0])  # n_host ** -1, scaled to mean 1
+    np.testing.assert_allclose(host_weights(["h1-O1", "h1-O2", "h2-O1"], 0.0), 1.0)
+    config = TrainingConfig(epochs=400, batch_size=4, lr=0.02, loss="mse", scheduler="none", patience=1000)
+    data = _ToyData([0.0, 0.0, 0.0, 1.0])
+    plain, ones, weighted = _ToyModel(), _ToyModel(), _ToyModel()
+    fit(plain, data, None, config)
+    fit(ones, data, None, config, sample_weight=np.ones(4))
+    fit(weighted, data, None, config, sample_weight=weights)
+    assert plain.b.item() == pytest.approx(0.25, abs=0.01)
+    assert ones.b.item() == plain.b.item()  # weights of 1 change nothing
+    assert weighted.b.item() == pytest.approx(0.5, abs=0.01)
+    with pytest.raises(ValueError, match="sample_weight must be 4"):
+        fit(_ToyModel(), data, None, config, sample_weight=np.ones(3))
+    with pytest.raises(ValueError, match="host_weight_power"):
+        TrainingConfig(host_weight_power=-0.5)
+    with pytest.raises(ValueError, match="host_weight_power is for experts"):
+        AdvisorConfig("eform", "mp_eform", training=TrainingConfig(host_weight_power=0.5))
+
+
 def test_max_minutes_stops() -> None:
     config = TrainingConfig(epochs=50, batch_size=4, lr=0.01, scheduler="none", patience=100, max_minutes=0.0)
     result = fit(_ToyModel(), _ToyData([1.0] * 8), _ToyData([1.0] * 4), config)

@@ -134,6 +134,20 @@ def test_loss_is_chosen_on_carved_validation_data() -> None:
         ModelSettings(loss="huber")
 
 
+def test_host_weight_power_weighs_hosts() -> None:
+    """With nothing to split on, the squared-error model predicts the weighted mean of
+    the targets: 0.25 for three vacancies of one host at 0 eV and one of another at 1 eV,
+    0.5 with ``host_weight_power=1`` (every host weighs the same)."""
+    X, y = np.zeros((4, 1)), np.array([0.0, 0.0, 0.0, 1.0])
+    hosts = np.array(["a", "a", "a", "b"])
+    for power, expected in ((0.0, 0.25), (1.0, 0.5)):
+        settings = ModelSettings(loss="squared_error", max_iter=5, host_weight_power=power)
+        model, _, _ = fit_model(X, y, hosts, settings)
+        assert model.predict(X[:1])[0] == pytest.approx(expected)
+    with pytest.raises(ConfigError, match="host weight power"):
+        ModelSettings(host_weight_power=-1.0)
+
+
 # --------------------------------------------------------------------------- command
 def test_cli_single_split_writes_the_run_folder(tiny, tmp_path, capsys) -> None:  # noqa: F811
     out = tmp_path / "run"
@@ -156,6 +170,16 @@ def test_cli_single_split_writes_the_run_folder(tiny, tmp_path, capsys) -> None:
     assert config["split"] == "tiny" and config["model"]["loss"] == "auto" and config["folds"] == ["tiny"]
     err_text = capsys.readouterr().err
     assert "MAE" in err_text and str(out) in err_text
+
+
+def test_cli_host_weight_power_is_recorded_and_checked(tiny, tmp_path, capsys) -> None:  # noqa: F811
+    out = tmp_path / "run"
+    assert main(["baseline", "--split", "tiny", "--data", str(tiny.root), "--out", str(out), "--host-weight-power", "0.5"]) == 0
+    assert yaml.safe_load((out / "config.yaml").read_text())["model"]["host_weight_power"] == 0.5
+    capsys.readouterr()
+    assert main(["baseline", "--split", "tiny", "--data", str(tiny.root), "--host-weight-power", "-1"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == "error: host weight power must be >= 0, got -1.0"
 
 
 def test_advisor_embeddings_are_added_per_vacated_site(tiny, reg, table, tmp_path, capsys) -> None:  # noqa: F811

@@ -700,6 +700,37 @@ def test_supercell_augmentation_adds_training_views_only(tiny, reg, monkeypatch)
     assert metrics["test"]["n"] == len(tiny.hold)
 
 
+def test_host_weight_power_weighs_every_training_host_equally_in_every_view(tiny, reg, monkeypatch) -> None:
+    """``training.host_weight_power=1``: each training vacancy's loss weight is
+    1 / (training vacancies of its host), the same in the augmented view, so every host's
+    weights sum to the same; the resolved setting is recorded with the run."""
+    import adex.expert.train as train_module
+    from adex.expert.train import host_of
+
+    seen = {}
+    real_fit = train_module.fit
+
+    def spy_fit(model, train, val, config, **kwargs):
+        seen["train"], seen["weight"] = train, kwargs.get("sample_weight")
+        return real_fit(model, train, val, config, **kwargs)
+
+    monkeypatch.setattr(train_module, "fit", spy_fit)
+    rc = train_cli(tiny, reg, "--advisors", "adv8", "--split", "tiny", "--epochs", "1", "--set", "name=hostw",
+                   "--set", "augment.min_image_distances=[8.0]", "--set", "training.host_weight_power=1.0")
+    assert rc == 0
+    weight, ids = seen["weight"], [str(i) for i in seen["train"].ids]
+    assert weight is not None and len(weight) == len(ids)
+    n = len(ids) // 2
+    np.testing.assert_array_equal(weight[:n], weight[n:])  # the view repeats its vacancy's weight
+    hosts = np.array([host_of(i) for i in ids[:n]])
+    assert len(set(hosts)) > 1 and len(set(np.bincount(np.unique(hosts, return_inverse=True)[1]))) > 1  # unequal hosts
+    sums = [weight[:n][hosts == h].sum() for h in np.unique(hosts)]
+    np.testing.assert_allclose(sums, sums[0])
+    assert weight.mean() == pytest.approx(1.0)
+    entry = reg.registry.resolve("expert/hostw")
+    assert entry.card["config"]["training"]["host_weight_power"] == 1.0
+
+
 def test_dataset_carries_potential_delta_through_subset_concatenate_and_batch(packed) -> None:
     delta = np.arange(len(packed), dtype=np.float64) + 0.5
     data = VacancyDataset(packed, [], delta)
