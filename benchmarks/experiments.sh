@@ -288,3 +288,24 @@ for cv in published published_struct published@0.10 published@0.40; do
 done
 
 adex report "$OUT"/*/ -o "$OUT/report.md"  # the run folders (not host_offsets.csv, *.json)
+
+# How steady is the per-compound baseline: seeds 0-4 of the relaxed-dE baseline and their mean (a bagged baseline);
+# host weighting (n_host^-0.5 per training vacancy) for the baseline (seeds 0-4) and the expert (seed 0, no validation)
+for p in 0 0.5; do
+    for seed in 0 1 2 3 4; do
+        adex baseline --cv published_struct --advisors chgnet --potential-delta --potential-relaxation --host-weight-power $p \
+            --seed $seed --out "$OUT/baseline_chgnet_relax$([ $p = 0 ] || echo _hostw)_struct_seed$seed"
+    done
+    adex experiment blend "$OUT"/baseline_chgnet_relax$([ $p = 0 ] || echo _hostw)_struct_seed{0,1,2,3,4} \
+        --out "$OUT/baseline_chgnet_relax$([ $p = 0 ] || echo _hostw)_struct_5seeds"
+done
+for half in a b; do
+    folds=$([ $half = a ] && echo 1.00k{0,1,2,3,4}_struct || echo 1.00k{5,6,7,8,9}_struct)
+    adex cv --advisors $ADVISORS,chgnet,descriptors --cv published_struct $(printf -- "--fold=%s " $folds) "${NOVAL[@]}" \
+        --set training.host_weight_power=0.5 "${COMMON[@]}" --out "$OUT/hostw_struct_$half" --resume
+done
+adex experiment merge "$OUT/hostw_struct_a" "$OUT/hostw_struct_b" --out "$OUT/hostw_struct"
+for baseline in baseline_chgnet_relax_struct_seed0 baseline_chgnet_relax_struct_5seeds baseline_chgnet_relax_hostw_struct_5seeds; do
+    adex experiment blend "$OUT/descriptors_noval_relaxshared_struct_8seeds" "$OUT/$baseline" --out "$OUT/blend_8seeds_$baseline"
+done
+adex report "$OUT"/*/ -o "$OUT/report.md"
