@@ -225,7 +225,8 @@ def fit(
         parameters: trainable parameters (default: those with ``requires_grad``).
         sample_weight: float [len(train)], the loss weight of each training sample
             (a batch's loss is the mean of weight x per-sample loss; weights of mean 1
-            keep the loss scale), or None: all 1.
+            keep the loss scale), or None: all 1. Without a validation set the epoch is
+            chosen by this weighted training loss.
 
     Under ``torchrun`` (see :mod:`adex.distributed`) the model is wrapped in
     ``DistributedDataParallel`` and each process trains on its share of every global

@@ -764,7 +764,7 @@ def fit_model(X: np.ndarray, y: np.ndarray, hosts: np.ndarray, settings: ModelSe
     from adex.expert.train import host_weights
 
     val_mae: dict = {}
-    weight = host_weights(hosts, settings.host_weight_power) if settings.host_weight_power else np.ones(len(y))
+    weight = host_weights(hosts, settings.host_weight_power) if settings.host_weight_power else None  # None: all 1
     loss = settings.loss
     if loss == "auto":
         loss = "squared_error"
@@ -773,7 +773,7 @@ def fit_model(X: np.ndarray, y: np.ndarray, hosts: np.ndarray, settings: ModelSe
             if len(fit_idx) and len(val_idx):
                 for candidate in LOSSES[1:]:
                     model = make_regressor(settings, candidate, seed).fit(X[fit_idx], y[fit_idx],
-                                                                          sample_weight=weight[fit_idx])
+                                                                          sample_weight=None if weight is None else weight[fit_idx])
                     val_mae[candidate] = float(np.abs(model.predict(X[val_idx]) - y[val_idx]).mean())
                 loss = min(val_mae, key=val_mae.get)
     return make_regressor(settings, loss, seed).fit(X, y, sample_weight=weight), loss, val_mae

@@ -268,10 +268,11 @@ def advisor_features(entry, advisor, packed):
     return compute_advisor_features(advisor, entry.ref, packed)
 
 
-def host_weights(ids, power: float) -> np.ndarray:
-    """Loss weight of each vacancy: float [len(ids)], ``n_host ** -power`` normalised to
-    mean 1, where ``n_host`` counts the vacancies of ``ids`` in the same host compound."""
-    _, inverse, counts = np.unique([host_of(i) for i in ids], return_inverse=True, return_counts=True)
+def host_weights(hosts, power: float) -> np.ndarray:
+    """Loss weight of each vacancy: float [len(hosts)], ``n_host ** -power`` normalised to
+    mean 1, where ``n_host`` counts the entries of ``hosts`` (host compound labels, one per
+    vacancy, e.g. ``host_of(id)``) equal to the vacancy's own."""
+    _, inverse, counts = np.unique(np.asarray(hosts, dtype=str), return_inverse=True, return_counts=True)
     weight = counts[inverse].astype(np.float64) ** -power
     return weight / weight.mean()
 
@@ -339,7 +340,8 @@ def fit_member(config: ExpertConfig, prepared: PreparedData, seed: int, descript
                                                      for v in prepared.views)])
     weight = None
     if tc.host_weight_power:  # one weight per training vacancy, repeated for each augmented view
-        weight = np.tile(host_weights(packed.ids[train_idx], tc.host_weight_power), 1 + len(prepared.views))
+        weight = np.tile(host_weights([host_of(i) for i in packed.ids[train_idx]], tc.host_weight_power),
+                         1 + len(prepared.views))
     member_tc = dataclasses.replace(tc, seed=seed)  # batch order too
     result = fit(model, train, val if len(val) else None, member_tc, description=description, on_epoch=on_epoch,
                  sample_weight=weight)
