@@ -305,7 +305,7 @@ for half in a b; do
         --set training.host_weight_power=0.5 "${COMMON[@]}" --out "$OUT/hostw_struct_$half" --resume
 done
 adex experiment merge "$OUT/hostw_struct_a" "$OUT/hostw_struct_b" --out "$OUT/hostw_struct"
-for baseline in baseline_chgnet_relax_struct_seed0 baseline_chgnet_relax_struct_5seeds baseline_chgnet_relax_hostw_struct_5seeds; do
+for baseline in baseline_chgnet_relax_struct_5seeds baseline_chgnet_relax_hostw_struct_5seeds; do
     adex experiment blend "$OUT/descriptors_noval_relaxshared_struct_8seeds" "$OUT/$baseline" --out "$OUT/blend_8seeds_$baseline"
 done
 adex report "$OUT"/*/ -o "$OUT/report.md"
