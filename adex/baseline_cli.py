@@ -65,6 +65,8 @@ def cmd_baseline(args: argparse.Namespace) -> int:
         raise ConfigError("--relaxation-steps needs --potential-relaxation")
     if args.relaxation_steps < 0:
         raise ConfigError(f"--relaxation-steps must be >= 0, got {args.relaxation_steps}")
+    if args.host_weight_power < 0:
+        raise ConfigError(f"--host-weight-power must be >= 0, got {args.host_weight_power}")
     model = ModelSettings(loss=args.loss, host_weight_power=args.host_weight_power)
     root = dataset_root("witman2023_vacancies", args.data)
     if args.split:

@@ -193,7 +193,7 @@ def test_cli_host_weight_power_is_recorded_and_checked(tiny, tmp_path, capsys) -
     capsys.readouterr()
     assert main(["baseline", "--split", "tiny", "--data", str(tiny.root), "--host-weight-power", "-1"]) == 2
     err = capsys.readouterr().err.strip()
-    assert err == "error: host weight power must be >= 0, got -1.0"
+    assert err == "error: --host-weight-power must be >= 0, got -1.0"
 
 
 def test_advisor_embeddings_are_added_per_vacated_site(tiny, reg, table, tmp_path, capsys) -> None:  # noqa: F811
