@@ -4,7 +4,8 @@ prediction, their spread as its uncertainty.
 Members share what the input pipeline depends on (featurizer settings, supercell
 settings, advisors by exact version and sha256), so one featurization and one pass of
 the advisors serve all of them; each member keeps its own weights, normaliser and
-element reference. Stored in the registry as one model (``class: expert_ensemble``):
+element reference, and may or may not add a potential's vacancy energies (unrelaxed or
+relaxed: each kind the members use is computed once, ``potential_kinds``). Stored in the registry as one model (``class: expert_ensemble``):
 ``model.json`` lists the members' architectures, ``weights.safetensors`` holds
 ``members.<k>.<tensor>``.
 """
@@ -74,18 +75,11 @@ class ExpertEnsemble(nn.Module):
         return any(m.needs_potential_delta for m in self.members)
 
     @property
-    def potential_relaxation(self) -> bool:
-        kinds = {m.potential_relaxation for m in self.members if m.needs_potential_delta}
-        if len(kinds) > 1:
-            raise ValueError("ensemble members disagree on model.potential_relaxation")
-        return kinds == {True}
-
-    @property
-    def potential_relaxation_steps(self) -> int:
-        steps = {m.potential_relaxation_steps for m in self.members if m.needs_potential_delta and m.potential_relaxation}
-        if len(steps) > 1:
-            raise ValueError("ensemble members disagree on model.potential_relaxation_steps")
-        return steps.pop() if steps else 0
+    def potential_kinds(self) -> list[tuple[bool, int]]:
+        """The distinct ``(relaxation, relaxation_steps)`` of the members that add a
+        potential's vacancy energies (sorted; empty if none does). Members may differ:
+        prediction computes each kind once and gives every member its own."""
+        return sorted({m.potential_kind for m in self.members if m.potential_kind is not None})
 
     @property
     def receptive_hops(self) -> int | None:

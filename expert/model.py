@@ -205,6 +205,14 @@ class Expert(nn.Module):
         """FIRE steps of that relaxation; 0: one line search (``potential_relaxation_steps``)."""
         return self.config.potential_relaxation_steps
 
+    @property
+    def potential_kind(self) -> tuple[bool, int] | None:
+        """Which potential vacancy energies the batches must carry: ``(relaxation,
+        relaxation_steps)`` with ``potential_delta``, else None."""
+        if not self.config.potential_delta:
+            return None
+        return (self.config.potential_relaxation, self.config.potential_relaxation_steps)
+
     def prepare(self, packed):
         """The packed vacancy graphs this model needs: pruned to its receptive field."""
         hops = self.receptive_hops

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import warnings
 from collections import OrderedDict
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
@@ -293,25 +293,31 @@ def predict_packed_members(expert: LoadedExpert, packed: PackedVacancies, batch_
     """dH (eV) of every member for every vacancy of ``packed``: float64 [M, B] (M = 1
     for a single expert). Featurization and advisors run once for all members; the
     advisors' host embeddings go through :func:`cached_advisor_features` (in memory, and
-    with ``cache`` on disk too)."""
+    with ``cache`` on disk too); the potential's vacancy energies run once per kind the
+    members add (unrelaxed, relaxed: ``Expert.potential_kind``)."""
     from adex.expert.ensemble import as_members
 
     features = [cached_advisor_features(entry, model, packed, persistent=cache) for entry, model in expert.advisors]
-    delta = None
-    if getattr(expert.model, "needs_potential_delta", False):
+    members = as_members(expert.model)
+    energies = {}  # (relaxation, relaxation_steps) -> the potential's vacancy energies (eV) [B]
+    kinds = sorted({m.potential_kind for m in members if m.potential_kind is not None})
+    if kinds:
         from adex.expert.potential import potential_advisor, vacancy_energies
         from adex.supercell import SupercellSettings
 
-        delta = vacancy_energies(*potential_advisor(expert.advisors), packed, SupercellSettings.from_dict(expert.model.supercell),
-                                 use_cache=cache, relaxation=bool(getattr(expert.model, "potential_relaxation", False)),
-                                 relaxation_steps=int(getattr(expert.model, "potential_relaxation_steps", 0)))
-    dataset = VacancyDataset(expert.model.prepare(packed), features, delta)
-    members = as_members(expert.model)
+        potential = potential_advisor(expert.advisors)
+        settings = SupercellSettings.from_dict(expert.model.supercell)
+        energies = {kind: vacancy_energies(*potential, packed, settings, use_cache=cache, relaxation=kind[0],
+                                           relaxation_steps=kind[1]) for kind in kinds}
+    dataset = VacancyDataset(expert.model.prepare(packed), features)
     out = [[] for _ in members]
     for start in range(0, len(dataset), batch_size):
-        batch = dataset.batch(np.arange(start, min(start + batch_size, len(dataset))))
+        idx = np.arange(start, min(start + batch_size, len(dataset)))
+        batch = dataset.batch(idx)
         for k, member in enumerate(members):
-            out[k].append(member.predict(batch).double().numpy())
+            member_batch = batch if member.potential_kind is None else replace(
+                batch, potential_delta=torch.from_numpy(energies[member.potential_kind][idx].astype(np.float32)))
+            out[k].append(member.predict(member_batch).double().numpy())
     return np.stack([np.concatenate(parts) if parts else np.zeros(0) for parts in out])
 
 

@@ -422,3 +422,27 @@ def test_chgnet_network_imports_without_its_md_and_vasp_modules() -> None:
     )
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0 and proc.stdout.strip() == "ok", proc.stderr[-2000:]
+
+
+def test_ensemble_members_may_add_different_potential_energies(imported, tiny, reg, capsys) -> None:  # noqa: F811
+    """A composed ensemble of experts without dE, with unrelaxed and with relaxed dE: each
+    member gets its own kind of energies, so the ensemble predicts exactly its members."""
+    from adex.expert.data import load_witman
+    from adex.expert.predict import load_expert, predict_packed, predict_packed_members
+    from adex.supercell import SupercellSettings
+
+    kinds = {"mix-none": [], "mix-unrelaxed": ["model.potential_delta=true"],
+             "mix-relaxed": ["model.potential_delta=true", "model.potential_relaxation=true"]}
+    for name, sets in kinds.items():
+        rc = main(["expert", "train", "--data", str(tiny.root), "--registry", str(reg.root), *TINY, "--advisors", "chgnet",
+                   "--split", "tiny", "--epochs", "1", "--set", f"name={name}", *[a for s in sets for a in ("--set", s)]])
+        assert rc == 0, capsys.readouterr().err
+    refs = [reg.registry.resolve(f"expert/{name}").ref for name in kinds]
+    assert main(["expert", "ensemble", *refs, "--name", "mix", "--registry", str(reg.root)]) == 0, capsys.readouterr().err
+    composed = load_expert("expert/mix", reg.registry)
+    assert composed.model.potential_kinds == [(False, 0), (True, 0)]
+    packed = load_witman(composed.model.featurizer_settings, SupercellSettings.from_dict(composed.model.supercell), tiny.root)
+    members = predict_packed_members(composed, packed, batch_size=3)
+    alone = np.stack([predict_packed(load_expert(ref, reg.registry), packed) for ref in refs])
+    np.testing.assert_allclose(members, alone, atol=1e-5)
+    assert np.abs(alone[1] - alone[2]).max() > 1e-3  # relaxed and unrelaxed energies differ: the test can tell them apart
