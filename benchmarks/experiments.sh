@@ -309,3 +309,16 @@ for baseline in baseline_chgnet_relax_struct_5seeds baseline_chgnet_relax_hostw_
     adex experiment blend "$OUT/descriptors_noval_relaxshared_struct_8seeds" "$OUT/$baseline" --out "$OUT/blend_8seeds_$baseline"
 done
 adex report "$OUT"/*/ -o "$OUT/report.md"
+
+# Experts with and without the CHGNet dE offset in one ensemble (per compound): the per-compound recipe above without
+# model.potential_delta (seeds 0-3, a whole 10-fold run per seed on one core), alone, and as 4 more members of the
+# eight-member dE ensemble (12 members, equal weight each: the 8-member mean weighs 2, the 4-member mean 1)
+for seed in 0 1 2 3; do
+    adex cv --advisors $ADVISORS,chgnet,descriptors --cv published_struct --set 'augment.min_image_distances=[10.0]' \
+        --set training.ema_decay=0.999 --set training.val_fraction=0 --seed $seed "${COMMON[@]}" \
+        --out "$OUT/nodelta_noval_struct$([ $seed = 0 ] || echo _seed$seed)" --resume
+done
+adex experiment blend "$OUT"/nodelta_noval_struct{,_seed1,_seed2,_seed3} --out "$OUT/nodelta_noval_struct_4seeds"
+adex experiment blend "$OUT/descriptors_noval_relaxshared_struct_8seeds" "$OUT/nodelta_noval_struct_4seeds" --weights 2,1 \
+    --out "$OUT/mixed_12members_struct"
+adex report "$OUT"/*/ -o "$OUT/report.md"
