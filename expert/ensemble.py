@@ -20,7 +20,9 @@ from adex.expert.model import Expert
 
 
 class ExpertEnsemble(nn.Module):
-    """M experts with a common input pipeline.
+    """M experts with a common input pipeline (same featurizer and supercell settings, the
+    same advisors: same weights by sha256, in the same order; members read the advisors
+    through member 0's references).
 
     ``predict_members(batch)`` -> dH (eV) [M, B]; ``predict(batch)`` -> member mean [B].
     The spread reported by adex is the population standard deviation over members
@@ -32,16 +34,24 @@ class ExpertEnsemble(nn.Module):
         if not members:
             raise ConfigError("an ensemble needs at least one member")
         first = members[0]
+
+        def advisor_identity(expert: Expert) -> list:
+            # an advisor is the same one if its weights are (the ref may be spelt builtin::... or not)
+            return [(s.weights_sha256 or s.ref, s.width) for s in expert.advisors]
+
+        def advisor_names(expert: Expert) -> str:
+            return ", ".join(f"{s.ref} (sha256 {s.weights_sha256[:12]})" for s in expert.advisors)
+
         for k, member in enumerate(members[1:], start=1):
-            for what, mine, theirs in (
-                ("featurizer settings", member.featurizer_settings.to_dict(), first.featurizer_settings.to_dict()),
-                ("supercell settings", member.supercell, first.supercell),
-                ("advisors", [f"{s.ref} (sha256 {s.weights_sha256[:12]})" for s in member.advisors],
-                 [f"{s.ref} (sha256 {s.weights_sha256[:12]})" for s in first.advisors]),
-            ):
-                if mine != theirs:
-                    raise ConfigError(f"ensemble member {k} has other {what} than member 0 ({', '.join(map(str, mine)) if isinstance(mine, list) else mine} "
-                                      f"vs {', '.join(map(str, theirs)) if isinstance(theirs, list) else theirs}); "
+            mismatches = (
+                ("featurizer settings", member.featurizer_settings.to_dict() != first.featurizer_settings.to_dict(),
+                 member.featurizer_settings.to_dict(), first.featurizer_settings.to_dict()),
+                ("supercell settings", member.supercell != first.supercell, member.supercell, first.supercell),
+                ("advisors", advisor_identity(member) != advisor_identity(first), advisor_names(member), advisor_names(first)),
+            )
+            for what, differs, mine, theirs in mismatches:
+                if differs:
+                    raise ConfigError(f"ensemble member {k} has other {what} than member 0 ({mine} vs {theirs}); "
                                       "members must share the input pipeline")
         self.members = nn.ModuleList(members)
 

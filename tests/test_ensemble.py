@@ -71,6 +71,17 @@ def test_members_with_different_inputs_are_refused(reg) -> None:  # noqa: F811
         ExpertEnsemble([a, c])
 
 
+def test_advisors_are_the_same_when_their_weights_are(reg) -> None:  # noqa: F811
+    """A shipped expert names its advisor builtin::advisor/x:1, a user's advisor/x:1: the
+    same weights (sha256) make the same input; other weights do not, whatever the name."""
+    a = make_expert("attention", [AdvisorSlot(reg.refs[8], 8, "ab" * 32)])
+    b = make_expert("attention", [AdvisorSlot(f"builtin::{reg.refs[8]}", 8, "ab" * 32)])
+    assert len(ExpertEnsemble([a, b])) == 2
+    c = make_expert("attention", [AdvisorSlot(reg.refs[8], 8, "cd" * 32)])
+    with pytest.raises(ConfigError, match="advisors.*sha256 cdcd"):
+        ExpertEnsemble([a, c])
+
+
 def test_ensemble_prunes_to_the_largest_receptive_field(packed, reg) -> None:  # noqa: F811
     slot = [AdvisorSlot(reg.refs[8], 8)]
     one, two = make_expert("attention", slot, n_conv=1, seed=5), make_expert("vacancy", slot, n_conv=2, seed=6)
