@@ -207,9 +207,10 @@ def compose_ensemble(refs: list[str], registry, name: str, aliases: tuple[str, .
     ensemble ``expert/<name>``; returns the new registry entry.
 
     Members must share featurizer, supercell settings and advisors (exact versions and
-    sha256). The composed model has no evaluation of its own: its card lists each
+    sha256; members may add different potential energies). The composed model has no evaluation of its own: its card lists each
     member's reference and metrics, and it gets no primary metric (so it never takes the
-    ``best`` alias from an evaluated model).
+    ``best`` alias from an evaluated model). ``notes.how_trained`` records the
+    composition; ``notes`` adds to the card's notes.
     """
     from adex.checkpoint import model_files
     from adex.expert.predict import load_expert
@@ -233,7 +234,7 @@ def compose_ensemble(refs: list[str], registry, name: str, aliases: tuple[str, .
                            "config": e.entry.card.get("config"), "metrics": e.entry.card.get("metrics"),
                            "dataset": e.entry.card.get("dataset")} for e in loaded],
         "metrics": {"ensemble_size": len(members), "note": "composed ensemble: see composed_from for each member's metrics"},
-        **({"notes": notes} if notes else {}),
+        "notes": {"how_trained": f"composed, no training: adex expert ensemble {' '.join(refs)} --name {name}", **(notes or {})},
     }
     parents = [e.entry.ref for e in loaded]
     for adv_entry, _ in first.advisors:

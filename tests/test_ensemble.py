@@ -207,6 +207,8 @@ def test_composed_ensemble_equals_the_trained_one(trained, tiny, reg, capsys) ->
     entry = reg.registry.resolve("expert/composed")
     assert entry.parents == [trained["plain3"].ref, trained["plain4"].ref, "advisor/adv8:1"]
     assert entry.card["metrics"]["ensemble_size"] == 2 and entry.primary_metric is None
+    assert entry.card["notes"]["how_trained"] == (f"composed, no training: adex expert ensemble {trained['plain3'].ref} "
+                                                  f"{trained['plain4'].ref} --name composed")
     cif = host_cif(tiny)
     composed, _ = predict_rows(capsys, reg, entry.ref, cif)
     trained_rows, _ = predict_rows(capsys, reg, trained["ens"].ref, cif)

@@ -75,6 +75,25 @@ def test_default_expert_predicts_without_flags(shipped: Registry, data_dir, caps
     assert 0.0 < value < 15.0 and np.isfinite(value)
 
 
+def test_shipped_mixed_expert_is_the_mean_of_its_two_parents(shipped: Registry, data_dir, capsys) -> None:
+    """builtin::expert/vacancy-mixed: the 6 members of vacancy:6 (no potential energies) and
+    vacancy-delta (CHGNet's vacancy energy added), each fed its own inputs."""
+    pytest.importorskip("chgnet.model", reason="vacancy-delta needs the optional CHGNet package")
+    try:
+        entry = shipped.resolve("builtin::expert/vacancy-mixed")
+    except Exception:
+        pytest.skip("no shipped mixed expert in this checkout")
+    cif = data_dir / "witman2023_vacancies" / "structures" / "0009491-O1.cif"
+
+    def predict(ref: str) -> float:
+        assert main(["predict", "--expert", ref, "--structure", str(cif), "--site", "0", "--format", "json"]) == 0
+        return json.loads(capsys.readouterr().out)["predictions"][0]["dH_pred_eV"]
+
+    parents = entry.card["parents"][:2]
+    assert parents == ["builtin::expert/vacancy:6", "builtin::expert/vacancy-delta:1"]
+    assert predict(entry.ref) == pytest.approx((predict(parents[0]) + predict(parents[1])) / 2, abs=2e-4)
+
+
 def test_default_falls_back_to_the_core_expert_without_chgnet(shipped: Registry, data_dir, capsys, monkeypatch) -> None:
     """If the default expert needs CHGNet and it is not installed, prediction still works
     with the best shipped expert that needs no optional package, and says so."""
