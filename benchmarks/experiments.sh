@@ -322,3 +322,10 @@ adex experiment blend "$OUT"/nodelta_noval_struct{,_seed1,_seed2,_seed3} --out "
 adex experiment blend "$OUT/descriptors_noval_relaxshared_struct_8seeds" "$OUT/nodelta_noval_struct_4seeds" --weights 2,1 \
     --out "$OUT/mixed_12members_struct"
 adex report "$OUT"/*/ -o "$OUT/report.md"
+# The same mix from earlier runs: per vacancy the 5 dE members of the weight-averaging section + the 3 augmented
+# CHGNet-advised members without dE (equal weight per member), and the recipes of the shipped vacancy:6 (3 seeds) and
+# vacancy-delta (seed 0) half and half, per vacancy and per compound (the CV estimate of builtin::expert/vacancy-mixed,
+# which is `adex expert ensemble builtin::expert/vacancy:6 builtin::expert/vacancy-delta:1 --name vacancy-mixed`)
+adex experiment blend "$OUT/descriptors_ema_5seeds" "$OUT/chgnet_augment_3seeds" --weights 5,3 --out "$OUT/mixed_8members"
+adex experiment blend "$OUT/chgnet_augment_3seeds" "$OUT/delta" --out "$OUT/mixed_shipped_recipes"
+adex experiment blend "$OUT/chgnet_augment_struct" "$OUT/delta_struct" --out "$OUT/mixed_shipped_recipes_struct"
