@@ -5,8 +5,8 @@ Members share what the input pipeline depends on (featurizer settings, supercell
 settings, advisors by exact version and sha256), so one featurization and one pass of
 the advisors serve all of them; each member keeps its own weights, normaliser and
 element reference, and may or may not add a potential's vacancy energies (unrelaxed or
-relaxed: each kind the members use is computed once, ``potential_kinds``). Stored in the registry as one model (``class: expert_ensemble``):
-``model.json`` lists the members' architectures, ``weights.safetensors`` holds
+relaxed: each kind the members use is computed once, ``potential_kinds``). Stored in the
+registry as one model (``class: expert_ensemble``): ``model.json`` lists the members' architectures, ``weights.safetensors`` holds
 ``members.<k>.<tensor>``.
 """
 from __future__ import annotations
@@ -207,8 +207,8 @@ def compose_ensemble(refs: list[str], registry, name: str, aliases: tuple[str, .
     ensemble ``expert/<name>``; returns the new registry entry.
 
     Members must share featurizer, supercell settings and advisors (exact versions and
-    sha256; members may add different potential energies). The composed model has no evaluation of its own: its card lists each
-    member's reference and metrics, and it gets no primary metric (so it never takes the
+    sha256; members may add different potential energies). The composed model has no
+    evaluation of its own: its card lists each member's reference and metrics, and it gets no primary metric (so it never takes the
     ``best`` alias from an evaluated model). ``notes.how_trained`` records the
     composition; ``notes`` adds to the card's notes.
     """
