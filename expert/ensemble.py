@@ -6,8 +6,8 @@ settings, advisors by exact version and sha256), so one featurization and one pa
 the advisors serve all of them; each member keeps its own weights, normaliser and
 element reference, and may or may not add a potential's vacancy energies (unrelaxed or
 relaxed: each kind the members use is computed once, ``potential_kinds``). Stored in the
-registry as one model (``class: expert_ensemble``): ``model.json`` lists the members' architectures, ``weights.safetensors`` holds
-``members.<k>.<tensor>``.
+registry as one model (``class: expert_ensemble``): ``model.json`` lists the members'
+architectures, ``weights.safetensors`` holds ``members.<k>.<tensor>``.
 """
 from __future__ import annotations
 
@@ -208,9 +208,10 @@ def compose_ensemble(refs: list[str], registry, name: str, aliases: tuple[str, .
 
     Members must share featurizer, supercell settings and advisors (exact versions and
     sha256; members may add different potential energies). The composed model has no
-    evaluation of its own: its card lists each member's reference and metrics, and it gets no primary metric (so it never takes the
-    ``best`` alias from an evaluated model). ``notes.how_trained`` records the
-    composition; ``notes`` adds to the card's notes.
+    evaluation of its own: its card lists each member's reference and metrics, and it
+    gets no primary metric (so it never takes the ``best`` alias from an evaluated
+    model). ``notes.how_trained`` records the composition; ``notes`` adds to the card's
+    notes.
     """
     from adex.checkpoint import model_files
     from adex.expert.predict import load_expert
