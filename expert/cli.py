@@ -154,6 +154,7 @@ def expert_overrides(args: argparse.Namespace) -> list[str]:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
+    from adex.advisors.train import primary_scores
     from adex.config import load_config
     from adex.expert.train import ExpertConfig, train_expert
     from adex.progress import console
@@ -165,8 +166,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     m = run.metrics
     con = console()
     for k, member in enumerate(m.get("members", [])):
-        t = member.get("test") or member.get("val")
-        con.print(f"member {k} (seed {member['seed']}): {'test' if member.get('test') else 'val'} MAE {t['mae']:.3f} eV; "
+        split, t = primary_scores(member)  # test, else val, else train
+        con.print(f"member {k} (seed {member['seed']}): {split} MAE {t['mae']:.3f} eV; "
                   f"best epoch {member['best_epoch']} of {member['epochs_run']}, {member['train_seconds']:.0f} s")
     label = f"expert {config.name}" + (f" ({m['ensemble_size']}-member ensemble)" if "members" in m else "")
     if m.get("test"):

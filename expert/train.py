@@ -445,10 +445,11 @@ def train_expert(
         metrics = {"train": None, "val": None, "test": None, **common, "ensemble_size": n_members,
                    "seeds": [m.seed for m in members], "members": member_metrics,
                    "train_seconds": round(sum(m.result.seconds for m in members), 2)}
-        vals = [m["val"]["mae"] for m in member_metrics if m.get("val")]
-        if vals:
-            metrics["val"] = {"mae": float(np.mean(vals)), "mae_std": float(np.std(vals)), "n_members": len(vals),
-                              "note": "mean of the members' MAEs on their own validation sets"}
+        for split, where in (("val", "on their own validation sets"), ("train", "on the training set")):
+            maes = [m[split]["mae"] for m in member_metrics if m.get(split)]
+            if maes:
+                metrics[split] = {"mae": float(np.mean(maes)), "mae_std": float(np.std(maes)), "n_members": len(maes),
+                                  "note": f"mean of the members' MAEs {where}"}
         test_pred = test_std = None
         if len(prepared.test_idx):
             stacked = np.stack([p["test"] for p in member_predictions])

@@ -229,3 +229,16 @@ def test_ensemble_of_one_is_refused(capsys) -> None:
     rc = main(["expert", "train", "--ensemble", "0", "--advisors", "none"])
     assert rc == 2
     assert "ensemble" in capsys.readouterr().err
+
+
+def test_ensemble_trained_on_everything_registers_with_its_training_error(tiny, reg, capsys) -> None:  # noqa: F811
+    """No validation and no test set (a model to ship): the members' training MAE is the
+    only score, and registration must not fail after the training is done."""
+    rc = main(["expert", "train", "--data", str(tiny.root), "--registry", str(reg.root), *TINY, "--advisors", "adv8",
+               "--epochs", "2", "--ensemble", "2", "--set", "training.test_fraction=0.0", "--set", "training.val_fraction=0",
+               "--set", "name=everything"])
+    assert rc == 0, capsys.readouterr().err
+    entry = reg.registry.resolve("expert/everything")
+    members = entry.card["metrics"]["members"]
+    assert entry.card["metrics"]["test"] is None and entry.card["metrics"]["val"] is None
+    assert entry.primary_metric == pytest.approx(("train_mae", np.mean([m["train"]["mae"] for m in members])))
