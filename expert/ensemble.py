@@ -81,15 +81,10 @@ class ExpertEnsemble(nn.Module):
         return any(m.config.oxidation_states for m in self.members)
 
     @property
-    def needs_potential_delta(self) -> bool:
-        return any(m.needs_potential_delta for m in self.members)
-
-    @property
     def potential_kinds(self) -> list[tuple[bool, int]]:
-        """The distinct ``(relaxation, relaxation_steps)`` of the members that add a
-        potential's vacancy energies (sorted; empty if none does). Members may differ:
-        prediction computes each kind once and gives every member its own."""
-        return sorted({m.potential_kind for m in self.members if m.potential_kind is not None})
+        """:func:`potential_kinds` of the members (members may differ: prediction computes
+        each kind once and gives every member its own)."""
+        return potential_kinds(self)
 
     @property
     def receptive_hops(self) -> int | None:
@@ -141,6 +136,13 @@ class ExpertEnsemble(nn.Module):
 def as_members(model) -> list:
     """The members of an ensemble, or ``[model]`` for a single expert."""
     return list(model.members) if isinstance(model, ExpertEnsemble) else [model]
+
+
+def potential_kinds(model) -> list[tuple[bool, int]]:
+    """The distinct ``(relaxation, relaxation_steps)`` of the experts of ``model`` (an
+    ensemble or a single expert) that add a potential's vacancy energies (sorted; empty
+    if none does): the energies a prediction must compute, once each."""
+    return sorted({m.potential_kind for m in as_members(model) if m.potential_kind is not None})
 
 
 def ensemble_statistics(member_predictions: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

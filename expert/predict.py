@@ -295,12 +295,12 @@ def predict_packed_members(expert: LoadedExpert, packed: PackedVacancies, batch_
     advisors' host embeddings go through :func:`cached_advisor_features` (in memory, and
     with ``cache`` on disk too); the potential's vacancy energies run once per kind the
     members add (unrelaxed, relaxed: ``Expert.potential_kind``)."""
-    from adex.expert.ensemble import as_members
+    from adex.expert.ensemble import as_members, potential_kinds
 
     features = [cached_advisor_features(entry, model, packed, persistent=cache) for entry, model in expert.advisors]
     members = as_members(expert.model)
     energies = {}  # (relaxation, relaxation_steps) -> the potential's vacancy energies (eV) [B]
-    kinds = sorted({m.potential_kind for m in members if m.potential_kind is not None})
+    kinds = potential_kinds(expert.model)
     if kinds:
         from adex.expert.potential import potential_advisor, vacancy_energies
         from adex.supercell import SupercellSettings
