@@ -4,6 +4,12 @@ The import package ``adex`` is assembled from the repository's top-level folders
 ``adex/`` (core: graphs, layers, data, training loop, CLI), ``advisors/``,
 ``expert/``, ``supercell/``, ``registry/`` and ``configs/`` become ``adex.advisors``,
 ``adex.expert``, ... (setuptools ``package-dir``). Importing ``adex`` does no work.
+
+The public Python API (:mod:`adex.api`), loaded on first use::
+
+    import adex
+    expert = adex.load_expert()                      # the shipped default expert
+    table = expert.predict("host.cif", sites="all")  # pandas DataFrame, dH in eV
 """
 from __future__ import annotations
 
@@ -28,3 +34,15 @@ def _extend_path_for_source_checkout() -> None:
 
 
 _extend_path_for_source_checkout()
+
+
+__all__ = ["VacancyExpert", "__version__", "load_expert"]
+
+
+def __getattr__(name: str):
+    """``adex.load_expert`` and ``adex.VacancyExpert`` from :mod:`adex.api`, imported on first use."""
+    if name in ("load_expert", "VacancyExpert"):
+        import importlib
+
+        return getattr(importlib.import_module("adex.api"), name)
+    raise AttributeError(f"module 'adex' has no attribute {name!r}")

@@ -14,8 +14,6 @@ the one this installation would use for the same featurizer settings.
 from __future__ import annotations
 
 import json
-from typing import Callable
-
 import torch
 from safetensors.torch import load as load_safetensors
 from safetensors.torch import save as save_safetensors
@@ -26,48 +24,69 @@ from adex.errors import RegistryError
 WEIGHTS = "weights.safetensors"
 ARCHITECTURE = "model.json"
 
-_BUILDERS: dict[str, Callable[[dict], nn.Module]] = {}
-#: Per stored class, a check that its optional packages are installed, cheap enough to
-#: run before building the model (raises MissingExtraError).
-_REQUIREMENTS: dict[str, Callable[[], None]] = {}
+#: The model classes a stored ``model.json`` may name, as matgl's ``@module``/``@class``:
+#: module -> class names. Loading imports nothing else, so a crafted ``model.json`` cannot
+#: make adex import arbitrary code. The core names no model class itself: these are
+#: strings, resolved only when a stored model asks for one. A plugin adds its classes with
+#: :func:`allow_model_class`.
+ALLOWED_MODEL_CLASSES: dict[str, set[str]] = {
+    "adex.advisors.model": {"Advisor"},
+    "adex.advisors.chgnet": {"CHGNetAdvisor"},
+    "adex.advisors.descriptors": {"DescriptorAdvisor"},
+    "adex.expert.model": {"Expert"},
+    "adex.expert.ensemble": {"ExpertEnsemble"},
+}
+#: ``model.json`` files written before ``@module``/``@class`` (the shipped models among
+#: them) name their class by a short ``class`` key only.
+LEGACY_CLASS_NAMES: dict[str, tuple[str, str]] = {
+    "advisor": ("adex.advisors.model", "Advisor"),
+    "chgnet_advisor": ("adex.advisors.chgnet", "CHGNetAdvisor"),
+    "descriptor_advisor": ("adex.advisors.descriptors", "DescriptorAdvisor"),
+    "expert": ("adex.expert.model", "Expert"),
+    "expert_ensemble": ("adex.expert.ensemble", "ExpertEnsemble"),
+}
 
 
-def register_builder(name: str, builder: Callable[[dict], nn.Module], requires: Callable[[], None] | None = None) -> None:
-    _BUILDERS[name] = builder
-    if requires is not None:
-        _REQUIREMENTS[name] = requires
+def allow_model_class(module: str, name: str) -> None:
+    """Let stored models name ``module``'s class ``name`` (which must define
+    ``from_architecture(arch) -> nn.Module``)."""
+    ALLOWED_MODEL_CLASSES.setdefault(module, set()).add(name)
 
 
-def _builder(name: str) -> Callable[[dict], nn.Module]:
-    if not _BUILDERS:
-        from adex.advisors.model import Advisor
+def stored_class_path(arch: dict) -> tuple[str, str]:
+    """``(module, class name)`` named by an architecture dict, checked against the allow-list.
 
-        register_builder("advisor", Advisor.from_architecture)
-        from adex.advisors.chgnet import CHGNetAdvisor, require_chgnet  # chgnet itself only when a model is built
+    Raises:
+        RegistryError: the class is not one this adex version may load.
+    """
+    module, name = arch.get("@module"), arch.get("@class")
+    if module is None and name is None:
+        legacy = arch.get("class", "")
+        if legacy not in LEGACY_CLASS_NAMES:
+            raise RegistryError(f"stored model class {legacy!r} is unknown to this adex version")
+        module, name = LEGACY_CLASS_NAMES[legacy]
+    if not isinstance(module, str) or not isinstance(name, str) or name not in ALLOWED_MODEL_CLASSES.get(module, ()):
+        raise RegistryError(f"stored model class {module}.{name} is not one adex may load (allow-list: "
+                            f"adex.checkpoint.ALLOWED_MODEL_CLASSES)")
+    return module, name
 
-        register_builder("chgnet_advisor", CHGNetAdvisor.from_architecture, requires=require_chgnet)
-        from adex.advisors.descriptors import DescriptorAdvisor
 
-        register_builder("descriptor_advisor", DescriptorAdvisor.from_architecture)
-        try:
-            from adex.expert.model import Expert
+def stored_class(arch: dict) -> type:
+    """The class an architecture dict names (allow-listed; its module is imported now)."""
+    import importlib
 
-            from adex.expert.ensemble import ExpertEnsemble
-
-            register_builder("expert", Expert.from_architecture)
-            register_builder("expert_ensemble", ExpertEnsemble.from_architecture)
-        except ImportError:  # pragma: no cover - expert module optional during bootstrap
-            pass
-    if name not in _BUILDERS:
-        raise RegistryError(f"stored model class {name!r} is unknown to this adex version")
-    return _BUILDERS[name]
+    module, name = stored_class_path(arch)
+    return getattr(importlib.import_module(module), name)
 
 
 def model_files(model: nn.Module) -> dict[str, bytes]:
     """The two files that describe ``model`` (architecture JSON + safetensors weights)."""
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    arch = dict(model.architecture())
+    arch["@module"], arch["@class"] = type(model).__module__, type(model).__name__
+    stored_class_path(arch)  # refuse to store what could not be loaded
     return {
-        ARCHITECTURE: json.dumps(model.architecture(), indent=2, sort_keys=True).encode(),
+        ARCHITECTURE: json.dumps(arch, indent=2, sort_keys=True).encode(),
         WEIGHTS: save_safetensors(state),
     }
 
@@ -75,7 +94,7 @@ def model_files(model: nn.Module) -> dict[str, bytes]:
 def load_model(entry) -> nn.Module:
     """Rebuild the model stored in registry ``entry`` (hash-verified), in eval mode."""
     arch = json.loads(entry.read_file(ARCHITECTURE))
-    model = _builder(arch.get("class", ""))(arch)
+    model = stored_class(arch).from_architecture(arch)
     raw = entry.read_file(WEIGHTS)  # IntegrityError (tampered / truncated) propagates as is
     try:
         state = load_safetensors(raw)
@@ -103,11 +122,12 @@ def lazy_model(entry) -> "LazyModel":
     hash and class, and that an optional package the class needs is installed
     (``MissingExtraError`` now, not in the middle of a run).
     """
-    name = json.loads(entry.read_file(ARCHITECTURE)).get("class", "")
-    _builder(name)  # RegistryError for a class unknown to this adex version
-    if name in _REQUIREMENTS:
-        _REQUIREMENTS[name]()
-    return LazyModel(entry, name)
+    arch = json.loads(entry.read_file(ARCHITECTURE))
+    model_class = stored_class(arch)  # RegistryError for a class this adex version may not load
+    check = getattr(model_class, "check_requirements", None)
+    if check is not None:
+        check()  # e.g. MissingExtraError when the chgnet package is absent
+    return LazyModel(entry, model_class)
 
 
 class LazyModel:
@@ -116,9 +136,9 @@ class LazyModel:
     ``adex predict --cache`` then never imports CHGNet. Attribute access is forwarded to
     the loaded module; :meth:`get` returns it."""
 
-    def __init__(self, entry, class_name: str = "") -> None:
+    def __init__(self, entry, model_class: type | None = None) -> None:
         self.entry = entry
-        self.class_name = class_name  # the stored architecture's "class"
+        self._model_class = model_class
         self._model: nn.Module | None = None
 
     @property
@@ -127,8 +147,10 @@ class LazyModel:
 
     @property
     def model_class(self) -> type | None:
-        """The class the stored model is built as (known without building it), or None."""
-        return getattr(_builder(self.class_name), "__self__", None)
+        """The class the stored model is built as (known without building it)."""
+        if self._model_class is None:
+            self._model_class = stored_class(json.loads(self.entry.read_file(ARCHITECTURE)))
+        return self._model_class
 
     def get(self) -> nn.Module:
         if self._model is None:
@@ -138,6 +160,6 @@ class LazyModel:
         return self._model
 
     def __getattr__(self, name: str):
-        if name.startswith("_") or name in ("entry", "class_name"):
+        if name.startswith("_") or name == "entry":
             raise AttributeError(name)
         return getattr(self.get(), name)

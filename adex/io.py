@@ -279,3 +279,18 @@ def read_hosts(paths) -> tuple[list[Structure], np.ndarray, list[np.ndarray]]:
         host_of_file.append(host)
         atom_maps.append(atom_map)
     return hosts, np.array(host_of_file, dtype=np.int64), atom_maps
+
+
+def check_site(structure, site: int) -> int:
+    """Validate a site index of ``structure`` (or of any sequence with one entry per
+    atom); returns it as ``int``.
+
+    Raises:
+        StructureError: ``"site 57 out of range: host has 20 atoms (0..19)"``.
+    """
+    n = len(structure)
+    if isinstance(site, (bool, np.bool_)) or not isinstance(site, (int, np.integer)):
+        raise StructureError(f"site {site!r} is not an integer atom index")
+    if not 0 <= int(site) < n:
+        raise StructureError(f"site {site} out of range: host has {n} atoms (0..{n - 1})")
+    return int(site)

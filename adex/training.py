@@ -16,6 +16,7 @@ import math
 import random
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Callable, Literal, Protocol
 
 import numpy as np
@@ -337,3 +338,55 @@ def fit(
                 break
     model.load_state_dict(best_state)
     return FitResult(best_epoch, best_val, len(history), time.perf_counter() - start, history, stopped)
+
+
+def primary_scores(metrics: dict) -> tuple[str, dict]:
+    """(split name, metrics) of the most honest split available: test, else val, else train."""
+    for split in ("test", "val", "train"):
+        if metrics.get(split):
+            return split, metrics[split]
+    raise ValueError("no evaluated split")
+
+
+def write_history(run_dir: Path, history: list[dict]) -> None:
+    """``history.csv`` of a run: one row per epoch (nothing for an empty history)."""
+    from adex.fileio import atomic_write_text
+
+    if not history:
+        return
+    keys = list(history[0])
+    lines = [",".join(keys)] + [",".join(f"{row[k]:.6g}" if isinstance(row[k], float) else str(row[k]) for k in keys) for row in history]
+    atomic_write_text(run_dir / "history.csv", "\n".join(lines) + "\n")
+
+
+def plot_run(run_dir: Path, history: list[dict], pred: np.ndarray, target: np.ndarray, label: str, unit: str) -> None:
+    """``learning_curve.png`` (loss and val MAE per epoch) and ``parity.png`` (test set)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    if history:
+        fig, ax = plt.subplots(figsize=(5, 3.5))
+        epochs = [h["epoch"] for h in history]
+        ax.plot(epochs, [h["val_mae"] for h in history], label=f"validation MAE ({unit})")
+        ax.set_xlabel("epoch")
+        ax.set_ylabel(f"MAE ({unit})")
+        ax.set_yscale("log")
+        ax.set_title(label)
+        ax.legend()
+        fig.tight_layout()
+        fig.savefig(run_dir / "learning_curve.png", dpi=120)
+        plt.close(fig)
+    if len(pred):
+        fig, ax = plt.subplots(figsize=(4, 4))
+        ax.scatter(target, pred, s=4, alpha=0.5)
+        lo, hi = float(min(target.min(), pred.min())), float(max(target.max(), pred.max()))
+        ax.plot([lo, hi], [lo, hi], "k--", lw=0.8)
+        mae = float(np.abs(pred - target).mean())
+        ax.set_xlabel(f"DFT ({unit})")
+        ax.set_ylabel(f"predicted ({unit})")
+        ax.set_title(f"{label}: test MAE {mae:.3f} {unit}")
+        fig.tight_layout()
+        fig.savefig(run_dir / "parity.png", dpi=120)
+        plt.close(fig)

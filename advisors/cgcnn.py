@@ -8,8 +8,8 @@ with ``state_dict``, ``normalizer`` ``{mean, std}``, ``args``, ``epoch``,
 
 Usage::
 
-    adex registry import-cgcnn formation-energy-per-atom.pth.tar --trust-pickle
-    adex registry import-cgcnn --all DIR --trust-pickle
+    adex advisor import cgcnn formation-energy-per-atom.pth.tar --trust-pickle
+    adex advisor import cgcnn --all DIR --trust-pickle
     adex advisor predict cgcnn-formation-energy some.cif
 
 Safety

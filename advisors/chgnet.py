@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from adex.errors import MissingExtraError, RegistryError
+from adex.errors import MissingExtraError
 
 RELAXATION_STEP_SIZES = (0.02, 0.04, 0.08, 0.16)  # Å²/eV: the line search of CHGNetAdvisor.relaxed_energies
 
@@ -267,6 +267,11 @@ class CHGNetAdvisor(nn.Module):
             "target": "energy_per_atom",
             "unit": self.unit,
         }
+
+    @staticmethod
+    def check_requirements() -> None:
+        """MissingExtraError unless the chgnet package is installed (checked before building)."""
+        require_chgnet()
 
     @classmethod
     def from_architecture(cls, arch: dict) -> "CHGNetAdvisor":

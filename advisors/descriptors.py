@@ -1,5 +1,5 @@
 """Hand-made descriptors as an advisor: the descriptor baseline's features
-(:class:`adex.expert.baseline.DescriptorFeaturizer`: matminer/Magpie element properties,
+(:class:`adex.supercell.descriptors.DescriptorFeaturizer`: matminer/Magpie element properties,
 CrystalNN coordination, bond lengths and angles, bond-valence sums, Ewald site energies,
 host composition statistics) given to the expert through the same adapters as the GNN
 advisors, so one network sees both the graph and the descriptors.
@@ -49,9 +49,9 @@ class DescriptorAdvisor(nn.Module):
     def featurizer(self):
         """The installed :class:`DescriptorFeaturizer`, checked to compute the stored descriptors."""
         if self._featurizer is None:
-            from adex.expert.baseline import BaselineSettings, DescriptorFeaturizer
+            from adex.supercell.descriptors import DescriptorFeaturizer, DescriptorSettings
 
-            featurizer = DescriptorFeaturizer(BaselineSettings(**self.settings))
+            featurizer = DescriptorFeaturizer(DescriptorSettings(**self.settings))
             if featurizer.feature_names != self.feature_names:
                 raise RegistryError("descriptor advisor: this adex computes other descriptors than the stored ones "
                                     f"({featurizer.n_features} against {self.embedding_width}); re-import it")
@@ -108,7 +108,7 @@ def import_descriptors(registry, data=None, n_structures: int = 200, seed: int =
     Returns the registry entry."""
     from adex.checkpoint import model_files
     from adex.datasets import DATASETS, dataset_root
-    from adex.expert.baseline import BaselineSettings, DescriptorFeaturizer
+    from adex.supercell.descriptors import DescriptorFeaturizer, DescriptorSettings
     from adex.io import structure_from_text
     from adex.progress import progress_bar
 
@@ -117,7 +117,7 @@ def import_descriptors(registry, data=None, n_structures: int = 200, seed: int =
     records = spec.records(root)
     pick = np.random.default_rng(seed).permutation(len(records))[:n_structures]
     ids = sorted(records[int(k)][0] for k in pick)
-    settings = BaselineSettings()
+    settings = DescriptorSettings()
     advisor = DescriptorAdvisor(settings.to_dict(), DescriptorFeaturizer(settings).feature_names)
     rows, used = [], []
     with progress_bar() as progress:

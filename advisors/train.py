@@ -7,7 +7,6 @@ registry as ``advisor/<name>`` with a card recording everything needed to reload
 """
 from __future__ import annotations
 
-import datetime as _dt
 import os
 import time
 from dataclasses import dataclass
@@ -23,7 +22,7 @@ from adex.distributed import context, replicas_in_sync, shutdown
 from adex.fileio import atomic_write_json, atomic_write_text
 from adex.graphs import element_table_sha256
 from adex.paths import new_run_dir, runs_dir  # noqa: F401  (new_run_dir re-exported)
-from adex.training import fit, predict, regression_metrics, seed_everything, split_indices
+from adex.training import fit, plot_run, predict, primary_scores, regression_metrics, seed_everything, split_indices, write_history  # noqa: F401 - re-exported
 
 
 @dataclass
@@ -32,55 +31,6 @@ class AdvisorRun:
     metrics: dict
     run_dir: Path | None  # None on the non-zero ranks of a distributed run
     entry: object | None  # registry Entry when registered
-
-
-def primary_scores(metrics: dict) -> tuple[str, dict]:
-    """(split name, metrics) of the most honest split available: test, else val, else train."""
-    for split in ("test", "val", "train"):
-        if metrics.get(split):
-            return split, metrics[split]
-    raise ValueError("no evaluated split")
-
-
-def write_history(run_dir: Path, history: list[dict]) -> None:
-    if not history:
-        return
-    keys = list(history[0])
-    lines = [",".join(keys)] + [",".join(f"{row[k]:.6g}" if isinstance(row[k], float) else str(row[k]) for k in keys) for row in history]
-    atomic_write_text(run_dir / "history.csv", "\n".join(lines) + "\n")
-
-
-def plot_run(run_dir: Path, history: list[dict], pred: np.ndarray, target: np.ndarray, label: str, unit: str) -> None:
-    """``learning_curve.png`` (loss and val MAE per epoch) and ``parity.png`` (test set)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    if history:
-        fig, ax = plt.subplots(figsize=(5, 3.5))
-        epochs = [h["epoch"] for h in history]
-        ax.plot(epochs, [h["val_mae"] for h in history], label=f"validation MAE ({unit})")
-        ax.set_xlabel("epoch")
-        ax.set_ylabel(f"MAE ({unit})")
-        ax.set_yscale("log")
-        ax.set_title(label)
-        ax.legend()
-        fig.tight_layout()
-        fig.savefig(run_dir / "learning_curve.png", dpi=120)
-        plt.close(fig)
-    if len(pred):
-        fig, ax = plt.subplots(figsize=(4, 4))
-        ax.scatter(target, pred, s=4, alpha=0.5)
-        lo, hi = float(min(target.min(), pred.min())), float(max(target.max(), pred.max()))
-        ax.plot([lo, hi], [lo, hi], "k--", lw=0.8)
-        mae = float(np.abs(pred - target).mean())
-        ax.set_xlabel(f"DFT ({unit})")
-        ax.set_ylabel(f"predicted ({unit})")
-        ax.set_title(f"{label}: test MAE {mae:.3f} {unit}")
-        fig.tight_layout()
-        fig.savefig(run_dir / "parity.png", dpi=120)
-        plt.close(fig)
 
 
 def train_advisor(

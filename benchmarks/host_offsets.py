@@ -85,10 +85,10 @@ def oracle_baseline(data: str, props: dict[str, tuple[float, float]], out: str) 
     """The per-compound baseline (CHGNet + relaxed dE) with the true host gap and enthalpy added."""
     from dataclasses import replace
 
-    from adex.cli_common import open_registry_from
+    from adex.cli.common import open_registry_from
     from adex.datasets import dataset_root
-    from adex.expert.baseline import ModelSettings, baseline_table, run_baseline
-    from adex.expert.splits import make_folds, parse_scheme
+    from adex.studies.baseline import ModelSettings, baseline_table, run_baseline
+    from adex.studies.splits import make_folds, parse_scheme
     from adex.expert.train import load_advisors
 
     root = dataset_root("witman2023_vacancies", data)
@@ -117,7 +117,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.oracle_baseline:
         m = oracle_baseline(args.data, props, args.oracle_baseline)
         print(f"oracle baseline per compound: MAE {m['mae_mean']:.3f} ± {m['mae_std']:.3f} eV ({args.oracle_baseline})")
-    from adex.expert.cv import write_table
+    from adex.studies.cv import write_table
 
     table = [offsets_table(run, props) for run in args.runs]
     args.out.parent.mkdir(parents=True, exist_ok=True)

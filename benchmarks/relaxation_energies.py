@@ -42,7 +42,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     from adex.config import load_config
-    from adex.expert.data import load_witman
+    from adex.expert.witman import load_witman
     from adex.expert.potential import vacancy_energies
     from adex.expert.train import ExpertConfig, load_advisors
     from adex.registry import Registry

@@ -13,7 +13,7 @@ how many cores *other* processes used meanwhile (``/proc/stat``): the machine is
 
 Cold runs get a new, empty ``ADEX_HOME`` (no featurization cache); warm runs reuse the
 ``ADEX_HOME`` a cold run filled. The real adex APIs and CLI are measured:
-``adex.datasets.load_dataset``, ``adex.graphs.Featurizer``, ``adex.expert.data.load_witman``,
+``adex.datasets.load_dataset``, ``adex.graphs.Featurizer``, ``adex.expert.witman.load_witman``,
 ``adex advisor train``, ``adex expert train``, ``adex predict``; in-process stage timings
 come from ``benchmarks/steps.py``.
 

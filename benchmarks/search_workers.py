@@ -27,7 +27,7 @@ from pathlib import Path
 def run(storage: str, n_workers: int, trials: int, seconds: float, sampler: str, space: str) -> dict:
     import optuna
 
-    from adex.expert.search import driver_url
+    from adex.studies.search import driver_url
 
     study = f"bench-{uuid.uuid4().hex[:8]}"
     work = Path(tempfile.mkdtemp(prefix="adex-search-bench-"))
@@ -78,7 +78,7 @@ def main() -> int:
             row = {"seconds_per_fold": seconds, **run(args.storage, n, args.trials, seconds, args.sampler, str(space))}
             print(json.dumps(row), flush=True)
             rows.append(row)
-    from adex.expert.search import safe_url
+    from adex.studies.search import safe_url
 
     result = {"storage": safe_url(args.storage).split(":")[0],
               "sampler": args.sampler, "trials_per_worker": args.trials, "folds_per_trial": 2,

@@ -139,7 +139,7 @@ def step_witman_pristine(args) -> dict:
 
 def step_witman_vacancies(args) -> dict:
     """Supercell vacancy graphs (pristine + defected) through ``load_witman`` (cold or cached)."""
-    from adex.expert.data import load_witman
+    from adex.expert.witman import load_witman
     from adex.paths import cache_dir
     from adex.supercell import SupercellSettings
 
@@ -172,7 +172,7 @@ def step_witman_vacancies(args) -> dict:
 
 
 def _load_builtin_expert(t: Timer):
-    from adex.expert.predict import DEFAULT_EXPERT, load_expert
+    from adex.expert.loading import DEFAULT_EXPERT, load_expert
     from adex.registry import open_registry
 
     with t("load_expert"):
@@ -191,7 +191,7 @@ def _advisor_features_timed(expert, packed, t: Timer) -> list:
     """``compute_advisor_features`` (once per distinct primitive host, as the CLI does) split
     into graphs of the primitive hosts and the network."""
     from adex.advisors.embed import run_advisor
-    from adex.expert.data import distinct_hosts, per_vacancy_features
+    from adex.expert.advisor_features import distinct_hosts, per_vacancy_features
     from adex.graphs import Featurizer, PackedGraphs
 
     features = []
@@ -254,7 +254,7 @@ def _reference_size_expert(t: Timer):
 def step_model_only(args) -> dict:
     """Packed graphs from the cache and advisor features computed once; then the expert
     alone (prune + batch + forward), i.e. ``predict_packed`` without featurization."""
-    from adex.expert.data import load_witman
+    from adex.expert.witman import load_witman
     from adex.expert.predict import predict_packed
     from adex.supercell import SupercellSettings
 

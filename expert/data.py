@@ -8,10 +8,6 @@ cache format) -> :class:`VacancyBatch` (torch, global indices).
 """
 from __future__ import annotations
 
-import csv
-import hashlib
-import os
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
@@ -20,57 +16,14 @@ import numpy as np
 import torch
 from pymatgen.core import Lattice, Structure
 
-from adex.errors import AdexError, DataError, StructureError
-from adex.graphs import CrystalGraph, Featurizer, FeaturizerSettings, GraphBatch, PackedGraphs, _ranges
+from adex.graphs import CrystalGraph, Featurizer, GraphBatch, PackedGraphs, _ranges
 from adex.oxidation import guess_oxidation_states
-from adex.paths import cache_dir
 
 GRAPH_FORMAT_VERSION = "vacancy-graph-3"
 MAX_HOPS = 8  # hop distances from the vacancy neighbourhood are recorded up to this; farther nodes get MAX_HOPS + 1
 
 
 # --------------------------------------------------------------------------- records
-
-
-@dataclass(frozen=True)
-class VacancyRecord:
-    """One labelled vacancy of the Witman set: the host CIF has the vacated atom at index 0."""
-
-    id: str
-    host: str
-    site_label: str
-    element: str
-    path: Path
-    dH_eV: float
-
-
-def read_witman(root: Path) -> list[VacancyRecord]:
-    """Rows of ``vacancies.csv`` with their CIF paths (1,481 in the shipped set)."""
-    with open(root / "vacancies.csv", newline="") as handle:
-        return [
-            VacancyRecord(r["id"], r["host"], r["site_label"], r["element"], root / "structures" / f"{r['id']}.cif", float(r["dH_eV"]))
-            for r in csv.DictReader(handle)
-        ]
-
-
-def published_splits(root: Path) -> list[str]:
-    """Names of the published splits, e.g. ``1.00k0``, ``1.00k0_struct``, ``CS_Ba``."""
-    names = sorted(p.name[len("train_") : -len(".csv")] for p in (root / "splits").glob("train_*.csv"))
-    return [n for n in names if (root / "splits" / f"hold_{n}.csv").is_file()]
-
-
-def read_split(root: Path, name: str) -> tuple[list[str], list[str]]:
-    """(train ids, holdout ids) of published split ``name``."""
-    train, hold = root / "splits" / f"train_{name}.csv", root / "splits" / f"hold_{name}.csv"
-    if not train.is_file() or not hold.is_file():
-        known = published_splits(root)
-        raise DataError(f"unknown split {name!r} (e.g. {', '.join(known[:6])} ... {len(known)} in all)")
-
-    def ids(path: Path) -> list[str]:
-        with open(path, newline="") as handle:
-            return [row[0].strip() for row in csv.reader(handle) if row and row[0].strip()]
-
-    return ids(train), ids(hold)
 
 
 # --------------------------------------------------------------------------- packed data
@@ -381,212 +334,7 @@ def featurize_vacancy(host: Structure, site: int, vacancy_id: str, target: float
     return pack_vacancy(build_vacancy_graph(vac, featurizer), vac, vacancy_id, target)
 
 
-def _featurize_records_chunk(args) -> list[tuple[str, PackedVacancies | str]]:
-    settings, supercell_dict, items = args
-    from adex.io import read_structure
-    from adex.supercell import SupercellSettings
-
-    featurizer = Featurizer(FeaturizerSettings(**settings))
-    sc = SupercellSettings(**supercell_dict)
-    out = []
-    for vacancy_id, path, element, target in items:
-        try:
-            host = read_structure(path)
-            if host[0].specie.symbol != element:
-                raise StructureError(f"{path}: atom 0 is {host[0].specie}, vacancies.csv says {element}")
-            out.append((vacancy_id, featurize_vacancy(host, 0, vacancy_id, target, featurizer, sc)))
-        except AdexError as exc:
-            out.append((vacancy_id, str(exc)))
-    return out
-
-
-def load_witman(
-    featurizer_settings: FeaturizerSettings,
-    supercell_settings,
-    data: str | os.PathLike | None = None,
-    limit: int | None = None,
-    ids: Sequence[str] | None = None,
-    workers: int | None = None,
-    use_cache: bool = True,
-) -> PackedVacancies:
-    """The Witman vacancies as combined supercell graphs (cached on disk).
-
-    ``ids`` restricts to those vacancies (in that order); ``limit`` keeps the first N.
-    """
-    from adex.datasets import dataset_root, fingerprint_files
-    from adex.fileio import atomic_write_json
-    from adex.progress import progress_bar
-
-    root = dataset_root("witman2023_vacancies", data)
-    all_records = read_witman(root)
-    records = all_records
-    if ids is not None:
-        by_id = {r.id: r for r in records}
-        unknown = [i for i in ids if i not in by_id]
-        if unknown:
-            raise DataError(f"vacancy id {unknown[0]!r} not in {root / 'vacancies.csv'}")
-        records = [by_id[i] for i in ids]
-    if limit is not None:
-        records = records[:limit]
-    inputs = fingerprint_files([root / "vacancies.csv", root / "structures"])
-
-    def cache_path(selection: list[VacancyRecord]) -> Path:
-        key_text = "|".join([GRAPH_FORMAT_VERSION, inputs, featurizer_settings.fingerprint(),
-                             repr(sorted(supercell_settings.to_dict().items())), ",".join(r.id for r in selection)])
-        return cache_dir() / "vacancies" / f"witman-{hashlib.sha256(key_text.encode()).hexdigest()[:24]}.npz"
-
-    full_path, path = cache_path(all_records), cache_path(records)
-    if use_cache and full_path.is_file():  # the whole set is cached: any selection is a subset of it
-        full = PackedVacancies.load(full_path)
-        position = {str(i): k for k, i in enumerate(full.ids)}
-        return full.subset([position[r.id] for r in records])
-    if use_cache and path.is_file():
-        return PackedVacancies.load(path)
-    selection = records
-    if len(records) >= len(all_records) // 2:  # featurize and cache everything, then select
-        records, path = all_records, full_path
-    items = [(r.id, str(r.path), r.element, r.dH_eV) for r in records]
-    chunks = [(featurizer_settings.to_dict(), supercell_settings.to_dict(), items[i : i + 32]) for i in range(0, len(items), 32)]
-    workers = workers or (min(os.cpu_count() or 1, 8) if len(items) > 64 else 1)
-    results: dict[str, PackedVacancies] = {}
-    errors: dict[str, str] = {}
-    with progress_bar() as progress:
-        task = progress.add_task("supercell graphs (witman2023)", total=len(items))
-        mapper = ProcessPoolExecutor(workers).map if workers > 1 else map
-        for chunk_result in mapper(_featurize_records_chunk, chunks):
-            for vid, value in chunk_result:
-                (errors.__setitem__(vid, value) if isinstance(value, str) else results.__setitem__(vid, value))
-            progress.advance(task, len(chunk_result))
-    if errors:
-        first = next(iter(errors.items()))
-        raise DataError(f"{len(errors)} vacancies could not be featurized (first: {first[0]}: {first[1]})")
-    packed = PackedVacancies.concatenate([results[r.id] for r in records])
-    if use_cache:
-        packed.save(path)
-    if selection is not records:
-        position = {str(i): k for k, i in enumerate(packed.ids)}
-        packed = packed.subset([position[r.id] for r in selection])
-    return packed
-
-
 # --------------------------------------------------------------------------- advisor features
-
-
-@dataclass
-class AdvisorFeatures:
-    """Frozen-advisor embeddings of each vacancy's primitive host.
-
-    Attributes:
-        ref: exact registry reference of the advisor.
-        atom: float32 [P, d] per primitive atom (aligned with ``PackedVacancies.prim_*``).
-        crystal: float32 [B, d] per vacancy host.
-    """
-
-    ref: str
-    atom: np.ndarray
-    crystal: np.ndarray
-
-    @property
-    def width(self) -> int:
-        return int(self.atom.shape[1])
-
-    def subset(self, packed: PackedVacancies, indices: Sequence[int]) -> "AdvisorFeatures":
-        idx = np.asarray(indices, dtype=np.int64)
-        sel = _ranges(packed.prim_ptr[idx], packed.prim_ptr[idx + 1] - packed.prim_ptr[idx])
-        return AdvisorFeatures(self.ref, self.atom[sel], self.crystal[idx])
-
-
-def unique_hosts(packed: PackedVacancies) -> tuple[np.ndarray, np.ndarray]:
-    """(first vacancy of each distinct primitive host [U], host index of every vacancy [B]).
-
-    Vacancies of the same host share its canonical primitive cell (bit-identical arrays),
-    so advisors need to run once per host, not once per vacancy.
-    """
-    keys: dict[bytes, int] = {}
-    first, inverse = [], np.empty(len(packed), dtype=np.int64)
-    for b in range(len(packed)):
-        key = _host_bytes(packed, b)
-        if key not in keys:
-            keys[key] = len(first)
-            first.append(b)
-        inverse[b] = keys[key]
-    return np.asarray(first, dtype=np.int64), inverse
-
-
-def host_bytes(lattice: np.ndarray, numbers: np.ndarray, frac: np.ndarray) -> bytes:
-    """A canonical primitive host, bit for bit: lattice float64 [3, 3] Å, atomic numbers
-    int64 [n], fractional coordinates float64 [n, 3] (the identity of a host for advisors
-    and their cache)."""
-    return b"".join(np.ascontiguousarray(a, dtype=dtype).tobytes()
-                    for a, dtype in ((lattice, np.float64), (numbers, np.int64), (frac, np.float64)))
-
-
-def _host_bytes(packed: PackedVacancies, b: int) -> bytes:
-    """:func:`host_bytes` of vacancy ``b``'s host."""
-    sl = slice(packed.prim_ptr[b], packed.prim_ptr[b + 1])
-    return host_bytes(packed.prim_lattice[b], packed.prim_numbers[sl], packed.prim_frac[sl])
-
-
-def distinct_hosts(packed: PackedVacancies) -> tuple[list[Structure], list[str], np.ndarray]:
-    """The distinct primitive hosts of ``packed`` (structures [U], ids of their first
-    vacancy [U]) and the host index of every vacancy [B]: what an advisor runs on."""
-    first, inverse = unique_hosts(packed)
-    return [packed.primitive_structure(int(b)) for b in first], [str(packed.ids[b]) for b in first], inverse
-
-
-def per_vacancy_features(ref: str, atom: np.ndarray, crystal: np.ndarray, sizes, inverse: np.ndarray) -> AdvisorFeatures:
-    """Lay out advisor embeddings of the distinct hosts (atom [sum n_u, d], crystal [U, d];
-    ``sizes`` int [U], atoms per host) per vacancy (atom rows follow ``prim_ptr``)."""
-    sizes = np.asarray(sizes, dtype=np.int64)
-    starts = np.r_[0, np.cumsum(sizes)[:-1]]
-    rows = _ranges(starts[inverse], sizes[inverse])  # the host's atom rows for every vacancy, in order
-    return AdvisorFeatures(ref, np.asarray(atom, dtype=np.float32)[rows], np.asarray(crystal, dtype=np.float32)[inverse])
-
-
-def compute_advisor_features(advisor, ref: str, packed: PackedVacancies) -> AdvisorFeatures:
-    """Run a (frozen) advisor once on each distinct primitive host of ``packed`` and lay
-    its embeddings out per vacancy (atom rows follow ``prim_ptr``).
-
-    Advisors with an ``embed_structures(structures) -> (atom [sum n, d], crystal [U, d])``
-    method (e.g. a foundation model with its own graph construction) are called with the
-    pymatgen structures; adex advisors get graphs from their own featurizer settings.
-    """
-    structures, ids, inverse = distinct_hosts(packed)
-    atom, crystal = embed_hosts(advisor, structures, ids)
-    return per_vacancy_features(ref, atom, crystal, [len(s) for s in structures], inverse)
-
-
-def embed_hosts(advisor, structures: list[Structure], ids: list[str]) -> tuple[np.ndarray, np.ndarray]:
-    """A frozen advisor's embeddings of whole hosts: (atom [sum n_u, d], crystal [U, d]),
-    atom rows in the order of ``structures`` and of their sites."""
-    from adex.checkpoint import LazyModel
-
-    if not structures:
-        raise ValueError("embed_hosts needs at least one structure")
-    if isinstance(advisor, LazyModel):
-        advisor = advisor.get()
-    if hasattr(advisor, "embed_structures"):
-        atom, crystal = advisor.embed_structures(structures)
-        return np.asarray(atom, dtype=np.float32), np.asarray(crystal, dtype=np.float32)
-    from adex.advisors.embed import run_advisor
-
-    featurizer = Featurizer(advisor.featurizer_settings)
-    emb = run_advisor(advisor, PackedGraphs.from_graphs([featurizer.featurize(s, i) for s, i in zip(structures, ids)], ids))
-    return np.asarray(emb.atom, dtype=np.float32), np.asarray(emb.crystal, dtype=np.float32)
-
-
-def advisor_identity(entry) -> str:
-    """The identity of an advisor for content-addressed caches: the sha256 of each of its
-    files (weights and model card) as recorded in its registry entry; "" if none are
-    recorded (such an advisor is never cached)."""
-    files = getattr(entry, "files", {}) or {}
-    return "|".join(f"{name}:{info.get('sha256')}" for name, info in sorted(files.items()))
-
-
-def host_digest(packed: PackedVacancies, b: int) -> str:
-    """sha256 (hex) of vacancy ``b``'s canonical primitive host (the identity
-    :func:`unique_hosts` uses)."""
-    return hashlib.sha256(_host_bytes(packed, b)).hexdigest()
 
 
 # --------------------------------------------------------------------------- batches
@@ -708,3 +456,27 @@ class VacancyDataset:
             potential_delta=None if self.potential_delta is None else torch.from_numpy(self.potential_delta[idx].astype(np.float32)),
             hops_from=p.hops_from,
         )
+
+
+@dataclass
+class AdvisorFeatures:
+    """Frozen-advisor embeddings of each vacancy's primitive host.
+
+    Attributes:
+        ref: exact registry reference of the advisor.
+        atom: float32 [P, d] per primitive atom (aligned with ``PackedVacancies.prim_*``).
+        crystal: float32 [B, d] per vacancy host.
+    """
+
+    ref: str
+    atom: np.ndarray
+    crystal: np.ndarray
+
+    @property
+    def width(self) -> int:
+        return int(self.atom.shape[1])
+
+    def subset(self, packed: PackedVacancies, indices: Sequence[int]) -> "AdvisorFeatures":
+        idx = np.asarray(indices, dtype=np.int64)
+        sel = _ranges(packed.prim_ptr[idx], packed.prim_ptr[idx + 1] - packed.prim_ptr[idx])
+        return AdvisorFeatures(self.ref, self.atom[sel], self.crystal[idx])

@@ -216,7 +216,7 @@ def compose_ensemble(refs: list[str], registry, name: str, aliases: tuple[str, .
     notes.
     """
     from adex.checkpoint import model_files
-    from adex.expert.predict import load_expert
+    from adex.expert.loading import load_expert
 
     if len(refs) < 2:
         raise ConfigError("an ensemble needs at least two experts to compose")

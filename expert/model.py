@@ -25,7 +25,7 @@ invariant to the input cell and to the choice among symmetry-equivalent sites.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Literal
 
 import torch

@@ -82,7 +82,7 @@ def vacancy_energies(entry, advisor, packed, settings, batch_size: int = 16, use
             ``packed``'s graphs).
         use_cache: read and fill ``$ADEX_HOME/cache/potential``.
     """
-    from adex.expert.data import advisor_identity, host_digest
+    from adex.expert.advisor_features import advisor_identity, host_digest
     from adex.fileio import atomic_write_bytes, pack_arrays, unpack_arrays
     from adex.paths import cache_dir
     from adex.progress import progress_bar

@@ -3,21 +3,18 @@ hosts once, predict any number of vacancies in batches."""
 from __future__ import annotations
 
 import warnings
-from collections import OrderedDict
-from dataclasses import dataclass, replace
+from dataclasses import replace
 
 import numpy as np
 import torch
 from pymatgen.core import Structure
 
-from adex.errors import RegistryError, StructureError
-from adex.expert.data import AdvisorFeatures, PackedVacancies, VacancyDataset, compute_advisor_features, featurize_vacancy
+from adex.errors import StructureError
+from adex.expert.advisor_features import cached_advisor_features
+from adex.expert.data import PackedVacancies, VacancyDataset, featurize_vacancy
+from adex.expert.loading import LoadedExpert
 from adex.graphs import Featurizer
 
-DEFAULT_EXPERT = "builtin::expert/vacancy"
-#: The best shipped expert whose advisors need no optional package: used when the default
-#: cannot load because an optional package (CHGNet) is missing.
-CORE_EXPERT = "builtin::expert/vacancy-core"
 #: Vacancies per forward pass. Small batches are faster on CPU (they stay in cache) and
 #: use less memory: on the 1,481 Witman vacancies 32 ran 1.11x faster than 256 at half the
 #: peak memory (benchmarks/results/benchmarks.md). Predictions do not depend on it.
@@ -36,54 +33,6 @@ class ElementWarning(InputWarning):
 
 class OxidationStateWarning(InputWarning):
     """No charge-balanced oxidation states were found for a host (the expert uses them)."""
-
-
-@dataclass
-class LoadedExpert:
-    entry: object
-    model: object
-    advisors: list  # (entry, model)
-
-
-def load_expert(ref: str, registry, lazy_advisors: bool = False) -> LoadedExpert:
-    """The expert ``ref`` and the exact advisor versions it was trained with.
-
-    Each advisor is resolved by the exact reference recorded in the expert and its
-    weights' sha256 must equal the recorded one (so a shadowing user model or an edited
-    file cannot silently change the expert's inputs). With ``lazy_advisors`` the advisor
-    models are :class:`adex.checkpoint.LazyModel`: built only if an embedding is not in
-    the cache (``predict --cache``).
-    """
-    from adex.checkpoint import WEIGHTS, lazy_model, load_model
-
-    entry = registry.resolve(ref, kind="expert")
-    if entry.kind != "expert":
-        raise RegistryError(f"{ref} is a {entry.kind}, not an expert")
-    model = load_model(entry)
-    advisors = []
-    for slot in model.advisors:
-        adv_entry = registry.resolve(slot.ref, kind="advisor")
-        sha = adv_entry.files.get(WEIGHTS, {}).get("sha256")
-        if slot.weights_sha256 and sha != slot.weights_sha256:
-            raise RegistryError(f"{entry.ref} needs advisor {slot.ref} with weights sha256 {slot.weights_sha256[:12]}..., "
-                                f"but {adv_entry.ref} has {str(sha)[:12]}...")
-        advisors.append((adv_entry, lazy_model(adv_entry) if lazy_advisors else load_model(adv_entry)))
-    return LoadedExpert(entry, model, advisors)
-
-
-def load_default_expert(registry, lazy_advisors: bool = False) -> tuple[LoadedExpert, str | None]:
-    """The shipped default expert, or :data:`CORE_EXPERT` when the default needs an
-    optional package that is not installed. Returns (expert, note for the user or None)."""
-    from adex.errors import MissingExtraError
-
-    try:
-        return load_expert(DEFAULT_EXPERT, registry, lazy_advisors), None
-    except MissingExtraError as exc:
-        try:
-            core = load_expert(CORE_EXPERT, registry, lazy_advisors)
-        except RegistryError:
-            raise exc from None
-        return core, f"{exc}; using {core.entry.ref} instead (the best shipped expert without optional packages)"
 
 
 def featurize_host_sites(expert: LoadedExpert, host: Structure, sites: list[int], host_id: str) -> PackedVacancies:
@@ -217,74 +166,6 @@ def cached_files(expert: LoadedExpert, files: list[tuple[str, list[int]]]) -> li
             if entries[k] is not None:
                 atomic_write_bytes(entries[k], packed.to_bytes())
     return parts
-
-
-#: Host embeddings kept in memory by :func:`cached_advisor_features` (per process, least
-#: recently used dropped first): enough for the hosts that neighbouring chunks of a table share.
-EMBEDDING_MEMO_HOSTS = 512
-_EMBEDDING_MEMO: "OrderedDict[tuple[str, str], tuple[np.ndarray, np.ndarray]]" = OrderedDict()
-
-
-def cached_advisor_features(entry, advisor, packed: PackedVacancies, persistent: bool = True) -> AdvisorFeatures:
-    """:func:`compute_advisor_features` through a content-addressed cache of per-host
-    embeddings: the advisor runs only on hosts it has not embedded before.
-
-    The key is the sha256 of the advisor's files (weights and model card, as recorded in
-    its registry entry) and of the host's canonical primitive cell (:func:`host_digest`).
-    The last :data:`EMBEDDING_MEMO_HOSTS` hosts are kept in memory; with ``persistent``
-    entries (``atom`` float32 [n, d], ``crystal`` float32 [d]; :func:`adex.fileio.pack_arrays`
-    files) are also written atomically under ``$ADEX_HOME/cache/advisors`` and read from there.
-    An advisor embeds each host independently of the others, so a hit gives the same
-    embeddings as a cold run (to float rounding: matrix kernels may sum in another order
-    for another batch).
-    """
-    import hashlib
-
-    from adex.expert.data import advisor_identity, embed_hosts, host_digest, per_vacancy_features, unique_hosts
-    from adex.fileio import atomic_write_bytes, pack_arrays, unpack_arrays
-    from adex.paths import cache_dir
-
-    identity = advisor_identity(entry)
-    if not identity:  # an advisor without recorded files cannot be cached safely
-        return compute_advisor_features(advisor, entry.ref, packed)
-    identity = hashlib.sha256(identity.encode()).hexdigest()[:24]
-    folder = cache_dir() / "advisors" / identity
-    first, inverse = unique_hosts(packed)
-    sizes = packed.prim_ptr[first + 1] - packed.prim_ptr[first]  # atoms per distinct host
-    digests = [host_digest(packed, int(b)) for b in first]
-    paths = [folder / digest[:2] / f"{digest[2:26]}.arrays" for digest in digests]
-    atoms: list = [None] * len(first)
-    crystals: list = [None] * len(first)
-    for u, path in enumerate(paths):
-        stored = _EMBEDDING_MEMO.get((identity, digests[u]))
-        if stored is not None:
-            atoms[u], crystals[u] = stored
-            if persistent and not path.is_file():  # embedded earlier in this process without the disk cache
-                atomic_write_bytes(path, pack_arrays({"atom": atoms[u], "crystal": crystals[u]}))
-            continue
-        if persistent and path.is_file():
-            try:
-                stored = unpack_arrays(path.read_bytes())
-                atom, crystal = stored["atom"], stored["crystal"]
-            except Exception:  # a damaged entry is recomputed, never trusted
-                continue
-            if atom.shape[0] == sizes[u]:
-                atoms[u], crystals[u] = atom, crystal
-    missing = [u for u in range(len(first)) if atoms[u] is None]
-    if missing:  # only these hosts become pymatgen structures
-        atom, crystal = embed_hosts(advisor, [packed.primitive_structure(int(first[u])) for u in missing],
-                                    [str(packed.ids[first[u]]) for u in missing])
-        starts = np.r_[0, np.cumsum(sizes[missing])]
-        for k, u in enumerate(missing):
-            atoms[u], crystals[u] = atom[starts[k]:starts[k + 1]].copy(), crystal[k].copy()
-            if persistent:
-                atomic_write_bytes(paths[u], pack_arrays({"atom": atoms[u], "crystal": crystals[u]}))
-    for u in range(len(first)):
-        _EMBEDDING_MEMO[(identity, digests[u])] = (atoms[u], crystals[u])
-        _EMBEDDING_MEMO.move_to_end((identity, digests[u]))
-    while len(_EMBEDDING_MEMO) > EMBEDDING_MEMO_HOSTS:
-        _EMBEDDING_MEMO.popitem(last=False)
-    return per_vacancy_features(entry.ref, np.concatenate(atoms), np.stack(crystals), sizes, inverse)
 
 
 @torch.no_grad()

@@ -8,20 +8,16 @@ import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
 
 import numpy as np
 import torch
 
 from adex.config import dump_yaml, to_dict
 from adex.errors import ConfigError
-from adex.expert.data import (
-    AdvisorFeatures,
-    VacancyDataset,
-    compute_advisor_features,
-    load_witman,
-    read_split,
-)
+from adex.expert.advisor_features import compute_advisor_features
+from adex.expert.data import AdvisorFeatures
+from adex.expert.data import VacancyDataset
+from adex.expert.witman import load_witman, read_split
 from adex.expert.model import AdvisorSlot, Expert, ExpertModelConfig
 from adex.expert.potential import potential_advisor, vacancy_energies
 from adex.fileio import atomic_write_json, atomic_write_text
@@ -101,7 +97,7 @@ class ExpertRun:
 
 def load_advisors(refs: list[str], registry) -> list[tuple[object, object]]:
     """(registry entry, model) for each advisor reference, frozen and in eval mode."""
-    from adex.checkpoint import WEIGHTS, load_model
+    from adex.checkpoint import load_model
 
     out = []
     for ref in refs:
@@ -199,7 +195,7 @@ class PreparedData:
 def prepare_data(config: ExpertConfig, data, registry, fold=None, grouped: bool | None = None) -> PreparedData:
     """Load (or featurize) the Witman vacancies, pick the test set and run the advisors.
 
-    The test set is ``fold.test`` (an :class:`adex.expert.splits.Fold`) if given, else the
+    The test set is ``fold.test`` (an :class:`adex.studies.splits.Fold`) if given, else the
     holdout of the published split ``config.split``, else a random ``test_fraction``.
     ``grouped`` (default: per-compound published splits) draws validation hosts, not
     vacancies.
@@ -260,9 +256,9 @@ def prepare_data(config: ExpertConfig, data, registry, fold=None, grouped: bool 
 def advisor_features(entry, advisor, packed):
     """:func:`compute_advisor_features`; for advisors that ask for it (``cache_embeddings``:
     deterministic per host and slow, e.g. the descriptor advisor) through the per-host
-    embedding cache of ``adex predict --cache`` (:func:`adex.expert.predict.cached_advisor_features`)."""
+    embedding cache of ``adex predict --cache`` (:func:`adex.expert.advisor_features.cached_advisor_features`)."""
     if getattr(advisor, "cache_embeddings", False):
-        from adex.expert.predict import cached_advisor_features
+        from adex.expert.advisor_features import cached_advisor_features
 
         return cached_advisor_features(entry, advisor, packed)
     return compute_advisor_features(advisor, entry.ref, packed)
@@ -391,7 +387,8 @@ def train_expert(
     featurization and one pass of the advisors; evaluate, write the run folder and
     register the expert (or the ensemble of them). ``fold`` / ``grouped``: see
     :func:`prepare_data` (cross-validation passes its folds here)."""
-    from adex.advisors.train import new_run_dir, plot_run, write_history
+    from adex.paths import new_run_dir
+    from adex.training import plot_run, write_history
     from adex.expert.ensemble import ExpertEnsemble, calibration, ensemble_statistics, plot_calibration
     from adex.registry import open_registry
 
@@ -487,7 +484,7 @@ def register_expert(config: ExpertConfig, model, metrics: dict, prepared: Prepar
                     aliases: tuple[str, ...] = ()):
     """Store a trained expert or ensemble with its card; parents = its advisors' exact
     versions (and the ``init_from`` advisor)."""
-    from adex.advisors.train import primary_scores
+    from adex.training import primary_scores
     from adex.checkpoint import model_files
     from adex.expert.ensemble import as_members
 

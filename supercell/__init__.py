@@ -43,16 +43,8 @@ from adex.supercell.lattice import (
     successive_minima,
 )
 from adex.supercell.sites import cif_site_labels, site_from_frac, site_from_label, sites_with_label
-from adex.supercell.symmetry import (
-    CanonicalVacancy,
-    HostSymmetry,
-    SiteInfo,
-    analyze_host,
-    canonical_host,
-    canonical_host_sites,
-    check_site,
-    distinct_sites,
-)
+from adex.io import check_site
+from adex.supercell.symmetry import CanonicalVacancy, HostSymmetry, SiteInfo, analyze_host, canonical_host, canonical_host_sites, distinct_sites
 from adex.supercell.vacancy import SupercellSettings, VacancySupercell, build_vacancy, supercell_of
 
 __all__ = [

@@ -24,6 +24,7 @@ import spglib
 from pymatgen.core import Lattice, Structure
 
 from adex.errors import StructureError
+from adex.io import check_site
 
 __all__ = ["CanonicalVacancy", "HostSymmetry", "SiteInfo", "analyze_host", "canonical_host", "distinct_sites", "check_site"]
 
@@ -107,19 +108,6 @@ class SiteInfo:
         return int(len(self.members))
 
 
-def check_site(structure: Structure, site: int) -> int:
-    """Validate a site index of ``structure`` (or of any sequence with one entry per
-    atom); returns it as ``int``.
-
-    Raises:
-        StructureError: ``"site 57 out of range: host has 20 atoms (0..19)"``.
-    """
-    n = len(structure)
-    if isinstance(site, (bool, np.bool_)) or not isinstance(site, (int, np.integer)):
-        raise StructureError(f"site {site!r} is not an integer atom index")
-    if not 0 <= int(site) < n:
-        raise StructureError(f"site {site} out of range: host has {n} atoms (0..{n - 1})")
-    return int(site)
 
 
 #: Closer atoms than this (Å) are reported as overlapping.

@@ -553,8 +553,15 @@ def test_checkpoint_roundtrip_and_checks(structures: list) -> None:
     with pytest.raises(RegistryError, match="unreadable weights"):
         load_model(_FakeEntry({**files, WEIGHTS: b"\x00" * 64}))
     arch = json.loads(files[ARCHITECTURE])
+    assert (arch["@module"], arch["@class"]) == ("adex.advisors.model", "Advisor")  # matgl-style class path
+    legacy = {k: v for k, v in arch.items() if not k.startswith("@")}
+    assert torch.equal(load_model(_FakeEntry({**files, ARCHITECTURE: json.dumps(legacy).encode()})).head.fc_out.bias,
+                       model.head.fc_out.bias)  # files written before @module/@class still load
     with pytest.raises(RegistryError, match="unknown"):
-        load_model(_FakeEntry({**files, ARCHITECTURE: json.dumps({**arch, "class": "nonsense"}).encode()}))
+        load_model(_FakeEntry({**files, ARCHITECTURE: json.dumps({**legacy, "class": "nonsense"}).encode()}))
+    for module, name in (("os", "system"), ("adex.advisors.model", "AdvisorConfig"), ("adex.expert.model", "Advisor")):
+        with pytest.raises(RegistryError, match="not one adex may load"):  # nothing outside the allow-list is imported
+            load_model(_FakeEntry({**files, ARCHITECTURE: json.dumps({**arch, "@module": module, "@class": name}).encode()}))
 
 
 # --------------------------------------------------------------------------- advisor training

@@ -16,12 +16,12 @@ import pytest
 import yaml
 from pymatgen.core import Structure
 
-import adex.expert.baseline as baseline
+import adex.studies.baseline as baseline
 from adex.cli import main
 from adex.errors import ConfigError, DataError, StructureError
-from adex.expert.baseline import (BaselineSettings, FeatureTable, ModelSettings, check_folds, feature_names,
+from adex.studies.baseline import (BaselineSettings, FeatureTable, ModelSettings, check_folds, feature_names,
                                   fit_model, load_witman_features)
-from adex.expert.splits import Fold
+from adex.studies.splits import Fold
 from adex.io import read_structure
 from conftest import assert_one_line_error
 from test_expert import reg, tiny  # noqa: F401  (fixtures)
@@ -199,8 +199,8 @@ def test_cli_host_weight_power_is_recorded_and_checked(tiny, tmp_path, capsys) -
 def test_advisor_embeddings_are_added_per_vacated_site(tiny, reg, table, tmp_path, capsys) -> None:  # noqa: F811
     """--advisors: the descriptors + the advisor's embedding of the vacated site (its orbit
     representative in the canonical primitive cell) and of the host crystal."""
-    from adex.expert.baseline import add_advisor_features
-    from adex.expert.data import embed_hosts
+    from adex.studies.baseline import add_advisor_features
+    from adex.expert.advisor_features import embed_hosts
     from adex.expert.train import load_advisors
     from adex.supercell import canonical_host
 

@@ -387,12 +387,17 @@ def test_cli_import_and_predict(home: Path, tmp_path: Path, capsys: pytest.Captu
     from adex.registry import Registry
 
     root = tmp_path / "store"
-    assert main(["registry", "import-cgcnn", str(FORMATION), "--registry", str(root)]) == 2
+    assert main(["advisor", "import", "cgcnn", str(FORMATION), "--registry", str(root)]) == 2
     assert "pass --trust-pickle" in capsys.readouterr().err
     assert Registry(root=root).list("advisor") == []
 
-    assert main(["registry", "import-cgcnn", str(FORMATION), "--trust-pickle", "--registry", str(root)]) == 0
+    assert main(["advisor", "import", "cgcnn", str(FORMATION), "--trust-pickle", "--registry", str(root)]) == 0
     assert "advisor/cgcnn-formation-energy:1" in capsys.readouterr().out
+    # the old spelling stays as a hidden alias for one release
+    assert main(["registry", "import-cgcnn", str(FORMATION), "--trust-pickle", "--name", "old", "--registry", str(root)]) == 0
+    assert "advisor/old:1" in capsys.readouterr().out
+    assert main(["advisor", "import", "chgnet", str(FORMATION), "--registry", str(root)]) == 2
+    assert "for `adex advisor import cgcnn`" in capsys.readouterr().err
 
     cif = tmp_path / "srtio3.cif"
     structure = rattled_perovskite()
@@ -418,12 +423,13 @@ def test_cli_import_all(home: Path, tmp_path: Path, capsys: pytest.CaptureFixtur
     for stem in names:
         (folder / f"{stem}.pth.tar").symlink_to(PRETRAINED / f"{stem}.pth.tar")
     root = tmp_path / "store"
-    assert main(["registry", "import-cgcnn", "--all", str(folder), "--registry", str(root)]) == 2
+    assert main(["advisor", "import", "cgcnn", "--all", str(folder), "--registry", str(root)]) == 2
     assert Registry(root=root).list() == []
-    assert main(["registry", "import-cgcnn", "--all", str(folder), "--name", "x", "--trust-pickle", "--registry", str(root)]) == 2
+    assert main(["advisor", "import", "cgcnn", "--all", str(folder), "--name", "x", "--trust-pickle", "--registry", str(root)]) == 2
+    assert main(["advisor", "import", "cgcnn", str(folder), "--all", str(folder), "--registry", str(root)]) == 2
     capsys.readouterr()
 
-    assert main(["registry", "import-cgcnn", "--all", str(folder), "--trust-pickle", "--registry", str(root)]) == 0
+    assert main(["advisor", "import", "cgcnn", "--all", str(folder), "--trust-pickle", "--registry", str(root)]) == 0
     out = capsys.readouterr().out
     entries = Registry(root=root).list("advisor")
     assert sorted(e.name for e in entries) == ["cgcnn-formation-energy", "cgcnn-poisson-ratio"]

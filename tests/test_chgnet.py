@@ -10,7 +10,7 @@ from pymatgen.core import Lattice, Structure
 
 from adex.checkpoint import load_model
 from adex.cli import main
-from adex.expert.data import compute_advisor_features
+from adex.expert.advisor_features import compute_advisor_features
 from adex.registry import Registry
 from test_expert import TINY, packed, reg, tiny  # noqa: F401  (fixtures)
 
@@ -190,7 +190,7 @@ def test_fire_relaxed_vacancy_energies_are_lower_than_unrelaxed_and_cached_apart
     # all cached: a lazily loaded advisor is checked on its class and never loaded, for every kind
     from adex.checkpoint import LazyModel
 
-    lazy = LazyModel(imported, advisor.architecture()["class"])
+    lazy = LazyModel(imported)
     np.testing.assert_array_equal(vacancy_energies(imported, lazy, first, settings, relaxation=True,
                                                    relaxation_steps=3), fire)
     np.testing.assert_array_equal(vacancy_energies(imported, lazy, first, settings), unrelaxed)
@@ -241,9 +241,11 @@ def test_potential_delta_expert_predicts_potential_plus_reference_plus_network(i
                                                                              relaxation, steps) -> None:
     import torch
 
-    from adex.expert.data import VacancyDataset, load_witman
+    from adex.expert.data import VacancyDataset
+    from adex.expert.witman import load_witman
     from adex.expert.potential import vacancy_energies
-    from adex.expert.predict import load_expert, predict_packed
+    from adex.expert.loading import load_expert
+    from adex.expert.predict import predict_packed
     from adex.supercell import SupercellSettings
 
     rc = main(["expert", "train", "--data", str(tiny.root), "--registry", str(reg.root), *TINY,
@@ -327,8 +329,8 @@ def test_baseline_with_potential_delta_learns_dh_minus_the_vacancy_energy(import
     import csv
 
     from adex.config import load_config
-    from adex.expert.baseline import ModelSettings, add_advisor_features, fit_model, load_witman_features
-    from adex.expert.data import load_witman
+    from adex.studies.baseline import ModelSettings, add_advisor_features, fit_model, load_witman_features
+    from adex.expert.witman import load_witman
     from adex.expert.potential import vacancy_energies
     from adex.expert.train import ExpertConfig, load_advisors
 
@@ -358,8 +360,9 @@ def test_predict_cli_with_a_potential_delta_expert_and_cache(imported, tiny, reg
     import io
 
     from adex.advisors.chgnet import CHGNetAdvisor
-    from adex.expert.data import load_witman
-    from adex.expert.predict import load_expert, predict_packed
+    from adex.expert.witman import load_witman
+    from adex.expert.loading import load_expert
+    from adex.expert.predict import predict_packed
     from adex.supercell import SupercellSettings
 
     assert main(["expert", "train", "--data", str(tiny.root), "--registry", str(reg.root), *TINY,
@@ -427,8 +430,9 @@ def test_chgnet_network_imports_without_its_md_and_vasp_modules() -> None:
 def test_ensemble_members_may_add_different_potential_energies(imported, tiny, reg, capsys) -> None:  # noqa: F811
     """A composed ensemble of experts without dE, with unrelaxed and with relaxed dE: each
     member gets its own kind of energies, so the ensemble predicts exactly its members."""
-    from adex.expert.data import load_witman
-    from adex.expert.predict import load_expert, predict_packed, predict_packed_members
+    from adex.expert.witman import load_witman
+    from adex.expert.loading import load_expert
+    from adex.expert.predict import predict_packed, predict_packed_members
     from adex.supercell import SupercellSettings
 
     kinds = {"mix-none": [], "mix-unrelaxed": ["model.potential_delta=true"],

@@ -356,8 +356,8 @@ def test_console_script_help(tmp_path: Path) -> None:
 
 
 def test_shortcut_flags_win_over_set() -> None:
-    from adex.cli import build_parser
-    from adex.cli_common import training_overrides
+    from adex.cli.app import build_parser
+    from adex.cli.common import training_overrides
 
     args = build_parser().parse_args(["advisor", "train", "bandgap", "--set", "training.epochs=5", "--epochs", "1",
                                       "--seed", "3", "--limit", "9"])

@@ -1,4 +1,4 @@
-"""Cross-validation folds (``adex.expert.splits``) and ``adex cv``: folds partition the
+"""Cross-validation folds (``adex.studies.splits``) and ``adex cv``: folds partition the
 vacancies, grouped schemes never put a host on both sides, leave-element-out tests every
 host containing the element, and the CV command writes per-fold and pooled numbers that
 agree with its predictions.
@@ -17,7 +17,7 @@ import pytest
 
 from adex.cli import main
 from adex.errors import ConfigError
-from adex.expert.splits import make_folds, parse_scheme, vacancy_table
+from adex.studies.splits import make_folds, parse_scheme, vacancy_table
 from conftest import assert_one_line_error, shared_data_path
 from test_expert import TINY, reg, tiny  # noqa: F401  (fixtures)
 

@@ -36,7 +36,7 @@ def perovskite() -> Structure:
 
 
 def test_import_fits_the_standardisation_on_mp_crystals(imported) -> None:
-    from adex.expert.baseline import feature_names
+    from adex.studies.baseline import feature_names
 
     std = imported.card["standardization"]
     assert std["dataset"] == "mp_formation_energy" and std["n_structures"] == 4 and std["n_sites"] >= 4
@@ -46,7 +46,7 @@ def test_import_fits_the_standardisation_on_mp_crystals(imported) -> None:
 
 
 def test_embeddings_are_the_standardised_descriptors_of_every_site(imported) -> None:
-    from adex.expert.baseline import DescriptorFeaturizer
+    from adex.studies.baseline import DescriptorFeaturizer
 
     advisor = load_model(imported)
     width = advisor.embedding_width

@@ -19,10 +19,12 @@ import torch
 from adex.checkpoint import load_model, model_files
 from adex.cli import main
 from adex.errors import ConfigError
-from adex.expert.data import VacancyDataset, compute_advisor_features
+from adex.expert.advisor_features import compute_advisor_features
+from adex.expert.data import VacancyDataset
 from adex.expert.ensemble import ExpertEnsemble, as_members, calibration, ensemble_statistics
 from adex.expert.model import AdvisorSlot
-from adex.expert.predict import featurize_host_sites, load_expert, predict_packed, predict_packed_members
+from adex.expert.loading import load_expert
+from adex.expert.predict import featurize_host_sites, predict_packed, predict_packed_members
 from adex.graphs import FeaturizerSettings
 from adex.io import read_structure
 from test_expert import TINY, make_expert, packed, reg, tiny  # noqa: F401  (fixtures)

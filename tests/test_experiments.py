@@ -15,7 +15,7 @@ import pytest
 
 from adex.cli import main
 from adex.errors import ConfigError
-from adex.expert.experiments import variant_overrides
+from adex.studies.experiments import variant_overrides
 from conftest import assert_one_line_error
 from test_expert import TINY, reg, tiny  # noqa: F401  (fixtures)
 
@@ -141,7 +141,7 @@ def test_advisor_pooling_comparison(small_data, tmp_path, capsys) -> None:
 def test_report_compares_models_on_shared_folds(tmp_path) -> None:
     """Runs evaluated on the same folds get one table: mean ± std over folds, the per-fold
     difference to the descriptor baseline and how many folds each model wins."""
-    from adex.expert.report import comparison, write_report
+    from adex.studies.report import comparison, write_report
 
     def cv_folder(path: Path, maes: dict[str, float], **extra) -> Path:
         path.mkdir(parents=True)
@@ -211,7 +211,7 @@ def test_blend_averages_held_out_predictions_fold_by_fold(tmp_path, capsys) -> N
     main(["experiment", "blend", str(a), str(b), "--weights", "1,2", "--out", str(tmp_path / "weighted")])
     metrics = json.loads((tmp_path / "weighted" / "metrics.json").read_text())
     assert metrics["mae_mean"] == pytest.approx(0.0, abs=1e-9)  # (0.4 - 2 * 0.2) / 3
-    from adex.expert.report import write_report
+    from adex.studies.report import write_report
 
     report = write_report([b, tmp_path / "weighted"], tmp_path / "r.md").read_text()
     assert "blend (weighted mean of held-out predictions) of gnn (0.33), base (0.67)" in report

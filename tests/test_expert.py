@@ -28,9 +28,12 @@ from adex.advisors.model import Advisor, AdvisorModelConfig
 from adex.checkpoint import WEIGHTS, load_model, model_files
 from adex.cli import main
 from adex.errors import ConfigError, IntegrityError, RegistryError
-from adex.expert.data import PackedVacancies, VacancyDataset, compute_advisor_features, load_witman, read_split
+from adex.expert.advisor_features import compute_advisor_features
+from adex.expert.data import PackedVacancies, VacancyDataset
+from adex.expert.witman import load_witman, read_split
 from adex.expert.model import POOLINGS, AdvisorSlot, Expert, ExpertModelConfig
-from adex.expert.predict import LoadedExpert, featurize_host_sites, load_expert, predict_packed
+from adex.expert.loading import LoadedExpert, load_expert
+from adex.expert.predict import featurize_host_sites, predict_packed
 from adex.expert.train import TransferConfig, freeze_schedule
 from adex.graphs import FeaturizerSettings
 from adex.io import read_structure
@@ -512,7 +515,7 @@ def test_atom_order_of_a_real_host_does_not_change_the_prediction(invariance_mod
 def test_selections_are_cut_from_the_cached_full_set(tiny, tmp_path, monkeypatch) -> None:
     """Once the whole set is cached, any id selection (a split) is a subset of it: no
     re-featurization, identical arrays to featurizing that selection alone."""
-    import adex.expert.data as data_module
+    import adex.expert.witman as data_module
 
     monkeypatch.setenv("ADEX_CACHE", str(tmp_path / "cache"))
     fs, sc = FeaturizerSettings(cutoff=4.0), SupercellSettings(min_image_distance=6.0)
@@ -656,7 +659,7 @@ def test_expert_with_element_reference_and_oxidation_states_trains_saves_and_rel
 
 def test_advisor_features_run_once_per_host_and_equal_the_per_vacancy_run(packed, reg) -> None:
     from adex.advisors.embed import run_advisor
-    from adex.expert.data import unique_hosts
+    from adex.expert.advisor_features import unique_hosts
 
     advisor = reg.models[8]
     first, inverse = unique_hosts(packed)

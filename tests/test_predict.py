@@ -30,7 +30,8 @@ from adex.advisors.model import Advisor, AdvisorModelConfig
 from adex.checkpoint import WEIGHTS, model_files
 from adex.cli import main
 from adex.expert.model import AdvisorSlot, Expert, ExpertModelConfig
-from adex.expert.predict import featurize_host_sites, load_expert, predict_packed
+from adex.expert.loading import load_expert
+from adex.expert.predict import featurize_host_sites, predict_packed
 from adex.graphs import FeaturizerSettings
 from adex.io import read_structure
 from adex.registry import Registry
@@ -291,7 +292,7 @@ def test_cached_featurization_is_reused_and_content_addressed(capsys, ctx, hosts
     assert rc == 0, err
     assert len(spies.vacancies) == 3 and len(list((tmp_path / "cache" / "predict").rglob("*.arrays"))) == 2
     assert len(list((tmp_path / "cache" / "advisors").rglob("*.arrays"))) == 2  # one embedding per host and advisor
-    import adex.expert.data as expert_data
+    import adex.expert.advisor_features as expert_data
 
     def no_advisor_runs(*_args, **_kwargs):
         raise AssertionError("the advisor ran although its embeddings are cached")
@@ -530,22 +531,23 @@ def test_table_files_of_one_crystal_are_one_host(capsys, ctx, hosts, witman, tmp
 def test_advisor_embeddings_are_memoised_in_the_process(ctx, hosts, monkeypatch) -> None:
     """Within one process an advisor embeds a host once (chunks of a table share hosts at
     their edges); a memo hit gives the same predictions, and the memo is bounded."""
-    import adex.expert.data
+    import adex.expert.advisor_features
+    import adex.expert.advisor_features as memo_module
     import adex.expert.predict as predict_module
 
     calls = []
-    embed = adex.expert.data.embed_hosts
-    monkeypatch.setattr(adex.expert.data, "embed_hosts",
+    embed = adex.expert.advisor_features.embed_hosts
+    monkeypatch.setattr(adex.expert.advisor_features, "embed_hosts",
                         lambda advisor, structures, ids: calls.append(len(structures)) or embed(advisor, structures, ids))
-    monkeypatch.setattr(predict_module, "_EMBEDDING_MEMO", predict_module.OrderedDict())
+    monkeypatch.setattr(memo_module, "_EMBEDDING_MEMO", memo_module.OrderedDict())
     packed = featurize_host_sites(ctx.loaded, read_structure(hosts / "srtio3.cif"), [0, 1, 2], "srtio3.cif")
     first = predict_module.predict_packed_members(ctx.loaded, packed)
     second = predict_module.predict_packed_members(ctx.loaded, packed)
     assert calls == [1]  # one host, embedded once
     np.testing.assert_array_equal(first, second)
     np.testing.assert_allclose(first[0], ctx.srtio3[:3], atol=1e-5)
-    monkeypatch.setattr(predict_module, "EMBEDDING_MEMO_HOSTS", 1)
+    monkeypatch.setattr(memo_module, "EMBEDDING_MEMO_HOSTS", 1)
     feo = featurize_host_sites(ctx.loaded, read_structure(hosts / "feo.cif"), [0], "feo.cif")
     predict_module.predict_packed_members(ctx.loaded, feo)  # evicts SrTiO3
     predict_module.predict_packed_members(ctx.loaded, packed)
-    assert calls == [1, 1, 1] and len(predict_module._EMBEDDING_MEMO) == 1
+    assert calls == [1, 1, 1] and len(memo_module._EMBEDDING_MEMO) == 1

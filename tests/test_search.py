@@ -1,4 +1,4 @@
-"""Hyperparameter search (``adex search``, :mod:`adex.expert.search`): the YAML space and
+"""Hyperparameter search (``adex search``, :mod:`adex.studies.search`): the YAML space and
 its validation, the three samplers (valid points, improvement on a cheap synthetic
 objective), the annealing acceptance rule, resuming a study from its SQLite storage,
 best.yaml as an ExpertConfig, one real end-to-end search on the 13-vacancy tiny data,
@@ -24,7 +24,7 @@ import yaml
 from adex.cli import main
 from adex.config import load_config
 from adex.errors import ConfigError
-from adex.expert.search import (
+from adex.studies.search import (
     AnnealingSampler,
     AnnealingSettings,
     CategoricalParam,

@@ -146,7 +146,7 @@ def test_lazy_advisor_reports_a_missing_chgnet_before_the_run(shipped: Registry,
 
 
 def test_load_default_expert_only_falls_back_for_a_missing_extra(monkeypatch) -> None:
-    import adex.expert.predict as predict
+    import adex.expert.loading as predict
     from adex.errors import MissingExtraError, RegistryError
 
     calls = []

@@ -1,6 +1,6 @@
 """The ``adex`` command line: ``main(argv) -> int``.
 
-Subcommands live beside the code they drive; each module below exposes
+Each command group is one module of this package; each exposes
 ``register(subparsers)`` that adds its parsers with ``set_defaults(func=handler)``,
 where ``handler(args) -> int``. Heavy imports happen inside handlers, so ``adex --help``
 is quick and importing the CLI does no work.
@@ -15,13 +15,13 @@ from adex import __version__
 from adex.errors import AdexError
 
 SUBCOMMAND_MODULES = (
-    "adex.data_cli",
-    "adex.advisors.cli",
-    "adex.registry.cli",
-    "adex.expert.cli",
-    "adex.predict_cli",
-    "adex.search_cli",
-    "adex.baseline_cli",
+    "adex.cli.data",
+    "adex.cli.advisor",
+    "adex.cli.registry",
+    "adex.cli.expert",
+    "adex.cli.predict",
+    "adex.cli.search",
+    "adex.cli.baseline",
 )
 
 
@@ -33,13 +33,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"adex {__version__}")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in SUBCOMMAND_MODULES:
-        try:
-            module = importlib.import_module(name)
-        except ModuleNotFoundError as exc:
-            if exc.name == name:  # a subcommand module not written yet
-                continue
-            raise
-        module.register(subparsers)
+        importlib.import_module(name).register(subparsers)
     return parser
 
 

@@ -1,4 +1,4 @@
-"""``adex search``: hyperparameter search for the expert (Optuna; see :mod:`adex.expert.search`)."""
+"""``adex search``: hyperparameter search for the expert (Optuna; see :mod:`adex.studies.search`)."""
 from __future__ import annotations
 
 import argparse
@@ -45,7 +45,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def cmd_search(args: argparse.Namespace) -> int:
     from adex.errors import ConfigError
-    from adex.expert.search import SyntheticObjective, load_space, run_search
+    from adex.studies.search import SyntheticObjective, load_space, run_search
     from adex.progress import console
 
     if args.n_trials is not None and args.n_trials < 0:

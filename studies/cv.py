@@ -1,6 +1,6 @@
 """Cross-validation of the expert: ``adex cv``.
 
-One expert (or ensemble) is trained per fold of :mod:`adex.expert.splits` and tested on
+One expert (or ensemble) is trained per fold of :mod:`adex.studies.splits` and tested on
 the fold's held-out vacancies; every fold's run folder is kept. The CV folder gets:
 
 * ``folds.csv``: fold, n_train, n_test, MAE, RMSE, MAE of O and of metal vacancies (eV);
@@ -46,7 +46,7 @@ def cross_validate(
 
     Args:
         config: an :class:`adex.expert.train.ExpertConfig` (``split`` is ignored).
-        folds: :class:`adex.expert.splits.Fold` list.
+        folds: :class:`adex.studies.splits.Fold` list.
         grouped: draw the validation set (early stopping) by host compound.
         on_fold: optional ``callback(k, fold_row)`` after each fold (e.g. pruning in a search).
         resume: continue an interrupted run in ``out``: a fold whose folder holds

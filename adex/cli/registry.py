@@ -15,7 +15,7 @@ from contextlib import contextmanager
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from .store import Entry, Registry
+    from adex.registry.store import Entry, Registry
 
 Handler = Callable[[argparse.Namespace], int]
 
@@ -30,7 +30,7 @@ def store_option() -> argparse.ArgumentParser:
 
 def open_from_args(args: argparse.Namespace) -> Registry:
     """The registry selected by ``--registry`` (default: the user's)."""
-    from .store import Registry
+    from adex.registry.store import Registry
 
     return Registry(root=getattr(args, "registry", None))
 
@@ -77,17 +77,14 @@ def register(subparsers: argparse._SubParsersAction) -> argparse._SubParsersActi
     p.add_argument("ref")
     p.set_defaults(func=_warnings_to_stderr(cmd_remove))
 
-    p = sub.add_parser(
-        "import-cgcnn", parents=common, help="import original CGCNN pretrained checkpoints (*.pth.tar) as advisors",
-        description="Import txie-93/cgcnn pretrained checkpoints as advisors, e.g. `adex registry import-cgcnn "
-                    "formation-energy-per-atom.pth.tar --trust-pickle` registers advisor/cgcnn-formation-energy.",
-    )
+    # the old spelling of `adex advisor import cgcnn`, kept hidden for one release
+    p = sub.add_parser("import-cgcnn", parents=common, help=argparse.SUPPRESS,
+                       description="Deprecated spelling of `adex advisor import cgcnn`.")
     source = p.add_mutually_exclusive_group(required=True)
     source.add_argument("path", nargs="?", metavar="PATH", help="one CGCNN checkpoint (*.pth.tar)")
     source.add_argument("--all", metavar="DIR", help="import every regression checkpoint in DIR (classifiers are skipped)")
     p.add_argument("--name", help="advisor name (default: cgcnn-<property>, e.g. cgcnn-formation-energy)")
-    p.add_argument("--trust-pickle", action="store_true",
-                   help="allow reading the pickled checkpoint (unpickling can run code: only for trusted files)")
+    p.add_argument("--trust-pickle", action="store_true", help="allow reading the pickled checkpoint")
     p.set_defaults(func=_warnings_to_stderr(cmd_import_cgcnn))
     return sub
 
@@ -120,7 +117,7 @@ def cmd_show(args: argparse.Namespace) -> int:
     from rich.console import Console
     from rich.table import Table
 
-    from .store import REGISTRY_FIELDS
+    from adex.registry.store import REGISTRY_FIELDS
 
     registry = open_from_args(args)
     entry = registry.resolve(args.ref)
@@ -190,26 +187,10 @@ def cmd_remove(args: argparse.Namespace) -> int:
 
 
 def cmd_import_cgcnn(args: argparse.Namespace) -> int:
-    """``adex registry import-cgcnn PATH|--all DIR [--name NAME] [--trust-pickle]``."""
-    from adex.advisors.cgcnn import import_cgcnn, import_cgcnn_dir  # model code: loaded only here
-    from adex.errors import RegistryError
+    """``adex registry import-cgcnn``: the old spelling of ``adex advisor import cgcnn``."""
+    from adex.cli.advisor import cmd_import_cgcnn as import_cgcnn
 
-    registry = open_from_args(args)
-    if args.all:
-        if args.name:
-            raise RegistryError("--name names one checkpoint; it cannot be used with --all")
-        results = import_cgcnn_dir(args.all, registry=registry, trust_pickle=args.trust_pickle)
-    else:
-        from adex.advisors.cgcnn import ImportResult
-
-        results = [ImportResult(args.path, import_cgcnn(args.path, args.name, registry, args.trust_pickle))]
-    for result in results:
-        if result.entry is None:
-            print(f"skipped: {result.skipped}")
-        else:
-            target = result.entry.card["target"]
-            print(f"imported {result.path} -> {result.entry.ref} ({target['name']}, {target['unit']})")
-    return 0
+    return import_cgcnn(args)
 
 
 def _metric(entry: Entry) -> str:

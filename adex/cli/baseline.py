@@ -1,5 +1,5 @@
 """``adex baseline``: the descriptor baseline (matminer-style descriptors + gradient
-boosting) cross-validated on the same folds as the GNNs (:mod:`adex.expert.baseline`)."""
+boosting) cross-validated on the same folds as the GNNs (:mod:`adex.studies.baseline`)."""
 from __future__ import annotations
 
 import argparse
@@ -46,9 +46,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def cmd_baseline(args: argparse.Namespace) -> int:
     from adex.datasets import dataset_root
     from adex.errors import ConfigError
-    from adex.expert.baseline import GROUPED_SCHEMES, BaselineSettings, ModelSettings, baseline_table, run_baseline
-    from adex.expert.data import read_split
-    from adex.expert.splits import Fold, make_folds, parse_scheme
+    from adex.studies.baseline import GROUPED_SCHEMES, BaselineSettings, ModelSettings, baseline_table, run_baseline
+    from adex.expert.witman import read_split
+    from adex.studies.splits import Fold, make_folds, parse_scheme
     from adex.progress import console
 
     if args.cv and args.split:
@@ -86,7 +86,7 @@ def cmd_baseline(args: argparse.Namespace) -> int:
     advisor_refs = [r.strip() for r in (args.advisors or "").split(",") if r.strip()]
     advisors = []
     if advisor_refs:
-        from adex.cli_common import open_registry_from
+        from adex.cli.common import open_registry_from
         from adex.expert.train import load_advisors
 
         advisors = load_advisors(advisor_refs, open_registry_from(args))

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import argparse
 
-from adex.cli_common import add_training_options, open_registry_from, training_overrides
+from adex.cli.common import add_training_options, open_registry_from, training_overrides
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -154,7 +154,7 @@ def expert_overrides(args: argparse.Namespace) -> list[str]:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from adex.advisors.train import primary_scores
+    from adex.training import primary_scores
     from adex.config import load_config
     from adex.expert.train import ExpertConfig, train_expert
     from adex.progress import console
@@ -206,8 +206,8 @@ def cmd_cv(args: argparse.Namespace) -> int:
     from adex.config import load_config
     from adex.datasets import dataset_root
     from adex.errors import ConfigError
-    from adex.expert.cv import GROUPED_SCHEMES, cross_validate
-    from adex.expert.splits import make_folds, parse_scheme
+    from adex.studies.cv import GROUPED_SCHEMES, cross_validate
+    from adex.studies.splits import make_folds, parse_scheme
     from adex.expert.train import ExpertConfig
     from adex.progress import console
 
@@ -238,7 +238,7 @@ def cmd_cv(args: argparse.Namespace) -> int:
 
 
 def cmd_learning_curve(args: argparse.Namespace) -> int:
-    from adex.expert.experiments import learning_curve
+    from adex.studies.experiments import learning_curve
     from adex.progress import console
 
     con = console()
@@ -258,11 +258,11 @@ def cmd_learning_curve(args: argparse.Namespace) -> int:
 def cmd_merge(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from adex.expert.experiments import merge_learning_curves
+    from adex.studies.experiments import merge_learning_curves
     from adex.progress import console
 
     if all((Path(r) / "folds.csv").is_file() for r in args.runs):  # adex cv runs: one CV
-        from adex.expert.cv import merge_cv_runs
+        from adex.studies.cv import merge_cv_runs
 
         if args.baseline:
             from adex.errors import ConfigError
@@ -284,7 +284,7 @@ def cmd_merge(args: argparse.Namespace) -> int:
 def cmd_blend(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from adex.expert.experiments import blend_runs
+    from adex.studies.experiments import blend_runs
     from adex.progress import console
 
     weights = _csv_numbers(args.weights, float, "--weights") if args.weights else None
@@ -306,18 +306,18 @@ def cmd_pooling(args: argparse.Namespace) -> int:
     seeds = _csv_numbers(args.seeds, int, "--seeds")
     report = lambda r: con.print(f"{r['pooling']} seed {r['seed']}: MAE {r['mae']:.4f}")  # noqa: E731
     if args.advisor:
-        from adex.cli_common import training_overrides
-        from adex.expert.experiments import advisor_pooling_comparison
+        from adex.cli.common import training_overrides
+        from adex.studies.experiments import advisor_pooling_comparison
 
         poolings = _csv_list(args.poolings) if args.poolings else ["mean", "sum", "max", "attention"]
         result = advisor_pooling_comparison(args.advisor, training_overrides(args), poolings, seeds, data=args.data,
                                             out=args.out, on_run=report)
     else:
         from adex.datasets import dataset_root
-        from adex.expert.cv import GROUPED_SCHEMES
-        from adex.expert.experiments import pooling_comparison
+        from adex.studies.cv import GROUPED_SCHEMES
+        from adex.studies.experiments import pooling_comparison
         from adex.expert.model import POOLINGS
-        from adex.expert.splits import make_folds, parse_scheme
+        from adex.studies.splits import make_folds, parse_scheme
 
         kwargs = parse_scheme(args.cv)
         folds = make_folds(dataset_root("witman2023_vacancies", args.data), n_folds=args.folds, **kwargs)
@@ -333,7 +333,7 @@ def cmd_pooling(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from adex.expert.report import write_report
+    from adex.studies.report import write_report
     from adex.progress import console
 
     path = write_report([__import__("pathlib").Path(r) for r in args.runs], args.output)

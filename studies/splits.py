@@ -83,7 +83,7 @@ def make_folds(
     elements: list[str] | None = None,
 ) -> list[Fold]:
     """The folds of ``scheme`` (see the module docstring) over the Witman set at ``root``."""
-    from adex.expert.data import read_split
+    from adex.expert.witman import read_split
 
     root = Path(root)
     if scheme not in SCHEMES:

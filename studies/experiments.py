@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from adex.errors import ConfigError
-from adex.fileio import atomic_write_json, atomic_write_text
+from adex.fileio import atomic_write_json
 
 #: Overrides that turn the base expert config into each learning-curve variant.
 #: Transfer variants copy the ``eform`` advisor's backbone, hence its width (64).
@@ -58,7 +58,7 @@ def _summarise(rows: list[dict], keys: tuple[str, ...]) -> list[dict]:
 
 
 def _write_rows(path: Path, rows: list[dict]) -> None:
-    from adex.expert.cv import write_table
+    from adex.studies.cv import write_table
 
     write_table(path, rows)
 
@@ -92,8 +92,8 @@ def learning_curve(
     from adex.paths import new_run_dir
     from adex.config import load_config
     from adex.datasets import dataset_root
-    from adex.expert.cv import cross_validate
-    from adex.expert.splits import make_folds
+    from adex.studies.cv import cross_validate
+    from adex.studies.splits import make_folds
     from adex.expert.train import ExpertConfig
 
     configs = {v: [*base_overrides, *variant_overrides(v)] for v in variants}
@@ -247,7 +247,7 @@ def pooling_comparison(
     """Cross-validated MAE of the expert for every pooling on the same folds and seeds."""
     from adex.paths import new_run_dir
     from adex.config import load_config
-    from adex.expert.cv import cross_validate
+    from adex.studies.cv import cross_validate
     from adex.expert.model import POOLINGS
     from adex.expert.train import ExpertConfig
 
@@ -347,7 +347,7 @@ def blend_runs(runs: list[Path], out: str | os.PathLike, weights: list[float] | 
     import csv
     import json
 
-    from adex.expert.cv import fold_errors, plot_folds, summarize, write_table
+    from adex.studies.cv import fold_errors, plot_folds, summarize, write_table
     from adex.expert.ensemble import calibration
 
     runs = [Path(r) for r in runs]

@@ -109,9 +109,9 @@ def _emit(rows: list[dict], columns: list[str], args: argparse.Namespace, title:
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
-    from adex.cli_common import open_registry_from
+    from adex.cli.common import open_registry_from
     from adex.errors import AdexError
-    from adex.expert.predict import load_default_expert, load_expert
+    from adex.expert.loading import load_default_expert, load_expert
     from adex.progress import console
 
     if bool(args.structure) == bool(args.input):

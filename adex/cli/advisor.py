@@ -5,7 +5,7 @@ import argparse
 import json
 import sys
 
-from adex.cli_common import add_training_options, open_registry_from, training_overrides
+from adex.cli.common import add_training_options, open_registry_from, training_overrides
 from adex.errors import AdexError
 
 
@@ -27,15 +27,21 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--registry", help="user registry root")
     p.set_defaults(func=cmd_embed)
 
-    p = sub.add_parser("import", help="register a pretrained foundation model (chgnet) or the hand-made descriptors "
-                                      "(descriptors) as an advisor",
-                       description="e.g. `adex advisor import chgnet` (needs pip install 'adex[chgnet]'); then "
-                                   "`adex expert train --advisors bandgap,eform,chgnet`. `adex advisor import descriptors` "
-                                   "registers the descriptor baseline's features (standardised on --n-structures "
-                                   "Materials Project crystals from --data) as an advisor.")
-    p.add_argument("kind", choices=("chgnet", "descriptors"), help="which advisor")
+    p = sub.add_parser("import", help="register an advisor made elsewhere: original CGCNN checkpoints (cgcnn), a "
+                                      "foundation model (chgnet) or the hand-made descriptors (descriptors)",
+                       description="e.g. `adex advisor import cgcnn formation-energy-per-atom.pth.tar --trust-pickle` "
+                                   "(registers advisor/cgcnn-formation-energy; `--all DIR` imports every regression "
+                                   "checkpoint of DIR); `adex advisor import chgnet` (needs pip install 'adex[chgnet]'), "
+                                   "then `adex expert train --advisors bandgap,eform,chgnet`; `adex advisor import "
+                                   "descriptors` registers the descriptor baseline's features (standardised on "
+                                   "--n-structures Materials Project crystals from --data) as an advisor.")
+    p.add_argument("kind", choices=("cgcnn", "chgnet", "descriptors"), help="which advisor")
+    p.add_argument("path", nargs="?", metavar="PATH", help="cgcnn: one CGCNN checkpoint (*.pth.tar)")
+    p.add_argument("--all", metavar="DIR", help="cgcnn: import every regression checkpoint in DIR (classifiers are skipped)")
+    p.add_argument("--trust-pickle", action="store_true",
+                   help="cgcnn: allow reading the pickled checkpoint (unpickling can run code: only for trusted files)")
     p.add_argument("--model", default="0.3.0", help="CHGNet pretrained model name (default 0.3.0)")
-    p.add_argument("--name", help="registry name (default: the kind)")
+    p.add_argument("--name", help="registry name (default: the kind; cgcnn: cgcnn-<property>)")
     p.add_argument("--data", help="data directory (descriptors: the MP crystals; default $ADEX_DATA)")
     p.add_argument("--n-structures", type=int, default=200,
                    help="descriptors: MP crystals the standardisation is fitted on (default 200)")
@@ -65,7 +71,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     if run.run_dir is None:  # a non-zero rank of a distributed run: rank 0 reports
         return 0
     con = console()
-    from adex.advisors.train import primary_scores
+    from adex.training import primary_scores
 
     split, test = primary_scores(m)
     con.print(f"[bold]advisor {config.name}[/]: {split} MAE {test['mae']:.4f} {m['unit']} (RMSE {test['rmse']:.4f}, n={test['n']}); "
@@ -122,7 +128,6 @@ def cmd_predict(args: argparse.Namespace) -> int:
     else:
         from rich.table import Table
 
-        from adex.progress import console
 
         table = Table(title=f"{entry.ref}: {target} ({emb.unit})")
         table.add_column("structure")
@@ -138,6 +143,10 @@ def cmd_predict(args: argparse.Namespace) -> int:
 def cmd_import(args: argparse.Namespace) -> int:
     from adex.progress import console
 
+    if args.kind == "cgcnn":
+        return cmd_import_cgcnn(args)
+    if args.path or args.all or args.trust_pickle:
+        raise AdexError(f"PATH, --all and --trust-pickle are for `adex advisor import cgcnn`, not {args.kind}")
     if args.kind == "descriptors":
         from adex.advisors.descriptors import import_descriptors
 
@@ -153,4 +162,26 @@ def cmd_import(args: argparse.Namespace) -> int:
 
     entry = import_chgnet(open_registry_from(args), args.model, args.name or "chgnet", tuple(args.tag))
     console().print(f"registered: {entry.ref} (CHGNet {args.model}, embedding width {entry.card['embedding_width']})")
+    return 0
+
+
+def cmd_import_cgcnn(args: argparse.Namespace) -> int:
+    """``adex advisor import cgcnn PATH|--all DIR [--name NAME] [--trust-pickle]``."""
+    from adex.advisors.cgcnn import ImportResult, import_cgcnn, import_cgcnn_dir
+
+    if bool(args.path) == bool(args.all):
+        raise AdexError("give one CGCNN checkpoint PATH or --all DIR")
+    registry = open_registry_from(args)
+    if args.all:
+        if args.name:
+            raise AdexError("--name names one checkpoint; it cannot be used with --all")
+        results = import_cgcnn_dir(args.all, registry=registry, trust_pickle=args.trust_pickle)
+    else:
+        results = [ImportResult(args.path, import_cgcnn(args.path, args.name, registry, args.trust_pickle))]
+    for result in results:
+        if result.entry is None:
+            print(f"skipped: {result.skipped}")
+        else:
+            target = result.entry.card["target"]
+            print(f"imported {result.path} -> {result.entry.ref} ({target['name']}, {target['unit']})")
     return 0

@@ -1,0 +1,244 @@
+"""The public Python API: vacancy formation enthalpies from a notebook.
+
+>>> import adex
+>>> expert = adex.load_expert()                      # the shipped default expert
+>>> table = expert.predict("host.cif", sites="all")  # every symmetry-distinct vacancy
+>>> table[["defect", "wyckoff", "dH_pred_eV"]]
+
+:func:`load_expert` returns a :class:`VacancyExpert`; its :meth:`~VacancyExpert.predict`
+takes a pymatgen ``Structure``, an ASE ``Atoms``, a structure file path, or
+pymatgen-analysis-defects ``Vacancy`` objects, and returns a pandas DataFrame with the
+columns of ``adex predict``. The module sits at the top of the layers (beside
+``adex/cli/``): it composes the expert's loading and prediction and adds nothing they
+do not do.
+"""
+from __future__ import annotations
+
+import os
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from adex.errors import AdexError, StructureError
+
+__all__ = ["VacancyExpert", "load_expert"]
+
+#: Columns of :meth:`VacancyExpert.predict`, in order (``dH_std_eV`` for ensembles only).
+COLUMNS = ("structure", "site", "element", "wyckoff", "defect", "dH_pred_eV", "dH_std_eV")
+
+
+def load_expert(ref: str | None = None, registry: str | os.PathLike | None = None) -> "VacancyExpert":
+    """Load a registered expert with the exact advisor versions it was trained with.
+
+    Args:
+        ref: registry reference, e.g. ``"builtin::expert/vacancy-core"``, ``"vacancy@latest"``
+            or ``"expert/vacancy:3"``. Default: the shipped default expert (or, when it needs
+            an optional package that is not installed, ``builtin::expert/vacancy-core``, with
+            a warning).
+        registry: user registry root (default ``$ADEX_HOME/registry``).
+
+    Raises:
+        RegistryError: unknown reference, tampered files, missing advisor.
+    """
+    from adex.expert.loading import load_default_expert
+    from adex.expert.loading import load_expert as _load
+    from adex.registry import Registry
+
+    store = Registry(root=registry)
+    if ref is None:
+        loaded, note = load_default_expert(store)
+        if note:
+            warnings.warn(note, stacklevel=2)
+    else:
+        loaded = _load(ref, store)
+    return VacancyExpert(loaded)
+
+
+@dataclass
+class _Host:
+    structure: Any  # pymatgen Structure, atoms in the order given
+    name: str
+    labels: list[str] | None  # CIF site labels (files) or site labels (Structure), or None
+
+
+class VacancyExpert:
+    """A loaded expert (single model or ensemble) and its advisors.
+
+    Attributes:
+        ref: the exact registry reference, e.g. ``builtin::expert/vacancy:6``.
+        n_members: ensemble size (1 for a single model).
+        advisors: the advisors' exact references.
+    """
+
+    def __init__(self, loaded) -> None:
+        from adex.expert.ensemble import as_members
+
+        self._loaded = loaded
+        self.ref: str = loaded.entry.ref
+        self.n_members: int = len(as_members(loaded.model))
+        self.advisors: list[str] = [entry.ref for entry, _ in loaded.advisors]
+
+    @property
+    def card(self) -> dict:
+        """The registry card (metrics, training config, data fingerprint, parents)."""
+        return dict(self._loaded.entry.card)
+
+    def __repr__(self) -> str:
+        return f"VacancyExpert({self.ref!r}, members={self.n_members}, advisors={self.advisors})"
+
+    def predict(self, structure, sites: int | str | Sequence[int | str] | None = None, batch_size: int = 32):
+        """Vacancy formation enthalpies (eV) of one host, one row per vacancy.
+
+        Args:
+            structure: a pymatgen ``Structure``, an ASE ``Atoms``, a path to a structure file
+                (CIF, POSCAR, extxyz, ...), or one or a list of pymatgen-analysis-defects
+                ``Vacancy`` objects (then ``sites`` must be None).
+            sites: which atoms to remove: an index (0-based, in the order given), a list of
+                indices, a site label (``"O2"``: CIF ``_atom_site_label`` for files,
+                ``Site.label`` for structures; ambiguous labels are refused), or ``"all"``
+                / None for every symmetry-distinct vacancy.
+            batch_size: vacancies per forward pass (does not change the numbers).
+
+        Returns:
+            pandas DataFrame with columns ``structure`` (file name or formula), ``site``,
+            ``element``, ``wyckoff``, ``defect`` (``v_O`` style), ``dH_pred_eV`` (eV; the
+            member mean for an ensemble) and, for an ensemble, ``dH_std_eV`` (eV).
+
+        Raises:
+            StructureError: unreadable structure, site out of range, unknown label.
+        """
+        if _is_vacancy(structure) or (isinstance(structure, (list, tuple)) and structure and all(map(_is_vacancy, structure))):
+            if sites is not None:
+                raise AdexError("give sites=None with pymatgen-analysis-defects Vacancy objects (they carry their site)")
+            return self._predict_vacancies([structure] if _is_vacancy(structure) else list(structure), batch_size)
+        host = _as_host(structure)
+        return self._predict_host(host, self._resolve_sites(host, sites), batch_size)
+
+    # ------------------------------------------------------------------ internals
+    def _resolve_sites(self, host: _Host, sites) -> list[int]:
+        from adex.io import check_site
+        from adex.supercell import distinct_sites
+
+        if sites is None or (isinstance(sites, str) and sites == "all"):
+            return [info.index for info in distinct_sites(host.structure, self._loaded.model.supercell.get("symprec", 0.01))]
+        items = [sites] if isinstance(sites, (str, int, np.integer)) else list(sites)
+        if not items:
+            raise AdexError("sites is empty: give an index, a list of indices, a label or 'all'")
+        return [self._label_site(host, s) if isinstance(s, str) else check_site(host.structure, s) for s in items]
+
+    def _label_site(self, host: _Host, label: str) -> int:
+        from adex.supercell import distinct_sites
+
+        if not host.labels:
+            raise StructureError(f"{host.name}: no site labels to look up {label!r}; give an atom index")
+        matches = [i for i, name in enumerate(host.labels) if name == label]
+        if not matches:
+            known = sorted(set(host.labels))
+            raise StructureError(f"{host.name}: no site labelled {label!r} (labels: {', '.join(known[:20])})")
+        infos = distinct_sites(host.structure, self._loaded.model.supercell.get("symprec", 0.01))
+        orbit_of = {}
+        for info in infos:
+            for member in info.members:
+                orbit_of[int(member)] = info
+        orbits = {orbit_of[i].index: orbit_of[i] for i in matches}
+        if len(orbits) > 1:
+            listed = ", ".join(f"{info.index} ({info.wyckoff})" for info in orbits.values())
+            raise StructureError(f"{host.name}: label {label!r} names {len(orbits)} inequivalent sites: {listed}; give an index")
+        return matches[0]
+
+    def _predict_host(self, host: _Host, sites: list[int], batch_size: int):
+        from adex.expert.predict import featurize_host_sites, predict_packed_members
+
+        packed = featurize_host_sites(self._loaded, host.structure, sites, host.name)
+        members = predict_packed_members(self._loaded, packed, batch_size)
+        return self._frame([host.name] * len(sites), sites, packed.info, members)
+
+    def _predict_vacancies(self, vacancies: list, batch_size: int):
+        import pandas as pd
+
+        frames = []
+        for vacancy in vacancies:
+            host = _Host(vacancy.structure.copy(), vacancy.structure.composition.reduced_formula, None)
+            frames.append(self._predict_host(host, [_vacancy_site(vacancy)], batch_size))
+        return pd.concat(frames, ignore_index=True)
+
+    def _frame(self, names: list[str], sites: list[int], info: np.ndarray, members: np.ndarray):
+        import pandas as pd
+
+        from adex.expert.ensemble import ensemble_statistics
+
+        mean, std = ensemble_statistics(members)
+        frame = pd.DataFrame({
+            "structure": names,
+            "site": np.asarray(sites, dtype=np.int64),
+            "element": info[:, 0],
+            "wyckoff": info[:, 1],
+            "defect": [defect_name(element) for element in info[:, 0]],
+            "dH_pred_eV": mean.astype(np.float64),
+        })
+        if self.n_members > 1:
+            frame["dH_std_eV"] = std.astype(np.float64)
+        return frame
+
+
+def defect_name(element: str) -> str:
+    """The defect community's name of a neutral vacancy of ``element``: ``v_O``."""
+    return f"v_{element}"
+
+
+def _is_vacancy(obj) -> bool:
+    """A pymatgen-analysis-defects ``Vacancy`` (checked by class name: the package is optional)."""
+    return type(obj).__name__ == "Vacancy" and hasattr(obj, "structure") and hasattr(obj, "site")
+
+
+def _vacancy_site(vacancy) -> int:
+    """Index in ``vacancy.structure`` of the atom the vacancy removes."""
+    structure, site = vacancy.structure, vacancy.site
+    frac = np.asarray(structure.frac_coords) - np.asarray(site.frac_coords)
+    frac -= np.round(frac)
+    distance = np.linalg.norm(frac @ structure.lattice.matrix, axis=1)
+    index = int(np.argmin(distance))
+    if distance[index] > 1e-3 or structure[index].species != site.species:
+        raise StructureError("Vacancy: its site is not an atom of its structure")
+    return index
+
+
+def _is_ase_atoms(obj) -> bool:
+    try:
+        from ase import Atoms
+    except ImportError:  # pragma: no cover - ase is a dependency
+        return False
+    return isinstance(obj, Atoms)
+
+
+def _as_host(structure) -> _Host:
+    """A structure, an ASE Atoms or a file path as a host (atoms in the order given)."""
+    from pymatgen.core import Structure
+
+    if isinstance(structure, (str, os.PathLike)):
+        from adex.io import read_hosts
+        from adex.supercell import cif_site_labels
+
+        path = Path(structure)
+        host = read_hosts([path])[0][0]
+        labels = None
+        if path.suffix.lower() == ".cif":
+            try:
+                labels = cif_site_labels(path)
+            except StructureError:
+                labels = None
+        return _Host(host, path.name, labels)
+    if isinstance(structure, Structure):
+        labels = [site.label for site in structure]
+        return _Host(structure, structure.composition.reduced_formula, labels)
+    if _is_ase_atoms(structure):
+        from pymatgen.io.ase import AseAtomsAdaptor
+
+        converted = AseAtomsAdaptor.get_structure(structure)
+        return _Host(converted, converted.composition.reduced_formula, None)
+    raise AdexError(f"cannot read a structure from a {type(structure).__name__}: give a pymatgen Structure, "
+                    "an ASE Atoms, a file path or pymatgen-analysis-defects Vacancy objects")
+
