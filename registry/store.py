@@ -11,6 +11,16 @@ A registration writes everything into a private staging folder next to the versi
 publishes it with one ``rename`` to the next free number, so readers never see a partial
 version and concurrent registrations each get their own number. The registry knows
 nothing about what the files contain.
+
+Integrity: the card records the sha256 and size of every file, and ``card_sha256``, a
+digest of the card itself (:func:`card_digest`: sha256 of its canonical JSON without that
+field), so an edited metric, config or parent list fails verification like an edited
+weights file. A card without ``card_sha256`` (written by adex before it existed) is a
+*legacy* card: its files are verified, its content is not (``Entry.legacy``).
+
+A staging folder holds an ``flock``-ed ``.owner`` file while its writer lives; a writer
+killed mid-registration leaves a staging folder whose owner lock is free, and the next
+registration in the store removes it (:meth:`Registry.clean_stale`).
 """
 from __future__ import annotations
 
@@ -38,6 +48,15 @@ from adex.paths import registry_dir
 from .refs import check_alias, check_token, parse_ref
 
 CARD = "card.json"
+#: card field holding :func:`card_digest` of the rest of the card.
+CARD_DIGEST = "card_sha256"
+STAGING_PREFIX = ".staging-"
+TRASH_PREFIX = ".trash-"
+#: file inside a staging folder, flock-ed by the process writing it (see :meth:`Registry.clean_stale`).
+OWNER = ".owner"
+#: a staging folder without an owner file is left alone for this long (its writer may be
+#: between creating it and locking, or between unlocking and publishing it).
+STALE_UNOWNED_SECONDS = 3600
 ALIASES = "aliases.json"
 LOCK = ".lock"
 TOMBSTONE = ".removed"
@@ -49,6 +68,30 @@ _MAX_PUBLISH_ATTEMPTS = 1000
 
 class ShadowWarning(UserWarning):
     """A user-store model hides a built-in model of the same kind and name."""
+
+
+def _json_form(card: Mapping) -> dict:
+    """``card`` as it reads back from ``card.json`` (tuples as lists, keys as strings,
+    other objects as their ``str``, as :func:`adex.fileio.atomic_write_json` writes them)."""
+    return json.loads(json.dumps(dict(card), default=str))
+
+
+def card_digest(card: Mapping) -> str:
+    """sha256 (hex) of ``card`` without its ``card_sha256`` field, as canonical JSON
+    (keys sorted, no whitespace, ASCII): what ``card_sha256`` must equal."""
+    body = {k: v for k, v in _json_form(card).items() if k != CARD_DIGEST}
+    text = json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
+    return sha256_bytes(text.encode("ascii"))
+
+
+def seal_card(card: Mapping) -> dict:
+    """A copy of ``card`` (in its JSON form) with ``card_sha256`` set to :func:`card_digest`.
+
+    The registry seals every card it writes; a tool that edits a card on purpose (e.g. a
+    one-off migration of the built-in store) must seal it again."""
+    sealed = {k: v for k, v in _json_form(card).items() if k != CARD_DIGEST}
+    sealed[CARD_DIGEST] = card_digest(sealed)
+    return sealed
 
 
 def default_builtin_root() -> Path:
@@ -72,7 +115,8 @@ class Entry:
     card: dict
     aliases: tuple[str, ...] = ()
     shadows: str | None = None  # "builtin" when this user entry hides a built-in one
-    problem: str | None = field(default=None, repr=False, compare=False)  # unreadable card
+    problem: str | None = field(default=None, repr=False, compare=False)  # unreadable or edited card
+    legacy: bool = field(default=False, repr=False, compare=False)  # card without card_sha256 (older adex)
 
     @property
     def ref(self) -> str:
@@ -117,11 +161,21 @@ class Entry:
         return path
 
     def verify(self) -> None:
-        """Check the card and every file it lists; raise :class:`IntegrityError` on the first problem."""
+        """Check the card (readable, in its own folder, its ``card_sha256``) and every file
+        it lists; raise :class:`IntegrityError` on the first problem. A legacy card (no
+        ``card_sha256``) passes if its files do."""
         if self.problem:
             raise IntegrityError(self.problem)
         for filename in self.files:
             self.file_path(filename)
+
+    def verification_problem(self) -> str | None:
+        """The message of :meth:`verify`'s error, or None if the entry verifies."""
+        try:
+            self.verify()
+        except IntegrityError as exc:
+            return str(exc)
+        return None
 
     def _meta(self, filename: str) -> dict:
         if self.problem:
@@ -203,6 +257,16 @@ class _Store:
         if where != (kind, name, version):
             entry.problem = (f"{entry.ref}: card.json describes {where[0]}/{where[1]}:{where[2]}, "
                              "not the folder it is stored in")
+        elif CARD_DIGEST not in card:
+            entry.legacy = True
+        else:
+            try:
+                found = card_digest(card)
+            except (TypeError, ValueError) as exc:  # e.g. a non-finite number written by hand
+                found = f"unreadable ({exc})"
+            if found != card[CARD_DIGEST]:
+                entry.problem = (f"{entry.ref}: card.json was edited after registration (card_sha256 mismatch: "
+                                 f"recorded {str(card[CARD_DIGEST])[:12]}..., content {found[:12]}...)")
         return entry
 
     def entries(self, kind: str | None = None) -> Iterator[Entry]:
@@ -302,28 +366,73 @@ class Registry:
 
         base = self.root / kind / name
         versions_dir = base / "versions"
-        versions_dir.mkdir(parents=True, exist_ok=True)
-        staging = Path(tempfile.mkdtemp(prefix=".staging-", dir=versions_dir))
-        try:
-            os.chmod(staging, 0o755)
-            for filename, data in blobs.items():
-                with open(staging / filename, "wb") as handle:
-                    handle.write(data)
-                    handle.flush()
-                    os.fsync(handle.fileno())
-            version = self._publish(staging, versions_dir, full_card)
-        except BaseException:
-            shutil.rmtree(staging, ignore_errors=True)
-            raise
+        with self._writing(versions_dir):
+            versions_dir.mkdir(parents=True, exist_ok=True)
+            self.clean_stale()
+            staging, owner = _new_staging(versions_dir)
+            try:
+                for filename, data in blobs.items():
+                    with open(staging / filename, "wb") as handle:
+                        handle.write(data)
+                        handle.flush()
+                        os.fsync(handle.fileno())
+                version = self._publish(staging, versions_dir, full_card)
+            except BaseException:
+                shutil.rmtree(staging, ignore_errors=True)
+                raise
+            finally:
+                owner.close()
 
-        with self._locked(base):
-            current = self._user.aliases(kind, name)  # "latest" = highest version, ours included
-            if metric is not None and self._beats_best(kind, name, current.get("best"), metric):
-                current["best"] = version
-            for alias in aliases:
-                current[alias] = version
-            atomic_write_json(base / ALIASES, current)
+            with self._locked(base):
+                current = self._user.aliases(kind, name)  # "latest" = highest version, ours included
+                if metric is not None and self._beats_best(kind, name, current.get("best"), metric):
+                    current["best"] = version
+                for alias in aliases:
+                    current[alias] = version
+                atomic_write_json(base / ALIASES, current)
         return self._user.entry(kind, name, version)
+
+    def check_writable(self, kind: str, name: str) -> None:
+        """Raise :class:`RegistryError` unless a new version of ``kind/name`` can be
+        registered in the user store (checked before a training, so that a read-only
+        registry is found before hours of work, not at registration).
+
+        Probes with a temporary file each existing folder a registration writes in
+        (``versions/`` and the name's folder), or else the nearest existing ancestor."""
+        check_token(kind, "kind")
+        check_token(name, "name")
+        base = self.root / kind / name
+        targets = [p for p in (base / "versions", base) if p.exists()]
+        if not targets:
+            ancestor = base.parent
+            while not ancestor.exists() and ancestor != ancestor.parent:
+                ancestor = ancestor.parent
+            targets = [ancestor]
+        for folder in targets:
+            with self._writing(folder):
+                if not folder.is_dir():
+                    raise NotADirectoryError(errno.ENOTDIR, "not a folder", str(folder))
+                fd, probe = tempfile.mkstemp(prefix=".probe-", dir=folder)
+                os.close(fd)
+                os.unlink(probe)
+
+    def clean_stale(self) -> list[Path]:
+        """Remove what killed writers left in the user store: staging folders whose
+        ``.owner`` lock is free (their writer died; an owner-less one once older than
+        :data:`STALE_UNOWNED_SECONDS`) and ``.trash-*`` folders of interrupted removals.
+        Returns the removed folders. Called by every registration."""
+        removed: list[Path] = []
+        for kind in self._user.kinds():
+            kind_dir = self.root / kind
+            for name_dir in kind_dir.iterdir():
+                versions_dir = name_dir / "versions"
+                if name_dir.name.startswith(".") or not versions_dir.is_dir():
+                    continue
+                for path in versions_dir.iterdir():
+                    if path.name.startswith(TRASH_PREFIX) or (path.name.startswith(STAGING_PREFIX) and _is_stale(path)):
+                        shutil.rmtree(path, ignore_errors=True)
+                        removed.append(path)
+        return removed
 
     def export(self, ref: str, dest_root: Path, card_notes: Mapping | None = None, renumber: bool = False,
                parents_as_builtin: bool = False, name: str | None = None) -> Path:
@@ -349,7 +458,7 @@ class Registry:
         if target.exists():
             raise RegistryError(f"{target} exists already; versions are immutable")
         target.parent.mkdir(parents=True, exist_ok=True)
-        staging = Path(tempfile.mkdtemp(prefix=".staging-", dir=target.parent))
+        staging = Path(tempfile.mkdtemp(prefix=STAGING_PREFIX, dir=target.parent))
         try:
             os.chmod(staging, 0o755)
             for filename in entry.files:
@@ -377,7 +486,7 @@ class Registry:
                 notes.update(dict(card_notes))
             if notes:
                 card["notes"] = notes
-            atomic_write_json(staging / CARD, card)
+            atomic_write_json(staging / CARD, seal_card(card))
             os.rename(staging, target)
         except BaseException:
             shutil.rmtree(staging, ignore_errors=True)
@@ -388,6 +497,9 @@ class Registry:
         """Point ``alias`` (created or moved) at the version ``ref`` resolves to."""
         self._check_settable_alias(alias)
         entry = self._writable(self.resolve(ref), "tag")
+        problem = entry.verification_problem()
+        if problem:
+            raise IntegrityError(f"cannot tag {entry.ref}: it fails verification: {problem}")
         base = self.root / entry.kind / entry.name
         with self._locked(base):
             if not entry.path.is_dir():
@@ -402,23 +514,38 @@ class Registry:
 
         The number is never reused (a tombstone stays). ``latest`` moves to the highest
         remaining version; other aliases pointing at the removed one are dropped.
+
+        Parents are read from verified cards only: if another user entry's card fails
+        verification (edited or unreadable), whether it derives from ``ref`` is unknown and
+        the removal is refused. A version that itself fails verification can be removed
+        (with a warning): removing it is the remedy.
         """
         entry = self._writable(self.resolve(ref), "remove")
         base = self.root / entry.kind / entry.name
-        with self._locked(base):
+        with self._writing(base), self._locked(base):
             if not entry.path.is_dir():
                 raise RegistryError(f"{entry.ref} was removed meanwhile")
-            dependents = [d for d in self.dependents(entry) if d.store == "user"]
+            others = [e for e in self.list() if e.store == "user" and e.ref != entry.ref]
+            dependents = [d for d in others if entry.ref in d.parents]
             if dependents:
                 raise RegistryError(
                     f"cannot remove {entry.ref}: {', '.join(d.ref for d in dependents)} "
                     "list it as a parent (remove those first)"
                 )
+            unknown = [e for e in others if e.problem]
+            if unknown:
+                raise RegistryError(
+                    f"cannot remove {entry.ref}: the card of {unknown[0].ref} fails verification, so whether it "
+                    f"derives from {entry.ref} is unknown ({unknown[0].problem}); remove or restore it first"
+                )
+            problem = entry.verification_problem()
+            if problem:
+                warnings.warn(f"{entry.ref} fails verification ({problem}); removing it", stacklevel=2)
             versions_dir = entry.path.parent
             atomic_write_json(versions_dir / f"{entry.version}{TOMBSTONE}",
                               {"removed": datetime.now(timezone.utc).isoformat(timespec="seconds"),
                                "card": entry.card})
-            trash = versions_dir / f".trash-{entry.version}-{uuid.uuid4().hex}"
+            trash = versions_dir / f"{TRASH_PREFIX}{entry.version}-{uuid.uuid4().hex}"
             os.rename(entry.path, trash)
             shutil.rmtree(trash, ignore_errors=True)
             # effective aliases drop the removed version and recompute "latest"
@@ -521,8 +648,9 @@ class Registry:
         """Whether ``metric`` (lower is better) should take ``best`` from version ``best``."""
         if best is None:
             return True
-        current = self._user.entry(kind, name, best).card.get("primary_metric")
-        if not current:
+        best_entry = self._user.entry(kind, name, best)
+        current = best_entry.card.get("primary_metric")
+        if not current or best_entry.problem:  # no metric, or one that cannot be trusted
             return True
         if current["name"] != metric["name"]:
             warnings.warn(
@@ -537,11 +665,17 @@ class Registry:
     def _publish(staging: Path, versions_dir: Path, card: dict) -> int:
         """Rename ``staging`` to the next free version number (retrying on races)."""
         version = _highest_version(versions_dir) + 1
+        owner = staging / OWNER
         for _ in range(_MAX_PUBLISH_ATTEMPTS):
             card["version"] = version
-            atomic_write_json(staging / CARD, card)
+            atomic_write_json(staging / CARD, seal_card(card))
             target = versions_dir / str(version)
             if not target.exists():
+                # the owner file must not be published; its lock stays held (the file
+                # handle is open) until the rename, and a folder without one is left
+                # alone while young (see clean_stale)
+                if owner.exists():
+                    os.unlink(owner)
                 try:
                     os.rename(staging, target)
                     return version
@@ -550,6 +684,10 @@ class Registry:
                         raise
             version = max(version + 1, _highest_version(versions_dir) + 1)
         raise RegistryError(f"could not publish a new version in {versions_dir} (too much contention)")
+
+    def _writing(self, folder: Path):
+        """Context: an OSError while writing the user store becomes a one-line RegistryError."""
+        return _registry_write_errors(self.root, folder)
 
     @staticmethod
     @contextmanager
@@ -561,6 +699,57 @@ class Registry:
                 yield
             finally:
                 fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+@contextmanager
+def _registry_write_errors(root: Path, folder: Path) -> Iterator[None]:
+    try:
+        yield
+    except OSError as exc:
+        where = exc.filename or folder
+        reason = exc.strerror or type(exc).__name__
+        raise RegistryError(
+            f"the registry {root} is not writable: {where}: {reason} "
+            "(give another one with --registry PATH, or train with --no-register)"
+        ) from None
+
+
+def _new_staging(versions_dir: Path):
+    """A fresh staging folder in ``versions_dir`` and the open, flock-ed handle of its
+    ``.owner`` file (closing the handle releases the lock; so does the process dying).
+    The owner file is locked before it gets its name, so a cleaner never sees it unlocked
+    while its writer lives."""
+    staging = Path(tempfile.mkdtemp(prefix=STAGING_PREFIX, dir=versions_dir))
+    try:
+        os.chmod(staging, 0o755)
+        handle = open(staging / f"{OWNER}.new", "wb")
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        os.rename(staging / f"{OWNER}.new", staging / OWNER)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return staging, handle
+
+
+def _is_stale(staging: Path) -> bool:
+    """Whether the writer of a staging folder is gone (its owner lock is free)."""
+    import time
+
+    try:
+        handle = open(staging / OWNER, "rb")
+    except FileNotFoundError:
+        try:
+            return time.time() - staging.stat().st_mtime > STALE_UNOWNED_SECONDS
+        except FileNotFoundError:
+            return False  # published or removed meanwhile
+    except OSError:
+        return False
+    with handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            return False  # its writer holds the lock
+        return True
 
 
 def open_registry() -> Registry:

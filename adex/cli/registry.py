@@ -49,12 +49,12 @@ def register(subparsers: argparse._SubParsersAction) -> argparse._SubParsersActi
     p.add_argument("--kind", help="only this kind (e.g. advisor, expert)")
     p.set_defaults(func=_warnings_to_stderr(cmd_list))
 
-    p = sub.add_parser("show", parents=common, help="card of one model")
+    p = sub.add_parser("show", parents=common, help="card of one model (exit 1 if it fails verification)")
     p.add_argument("ref")
     p.add_argument("--json", action="store_true", help="also print the raw card JSON")
     p.set_defaults(func=_warnings_to_stderr(cmd_show))
 
-    p = sub.add_parser("verify", parents=common, help="check file hashes (all models if no REF)")
+    p = sub.add_parser("verify", parents=common, help="check the cards and file hashes (all models if no REF)")
     p.add_argument("ref", nargs="?")
     p.set_defaults(func=_warnings_to_stderr(cmd_verify))
 
@@ -104,7 +104,8 @@ def cmd_list(args: argparse.Namespace) -> int:
     for e in entries:
         table.add_row(
             e.store + ("*" if e.shadows else ""), e.kind, e.name, str(e.version), ", ".join(e.aliases),
-            _metric(e), "(unreadable card)" if e.problem else str(e.card.get("created", "")), ", ".join(e.parents),
+            _metric(e), ("(unreadable card)" if not e.card else "(card fails verification)") if e.problem
+            else str(e.card.get("created", "")), ", ".join(e.parents),
         )
     if any(e.shadows for e in entries):
         table.caption = "* hides the built-in model of the same name (use builtin::kind/name for it)"
@@ -113,14 +114,17 @@ def cmd_list(args: argparse.Namespace) -> int:
 
 
 def cmd_show(args: argparse.Namespace) -> int:
-    """``adex registry show REF [--json]``."""
+    """``adex registry show REF [--json]``: the card; a version that fails verification
+    (edited card, tampered or missing file) is shown with the problem in an ``integrity``
+    row and a warning, and the exit code is 1 (as ``verify``)."""
     from rich.console import Console
     from rich.table import Table
 
-    from adex.registry.store import REGISTRY_FIELDS
+    from adex.registry.store import CARD_DIGEST, REGISTRY_FIELDS
 
     registry = open_from_args(args)
     entry = registry.resolve(args.ref)
+    problem = entry.verification_problem()
     card = entry.card
     table = Table("field", "value", show_header=False, title=entry.ref)
     rows = [
@@ -136,19 +140,28 @@ def cmd_show(args: argparse.Namespace) -> int:
                             for f, m in entry.files.items())),
         ("package versions", ", ".join(f"{k} {v}" for k, v in (card.get("package_versions") or {}).items())),
     ]
-    rows += [(key, _value(value)) for key, value in sorted(card.items()) if key not in REGISTRY_FIELDS]
-    if entry.problem:
-        rows.append(("PROBLEM", entry.problem))
+    rows += [(key, _value(value)) for key, value in sorted(card.items())
+             if key not in REGISTRY_FIELDS and key != CARD_DIGEST]
+    rows.insert(0, ("integrity", f"FAILED: {problem}" if problem else
+                    "files verified; legacy card without card_sha256 (its content is not covered)" if entry.legacy
+                    else "card and files verified"))
     for key, value in rows:
         table.add_row(key, value)
     Console().print(table)
     if args.json:
         print(json.dumps(card, indent=2, sort_keys=True))
+    if problem:
+        print(f"warning: {entry.ref} fails verification, the values shown cannot be trusted: {problem}", file=sys.stderr)
+        return 1
+    if entry.legacy:
+        print(f"warning: {entry.ref} has a legacy card (no card_sha256): its files are verified, its content is not",
+              file=sys.stderr)
     return 0
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
-    """``adex registry verify [REF]``: 0 if every file matches its card, else 1."""
+    """``adex registry verify [REF]``: 0 if every card matches its ``card_sha256`` and
+    every file its card, else 1. Legacy cards (no ``card_sha256``) pass with a note."""
     from rich.console import Console
     from rich.text import Text
 
@@ -158,6 +171,8 @@ def cmd_verify(args: argparse.Namespace) -> int:
         line = Text.assemble(("OK    ", "green") if problem is None else ("FAILED", "bold red"), f"  {entry.ref}")
         if problem:
             line.append(f"  {problem}")
+        elif entry.legacy:
+            line.append("  (legacy card without card_sha256: files verified, card content not covered)")
         console.print(line, soft_wrap=True)
     if not results:
         console.print("no models to verify")
