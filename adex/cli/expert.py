@@ -126,10 +126,20 @@ def register_experiments(subparsers: argparse._SubParsersAction) -> None:
     bl.add_argument("--out", required=True, help="folder for the blended CV files (as adex cv writes them)")
     bl.set_defaults(func=cmd_blend)
 
-    rep = subparsers.add_parser("report", help="one Markdown report (tables + figures) from run folders",
-                                description="e.g. `adex report RUNS/cv-* RUNS/learning-curve-* -o report.md`")
-    rep.add_argument("runs", nargs="+", help="run folders (adex cv, experiment, baseline, expert train)")
-    rep.add_argument("-o", "--output", required=True, help="Markdown file to write (figures are linked relative to it)")
+    rep = subparsers.add_parser(
+        "report", help="Markdown reports and compact summaries of run folders",
+        description="`adex report RUNS/cv-* RUNS/learning-curve-* -o report.md`: one Markdown report (tables + "
+                    "figures) from run folders. `adex report RUNS/*/ --write-summaries DIR`: their results as a few "
+                    "small files (experiments.csv, folds.csv, experiments.json, heldout_predictions.csv.gz). "
+                    "`adex report --from-summaries DIR -o results.md [--template results.md]`: Markdown from those "
+                    "files; a template's <!-- adex:table --> blocks are refreshed, its text kept "
+                    "(e.g. `adex report --from-summaries benchmarks/results/experiments --template docs/results.md "
+                    "-o docs/results.md`).")
+    rep.add_argument("runs", nargs="*", help="run folders (adex cv, experiment, baseline, expert train)")
+    rep.add_argument("-o", "--output", help="Markdown file to write (figures are linked relative to it)")
+    rep.add_argument("--write-summaries", metavar="DIR", help="write the summary files of the run folders to DIR")
+    rep.add_argument("--from-summaries", metavar="DIR", help="report from the summary files in DIR, not run folders")
+    rep.add_argument("--template", help="with --from-summaries: Markdown whose adex blocks are filled in")
     rep.set_defaults(func=cmd_report)
 
 
@@ -333,9 +343,29 @@ def cmd_pooling(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from adex.studies.report import write_report
-    from adex.progress import console
+    from pathlib import Path
 
-    path = write_report([__import__("pathlib").Path(r) for r in args.runs], args.output)
-    console().print(f"report: {path}")
+    from adex.errors import AdexError
+    from adex.progress import console
+    from adex.studies import report
+
+    if args.from_summaries:
+        if args.runs or args.write_summaries:
+            raise AdexError("--from-summaries reads summary files: give no run folders and no --write-summaries")
+        if not args.output:
+            raise AdexError("--from-summaries needs -o/--output")
+        console().print(f"report: {report.write_results(args.from_summaries, args.output, args.template)}")
+        return 0
+    if args.template:
+        raise AdexError("--template goes with --from-summaries")
+    if not args.runs:
+        raise AdexError("give run folders (or --from-summaries DIR)")
+    if not args.output and not args.write_summaries:
+        raise AdexError("give -o/--output (a Markdown report) and/or --write-summaries DIR")
+    runs = [Path(r) for r in args.runs]
+    if args.write_summaries:
+        paths = report.write_summaries(runs, args.write_summaries)
+        console().print(f"summaries: {', '.join(str(p) for p in paths.values())}")
+    if args.output:
+        console().print(f"report: {report.write_report(runs, args.output)}")
     return 0
