@@ -1,6 +1,8 @@
 """Pristine-crystal datasets for advisors, featurized once and cached on disk.
 
-Datasets (folders of the data directory, see ``../shared/data/MANIFEST.md``):
+The datasets are the entries of the dataset table :data:`adex.catalog.CATALOG` that have
+a regression target (:data:`DATASETS`, derived from it; folders of the data directory,
+see ``../shared/data/MANIFEST.md``):
 
 * ``mp_formation_energy``: 36,835 Materials Project crystals, formation energy per atom
   (eV/atom); structures read straight from ``structures.tar.gz``.
@@ -23,6 +25,7 @@ from typing import Callable, Iterator
 
 import numpy as np
 
+from adex.catalog import CATALOG, Dataset, dataset_names
 from adex.errors import AdexError, DataError
 from adex.graphs import CrystalGraph, Featurizer, FeaturizerSettings, PackedGraphs
 from adex.io import structure_from_text
@@ -31,7 +34,8 @@ from adex.paths import cache_dir, data_dir
 
 @dataclass(frozen=True)
 class DatasetSpec:
-    """A pristine-crystal regression dataset: where it is and what its target means."""
+    """A pristine-crystal regression dataset (from its :class:`~adex.catalog.Dataset`) and
+    how to read it: ``records`` gives ``(id, target)`` pairs, ``texts`` the CIF texts of ids."""
 
     name: str
     target: str
@@ -47,13 +51,18 @@ def _read_id_prop(path: Path) -> list[tuple[str, float]]:
         return [(row[0].strip(), float(row[1])) for row in csv.reader(handle) if row and row[0].strip()]
 
 
-def _mp_texts(root: Path, ids: list[str]) -> Iterator[tuple[str, str]]:
-    wanted = set(ids)
-    with tarfile.open(root / "structures.tar.gz") as archive:
-        for member in archive:
-            stem = Path(member.name).stem
-            if member.isfile() and stem in wanted:
-                yield stem, archive.extractfile(member).read().decode()
+def _archive_texts(archive: str) -> Callable[[Path, list[str]], Iterator[tuple[str, str]]]:
+    """Reader of CIF texts packed in ``root/<archive>`` (a tar file)."""
+
+    def texts(root: Path, ids: list[str]) -> Iterator[tuple[str, str]]:
+        wanted = set(ids)
+        with tarfile.open(root / archive) as tar:
+            for member in tar:
+                stem = Path(member.name).stem
+                if member.isfile() and stem in wanted:
+                    yield stem, tar.extractfile(member).read().decode()
+
+    return texts
 
 
 def _folder_texts(root: Path, ids: list[str]) -> Iterator[tuple[str, str]]:
@@ -63,35 +72,32 @@ def _folder_texts(root: Path, ids: list[str]) -> Iterator[tuple[str, str]]:
             yield item, path.read_text()
 
 
-DATASETS: dict[str, DatasetSpec] = {
-    "mp_formation_energy": DatasetSpec(
-        name="mp_formation_energy",
-        target="formation_energy_per_atom",
-        unit="eV/atom",
-        description="36,835 Materials Project crystals (Jain et al.), CC BY 4.0",
-        required=("id_prop.csv", "structures.tar.gz"),
+def _spec(dataset: Dataset) -> DatasetSpec:
+    """The pristine-set reader of a catalogue entry with a target: targets from
+    ``id_prop.csv``; structures from its archive if it has one, else ``structures/``."""
+    assert dataset.target is not None and dataset.unit is not None
+    return DatasetSpec(
+        name=dataset.name,
+        target=dataset.target,
+        unit=dataset.unit,
+        description=dataset.description,
+        required=dataset.required,
         records=lambda root: _read_id_prop(root / "id_prop.csv"),
-        texts=_mp_texts,
-    ),
-    "oxide_bandgaps": DatasetSpec(
-        name="oxide_bandgaps",
-        target="band_gap",
-        unit="eV",
-        description="824 oxides with DFT band gaps (Kumagai et al.), CC BY 4.0",
-        required=("id_prop.csv", "structures"),
-        records=lambda root: _read_id_prop(root / "id_prop.csv"),
-        texts=_folder_texts,
-    ),
-}
+        texts=_archive_texts(dataset.archives[0]) if dataset.archives else _folder_texts,
+    )
+
+
+# The advisor datasets: the catalogue entries with a regression target.
+DATASETS: dict[str, DatasetSpec] = {name: _spec(d) for name, d in CATALOG.items() if d.target is not None}
 
 
 def dataset_root(name: str, data: str | os.PathLike | None = None) -> Path:
     """Folder of dataset ``name``; DataError says how to get it when missing."""
-    if name not in DATASETS and name != "witman2023_vacancies":
-        raise DataError(f"unknown dataset {name!r} (known: {', '.join(sorted(DATASETS))}, witman2023_vacancies)")
+    dataset = CATALOG.get(name)
+    if dataset is None:
+        raise DataError(f"unknown dataset {name!r} (known: {', '.join(dataset_names())})")
     root = data_dir(data) / name
-    required = DATASETS[name].required if name in DATASETS else ("vacancies.csv", "structures")
-    missing = [r for r in required if not (root / r).exists()]
+    missing = [r for r in dataset.required if not (root / r).exists()]
     if missing:
         raise DataError(
             f"dataset {name} not found at {root} (missing {missing[0]}); pass --data DIR, set ADEX_DATA, "

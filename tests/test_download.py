@@ -4,7 +4,10 @@ The server mimics codeload.github.com: ``/{owner}/{repo}/tar.gz/{commit}`` answe
 ``tar.gz`` whose top folder is ``{repo}-{commit}/`` holding the repository paths. The
 archives are built here from the shipped data (``$ADEX_DATA`` or ``<repo>/../shared/data``)
 mapped back to their source paths, so a download must rebuild the shipped layout, the
-derived files included, to pass the checksums of ``adex/data/datasets.json``.
+derived files included, to pass the checksums of ``adex/data/datasets.json``. The modules
+of the download are exercised through it: the table (``adex.catalog``), the fetch
+(``adex.fetch``), extraction and packing (``adex.archive``), the derived files
+(``adex.derived``), the checksums (``adex.checksums``) and the steps (``adex.download``).
 """
 from __future__ import annotations
 
@@ -20,6 +23,7 @@ from pathlib import Path
 
 import pytest
 
+from adex import archive, catalog, checksums, derived
 from adex import download as dl
 from adex.cli import main
 from adex.errors import DataError
@@ -52,11 +56,11 @@ MP_SUBSET = 40
 # --------------------------------------------------------------------------- fake origin
 
 
-def _origin(name: str) -> dl.Origin:
-    return dl.Origin.from_dict(dl.load_manifest()["datasets"][name]["origin"])
+def _origin(name: str) -> catalog.Origin:
+    return catalog.get_dataset(name).origin
 
 
-def _codeload_tar(origin: dl.Origin, files: dict[str, bytes]) -> bytes:
+def _codeload_tar(origin: catalog.Origin, files: dict[str, bytes]) -> bytes:
     """A tar.gz laid out like codeload's: pax comment, folder entries, ``{repo}-{commit}/`` top."""
     top = f"{origin.repo}-{origin.commit}"
     buffer = io.BytesIO()
@@ -183,13 +187,13 @@ class _Server:
         self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
         self.thread.start()
 
-    def serve(self, origin: dl.Origin, files: dict[str, bytes], prefix: str = "") -> str:
+    def serve(self, origin: catalog.Origin, files: dict[str, bytes], prefix: str = "") -> str:
         """Serve the archive of ``files`` for ``origin``; returns the base URL to use."""
         path = f"{prefix}/{origin.owner}/{origin.repo}/tar.gz/{origin.commit}"
         self.routes[path] = _codeload_tar(origin, files)
         return self.url + prefix
 
-    def count(self, origin: dl.Origin) -> int:
+    def count(self, origin: catalog.Origin) -> int:
         return sum(p.endswith(f"/{origin.owner}/{origin.repo}/tar.gz/{origin.commit}") for p in self.requests)
 
     def close(self) -> None:
@@ -210,7 +214,7 @@ def server():
 def _quiet(monkeypatch, tmp_path):
     monkeypatch.setenv("ADEX_NO_PROGRESS", "1")
     monkeypatch.setenv("ADEX_HOME", str(tmp_path / "home"))
-    monkeypatch.delenv(dl.BASE_URL_ENV, raising=False)
+    monkeypatch.delenv(catalog.BASE_URL_ENV, raising=False)
 
 
 def _leftovers(root: Path) -> list[str]:
@@ -219,12 +223,12 @@ def _leftovers(root: Path) -> list[str]:
 
 def _mp_manifest(cifs: dict[str, bytes]) -> dict:
     """The shipped manifest with the MP entry replaced by one for the MP_SUBSET CIFs."""
-    manifest = copy.deepcopy(dl.load_manifest())
+    manifest = copy.deepcopy(checksums.load_manifest())
     entry = manifest["datasets"]["mp_formation_energy"]
     id_prop = _mp_id_prop(cifs)
     entry["files"]["id_prop.csv"] = {"sha256": hashlib.sha256(id_prop).hexdigest(), "size": len(id_prop)}
     pairs = [(name, hashlib.sha256(data).hexdigest()) for name, data in cifs.items()]
-    entry["archives"] = {"structures.tar.gz": {"content_digest": dl.tree_digest(pairs), "count": len(cifs)}}
+    entry["archives"] = {"structures.tar.gz": {"content_digest": checksums.tree_digest(pairs), "count": len(cifs)}}
     return manifest
 
 
@@ -232,36 +236,51 @@ def _mp_manifest(cifs: dict[str, bytes]) -> dict:
 
 
 def test_manifest_is_small_and_matches_manifest_md():
-    path = dl.default_manifest_path()
+    path = checksums.default_manifest_path()
     assert path.stat().st_size < 300_000
-    manifest = dl.load_manifest()
-    assert dl.dataset_names(manifest) == NAMES
+    manifest = checksums.load_manifest()
+    assert catalog.dataset_names() == sorted(manifest["datasets"]) == NAMES
     text = (SHARED / "MANIFEST.md").read_text()
     for name in NAMES:
-        origin = manifest["datasets"][name]["origin"]
-        assert f"{origin['owner']}/{origin['repo']}" in text or name == "oxide_bandgaps"  # "same repository"
-        assert origin["commit"] in text
-        assert origin["folder"].rsplit("/", 1)[-1] in text
+        origin = catalog.get_dataset(name).origin
+        assert f"{origin.owner}/{origin.repo}" in text or name == "oxide_bandgaps"  # "same repository"
+        assert origin.commit in text
+        assert origin.folder.rsplit("/", 1)[-1] in text
     assert manifest["datasets"]["mp_formation_energy"]["archives"]["structures.tar.gz"]["count"] == 36835
     assert manifest["datasets"]["witman2023_vacancies"]["trees"]["structures"]["count"] == 1481
     assert manifest["datasets"]["oxide_bandgaps"]["trees"]["structures"]["count"] == 824
 
 
+def test_one_dataset_table():
+    """The catalogue is the table; the manifest holds only checksums, adex.datasets derives its sets."""
+    from adex.datasets import DATASETS
+
+    for name, entry in checksums.load_manifest()["datasets"].items():
+        assert set(entry) <= {"files", "trees", "archives"}, name
+        dataset = catalog.get_dataset(name)
+        assert set(entry.get("trees", {})) == set(dataset.trees) and set(entry.get("archives", {})) == set(dataset.archives)
+    assert {n: (s.target, s.unit, s.required) for n, s in DATASETS.items()} == {
+        "mp_formation_energy": ("formation_energy_per_atom", "eV/atom", ("id_prop.csv", "structures.tar.gz")),
+        "oxide_bandgaps": ("band_gap", "eV", ("id_prop.csv", "structures")),
+    }
+    assert set(derived.DERIVE_STEPS) <= set(catalog.CATALOG)
+
+
 def test_manifest_regenerates_from_shipped_data():
     """`python -m adex.download make-manifest --from SHARED` gives the committed file."""
-    assert dl.build_manifest(SHARED) == dl.load_manifest()
+    assert checksums.build_manifest(SHARED) == checksums.load_manifest()
 
 
 def test_shipped_data_verifies():
     for name in ("cgcnn_pretrained", "oxide_bandgaps", "witman2023_vacancies"):
-        result = dl.verify_dataset(name, SHARED / name)
+        result = checksums.verify_dataset(name, SHARED / name)
         assert result.files > 0
 
 
 def test_tree_digest_is_order_independent():
     pairs = [("b.cif", "2" * 64), ("a.cif", "1" * 64)]
     expected = hashlib.sha256(f"a.cif {'1' * 64}\nb.cif {'2' * 64}\n".encode()).hexdigest()
-    assert dl.tree_digest(pairs) == dl.tree_digest(reversed(pairs)) == expected
+    assert checksums.tree_digest(pairs) == checksums.tree_digest(reversed(pairs)) == expected
 
 
 # --------------------------------------------------------------------------- full downloads
@@ -305,7 +324,7 @@ def _witman_subset(hosts=WITMAN_HOSTS) -> tuple[dict[str, bytes], dict]:
     files[f"{WITMAN}/cgcnn/id_prop.csv.all"] = id_prop
     header, *rows = _read("witman2023_vacancies/vacancies.csv").splitlines(keepends=True)
     vacancies = header + b"".join(row for row in rows if keep(row))
-    manifest = copy.deepcopy(dl.load_manifest())
+    manifest = copy.deepcopy(checksums.load_manifest())
     entry = manifest["datasets"]["witman2023_vacancies"]
     entry["files"] = {
         rel: spec
@@ -315,7 +334,7 @@ def _witman_subset(hosts=WITMAN_HOSTS) -> tuple[dict[str, bytes], dict]:
     for rel, data in (("id_prop.csv", id_prop), ("vacancies.csv", vacancies)):
         entry["files"][rel] = {"sha256": hashlib.sha256(data).hexdigest(), "size": len(data)}
     cifs = [(p.rsplit("/", 1)[1], hashlib.sha256(d).hexdigest()) for p, d in files.items() if p.endswith(".cif")]
-    entry["trees"]["structures"] = {"digest": dl.tree_digest(cifs), "count": len(cifs), "size": 0}
+    entry["trees"]["structures"] = {"digest": checksums.tree_digest(cifs), "count": len(cifs), "size": 0}
     return files, manifest
 
 
@@ -345,8 +364,8 @@ def test_vacancies_csv_same_with_worker_processes(tmp_path):
         if path.endswith(".cif"):
             (tmp_path / "structures" / path.rsplit("/", 1)[1]).write_bytes(data)
     (tmp_path / "id_prop.csv").write_bytes(files[f"{WITMAN}/cgcnn/id_prop.csv.all"])
-    serial = dl.build_vacancies_csv(tmp_path, workers=1).read_bytes()
-    assert dl.build_vacancies_csv(tmp_path, workers=2).read_bytes() == serial
+    serial = derived.build_vacancies_csv(tmp_path, workers=1).read_bytes()
+    assert derived.build_vacancies_csv(tmp_path, workers=2).read_bytes() == serial
 
 
 def test_download_mp_subset_shares_archive_with_oxide(server, tmp_path):
@@ -366,7 +385,7 @@ def test_download_mp_subset_shares_archive_with_oxide(server, tmp_path):
         assert [m.name for m in members] == sorted(cifs)
         assert all(m.mode == 0o664 and m.uname == "root" and m.mtime == 1577836800 for m in members)
         assert all(tar.extractfile(m).read() == cifs[m.name] for m in members)
-    assert dl.verify_dataset("mp_formation_energy", mp, manifest).files == 3
+    assert checksums.verify_dataset("mp_formation_energy", mp, manifest).files == 3
 
 
 def test_present_dataset_is_not_downloaded_again_unless_forced(server, tmp_path):
@@ -381,7 +400,7 @@ def test_present_dataset_is_not_downloaded_again_unless_forced(server, tmp_path)
 
 
 def test_base_url_from_environment(server, tmp_path, monkeypatch):
-    monkeypatch.setenv(dl.BASE_URL_ENV, server.url)
+    monkeypatch.setenv(catalog.BASE_URL_ENV, server.url)
     [result] = dl.download(["cgcnn_pretrained"], tmp_path, progress=False)
     assert result.status == "downloaded"
 
@@ -409,14 +428,14 @@ def test_pack_structures_keeps_members(tmp_path, monkeypatch, with_gzip):
     if with_gzip and not shutil.which("gzip"):
         pytest.skip("GNU gzip not installed")
     if not with_gzip:
-        monkeypatch.setattr(dl.shutil, "which", lambda name: None)
+        monkeypatch.setattr(archive.shutil, "which", lambda name: None)
     cifs = dict(list(_mp_subset().items())[:10])
     (tmp_path / "in").mkdir()
     for name, data in cifs.items():
         (tmp_path / "in" / name).write_bytes(data)
-    assert dl.pack_structures(tmp_path / "in", tmp_path / "out.tar.gz") is with_gzip
-    digest, count = dl.tar_content_digest(tmp_path / "out.tar.gz")
-    assert count == 10 and digest == dl.tree_digest((n, hashlib.sha256(d).hexdigest()) for n, d in cifs.items())
+    assert archive.pack_structures(tmp_path / "in", tmp_path / "out.tar.gz") is with_gzip
+    digest, count = checksums.tar_content_digest(tmp_path / "out.tar.gz")
+    assert count == 10 and digest == checksums.tree_digest((n, hashlib.sha256(d).hexdigest()) for n, d in cifs.items())
 
 
 # --------------------------------------------------------------------------- failures
@@ -471,16 +490,16 @@ def test_existing_corrupt_copy_needs_force(server, tmp_path):
     with pytest.raises(DataError, match=r"atom_init\.json.*--force"):
         dl.download(["cgcnn_pretrained"], tmp_path, base_url=server.url, progress=False)
     with pytest.raises(DataError, match=r"cgcnn_pretrained: atom_init\.json does not match its checksum"):
-        dl.verify_dataset("cgcnn_pretrained", tmp_path / "cgcnn_pretrained")
+        checksums.verify_dataset("cgcnn_pretrained", tmp_path / "cgcnn_pretrained")
     dl.download(["cgcnn_pretrained"], tmp_path, base_url=server.url, force=True, progress=False)
-    dl.verify_dataset("cgcnn_pretrained", tmp_path / "cgcnn_pretrained")
+    checksums.verify_dataset("cgcnn_pretrained", tmp_path / "cgcnn_pretrained")
 
 
 def test_tree_mismatch_names_the_folder(server, tmp_path):
     dl.download(["oxide_bandgaps"], tmp_path, base_url=server.url, progress=False)
     (tmp_path / "oxide_bandgaps" / "structures" / "extra.cif").write_text("data_x\n")
     with pytest.raises(DataError, match=r"oxide_bandgaps: structures/ does not match its checksum \(825 files"):
-        dl.verify_dataset("oxide_bandgaps", tmp_path / "oxide_bandgaps")
+        checksums.verify_dataset("oxide_bandgaps", tmp_path / "oxide_bandgaps")
 
 
 # --------------------------------------------------------------------------- CLI
@@ -511,8 +530,8 @@ def test_make_manifest_entry_point(tmp_path):
     (tmp_path / "src").mkdir()
     for name in ("cgcnn_pretrained",):
         os.symlink(SHARED / name, tmp_path / "src" / name)
-    manifest = dl.build_manifest(tmp_path / "src", ["cgcnn_pretrained"])
-    assert manifest["datasets"]["cgcnn_pretrained"] == dl.load_manifest()["datasets"]["cgcnn_pretrained"]
+    manifest = checksums.build_manifest(tmp_path / "src", ["cgcnn_pretrained"])
+    assert manifest["datasets"]["cgcnn_pretrained"] == checksums.load_manifest()["datasets"]["cgcnn_pretrained"]
     assert dl.main(["make-manifest", "--from", str(tmp_path / "missing"), "--out", str(out)]) == 2
     assert not out.exists()
 

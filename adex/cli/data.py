@@ -72,20 +72,21 @@ def _help(parser: argparse.ArgumentParser) -> int:
 
 def cmd_list(args: argparse.Namespace) -> int:
     """Print one line per dataset: name, status in the data directory, origin, description."""
-    from adex.download import Origin, dataset_names, load_manifest, quick_status
+    from adex.catalog import dataset_names, get_dataset
+    from adex.checksums import load_manifest, quick_status
     from adex.paths import data_dir
 
     manifest = load_manifest(args.manifest)
     root = data_dir(args.data)
-    names = dataset_names(manifest)
+    names = dataset_names()
     width = max(len(n) for n in names)
     print(f"datasets in {root}:")
     for name in names:
-        entry = manifest["datasets"][name]
-        origin = Origin.from_dict(entry["origin"])
+        dataset = get_dataset(name)
+        origin = dataset.origin
         status = quick_status(name, root / name, manifest)
         print(f"  {name:<{width}}  {status}")
-        print(f"    {entry.get('description', '')}")
+        print(f"    {dataset.description}")
         print(f"    from github.com/{origin.owner}/{origin.repo}@{origin.commit[:7]} {origin.folder}/")
     print("download with `adex data download NAME`, check with `adex data verify`")
     return 0
@@ -93,15 +94,17 @@ def cmd_list(args: argparse.Namespace) -> int:
 
 def cmd_download(args: argparse.Namespace) -> int:
     """Download the named datasets (or all); prints where each one is."""
-    from adex.download import dataset_names, download, load_manifest
+    from adex.catalog import dataset_names
+    from adex.checksums import load_manifest
+    from adex.download import download
 
     manifest = load_manifest(args.manifest)
     if args.all:
-        names = dataset_names(manifest)
+        names = dataset_names()
     elif args.names:
         names = list(args.names)
     else:
-        raise DataError(f"name a dataset to download, or pass --all (known: {', '.join(dataset_names(manifest))})")
+        raise DataError(f"name a dataset to download, or pass --all (known: {', '.join(dataset_names())})")
     results = download(
         names,
         args.dest,
@@ -124,7 +127,8 @@ def cmd_download(args: argparse.Namespace) -> int:
 
 def cmd_verify(args: argparse.Namespace) -> int:
     """Verify the named datasets (default: every dataset present in the data directory)."""
-    from adex.download import dataset_entry, dataset_names, load_manifest, verify_dataset
+    from adex.catalog import dataset_names
+    from adex.checksums import checksum_entry, load_manifest, verify_dataset
     from adex.paths import data_dir
 
     manifest = load_manifest(args.manifest)
@@ -132,9 +136,9 @@ def cmd_verify(args: argparse.Namespace) -> int:
     if args.names:
         names = list(dict.fromkeys(args.names))
         for name in names:
-            dataset_entry(name, manifest)  # unknown name -> DataError listing the known ones
+            checksum_entry(name, manifest)  # unknown name -> DataError listing the known ones
     else:
-        names = [n for n in dataset_names(manifest) if (root / n).exists()]
+        names = [n for n in dataset_names() if (root / n).exists()]
         if not names:
             raise DataError(f"no dataset in {root} (download with `adex data download NAME`)")
     failures: list[str] = []
