@@ -5,6 +5,13 @@ A crystal graph has one node per atom of the (periodic) cell and a directed edge
 within ``cutoff``. Neighbours tied in distance with the last one kept are all kept, so
 that symmetry-equivalent atoms get identical neighbourhoods.
 
+With ``max_neighbors=None`` the graph is a *radius graph*: every periodic image within
+``cutoff``, and the models weigh each message by a smooth envelope of the distance that
+vanishes at the cutoff (:func:`adex.nn.cutoff_envelope`), as modern interatomic
+potentials do. A count cut is discontinuous: displacing atoms by 0.01 Å can swap which
+atoms of a nearly degenerate shell are kept, and embeddings jump. A radius graph with an
+envelope changes continuously with the positions (tested).
+
 Conventions (shapes in brackets):
 
 * ``edge_index``: LongTensor [2, n_edges]; row 0 = receiving (centre) atom ``i``,
@@ -42,7 +49,9 @@ class FeaturizerSettings:
 
     Attributes:
         cutoff: neighbour search radius, Å.
-        max_neighbors: neighbours kept per atom (nearest first; ties kept).
+        max_neighbors: neighbours kept per atom (nearest first; ties kept), or None for a
+            radius graph (every neighbour within ``cutoff``, messages weighted by a smooth
+            cutoff envelope: embeddings continuous in the atomic positions).
         gaussian_step: spacing of the Gaussian distance basis centres (0 .. cutoff), Å.
         gaussian_width: width of each Gaussian, Å (CGCNN uses the step).
         element_embedding: name of the element feature table (``cgcnn92`` or ``magpie``).
@@ -52,7 +61,7 @@ class FeaturizerSettings:
     """
 
     cutoff: float = 8.0
-    max_neighbors: int = 12
+    max_neighbors: int | None = 12
     gaussian_step: float = 0.2
     gaussian_width: float = 0.2
     element_embedding: str = "cgcnn92"
@@ -61,13 +70,18 @@ class FeaturizerSettings:
     def __post_init__(self) -> None:
         if self.cutoff <= 0 or self.gaussian_step <= 0 or self.gaussian_width <= 0:
             raise ConfigError("featurizer: cutoff, gaussian_step and gaussian_width must be > 0")
-        if self.max_neighbors < 1:
-            raise ConfigError("featurizer: max_neighbors must be >= 1")
+        if self.max_neighbors is not None and (isinstance(self.max_neighbors, bool) or self.max_neighbors < 1):
+            raise ConfigError("featurizer: max_neighbors must be >= 1, or null for a radius graph")
         if self.element_embedding not in ELEMENT_EMBEDDINGS:
             raise ConfigError(
                 f"featurizer: unknown element_embedding {self.element_embedding!r} "
                 f"(choose from {sorted(ELEMENT_EMBEDDINGS)})"
             )
+
+    @property
+    def smooth(self) -> bool:
+        """Whether graphs are radius graphs whose messages carry a cutoff envelope."""
+        return self.max_neighbors is None
 
     @property
     def n_gaussians(self) -> int:
@@ -179,9 +193,10 @@ class CrystalGraph:
 
 
 def select_nearest(
-    center: np.ndarray, distance: np.ndarray, max_neighbors: int, tie_tolerance: float
+    center: np.ndarray, distance: np.ndarray, max_neighbors: int | None, tie_tolerance: float
 ) -> np.ndarray:
-    """Indices of the kept edges: per centre the ``max_neighbors`` nearest, ties kept.
+    """Indices of the kept edges: per centre the ``max_neighbors`` nearest, ties kept
+    (every pair for ``max_neighbors=None``, a radius graph).
 
     Args:
         center: int [n_pairs] receiving atom of each candidate pair.
@@ -190,6 +205,8 @@ def select_nearest(
         int [n_kept] indices into the pairs, sorted by (centre, distance).
     """
     order = np.lexsort((distance, center))
+    if max_neighbors is None:
+        return order
     center_sorted = center[order]
     dist_sorted = distance[order]
     n = center_sorted.shape[0]

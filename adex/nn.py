@@ -35,6 +35,24 @@ class GaussianExpansion(nn.Module):
         return torch.exp(-((distance.unsqueeze(-1) - self.centers) ** 2) / self.width**2)
 
 
+#: Exponent of :func:`cutoff_envelope` (DimeNet's p; nequip's default ``PolynomialCutoff`` p=6).
+ENVELOPE_EXPONENT = 6
+
+
+def cutoff_envelope(distance: torch.Tensor, cutoff: float, p: int = ENVELOPE_EXPONENT) -> torch.Tensor:
+    """Smooth cutoff weights of edges: [n_edges] distances (Å) -> [n_edges] in [0, 1].
+
+    ``u(x) = 1 - (p+1)(p+2)/2 x^p + p(p+2) x^(p+1) - p(p+1)/2 x^(p+2)`` for
+    ``x = d / cutoff < 1``, 0 beyond (Klicpera et al., DimeNet): 1 at ``d = 0`` and, with
+    its first and second derivatives, 0 at the cutoff, so a neighbour entering or leaving
+    the cutoff sphere changes nothing abruptly.
+    """
+    x = (distance / cutoff).clamp(min=0.0, max=1.0)
+    xp = x**p
+    u = 1.0 - (p + 1) * (p + 2) / 2 * xp + p * (p + 2) * xp * x - p * (p + 1) / 2 * xp * x * x
+    return torch.where(x < 1.0, u, torch.zeros_like(u))
+
+
 class ElementEmbedding(nn.Module):
     """Atomic numbers [n_atoms] -> learned features [n_atoms, width].
 
@@ -59,7 +77,9 @@ class CGCNNConv(nn.Module):
     Args:
         width: node feature width F.
         edge_width: edge feature width G.
-    Shapes: x [n_atoms, F], edge_index [2, n_edges], edge_attr [n_edges, G] -> [n_atoms, F].
+    Shapes: x [n_atoms, F], edge_index [2, n_edges], edge_attr [n_edges, G],
+    edge_weight [n_edges] (optional: each message is multiplied by it, e.g. a smooth cutoff
+    envelope for radius graphs) -> [n_atoms, F].
     """
 
     def __init__(self, width: int, edge_width: int):
@@ -72,7 +92,7 @@ class CGCNNConv(nn.Module):
         self.softplus2 = nn.Softplus()
 
     def forward(self, x: torch.Tensor, edge_index: torch.Tensor, edge_attr: torch.Tensor,
-                active: torch.Tensor | None = None) -> torch.Tensor:
+                active: torch.Tensor | None = None, edge_weight: torch.Tensor | None = None) -> torch.Tensor:
         """Updated node features [n_atoms, F].
 
         ``active`` (LongTensor [n_active], optional): update only these nodes; every
@@ -91,6 +111,8 @@ class CGCNNConv(nn.Module):
         gated = self.bn1(pre + as_receiver.index_select(0, receiver) + as_sender.index_select(0, sender))
         filt, core = gated.chunk(2, dim=1)
         messages = self.sigmoid(filt) * self.softplus1(core)
+        if edge_weight is not None:
+            messages = messages * edge_weight.unsqueeze(1)
         summed = scatter_sum(messages, receiver, x.shape[0])
         if active is None:
             return self.softplus2(x + self.bn2(summed))
@@ -160,8 +182,9 @@ class Backbone(nn.Module):
         """Per-atom embeddings after all convolutions: [n_atoms, F]."""
         x = self.embedding(batch.atomic_numbers)
         edge_attr = self.gaussian(batch.edge_distance)
+        weight = cutoff_envelope(batch.edge_distance, self.featurizer.cutoff) if self.featurizer.smooth else None
         for conv in self.convs:
-            x = conv(x, batch.edge_index, edge_attr)
+            x = conv(x, batch.edge_index, edge_attr, edge_weight=weight)
         return x
 
     def forward(self, batch: GraphBatch) -> tuple[torch.Tensor, torch.Tensor]:

@@ -22,6 +22,8 @@ from torch import nn
 
 from adex.errors import MissingExtraError
 
+#: How the per-crystal embedding is formed from CHGNet's readout (a sum over atoms).
+CRYSTAL_POOLINGS = ("sum", "mean")
 RELAXATION_STEP_SIZES = (0.02, 0.04, 0.08, 0.16)  # Å²/eV: the line search of CHGNetAdvisor.relaxed_energies
 
 INSTALL_HINT = "the CHGNet advisor needs the optional CHGNet package: pip install 'adex[chgnet]' (or pip install chgnet)"
@@ -124,6 +126,9 @@ class CHGNetAdvisor(nn.Module):
     """A frozen CHGNet used as an advisor.
 
     ``embed_structures(structures)`` -> (atom float32 [sum n_atoms, 64], crystal float32 [B, 64]);
+    the crystal features are CHGNet's readout, a *sum* over atoms (extensive: the same
+    crystal written as a 2x2x2 supercell gets 8x the vector) unless ``crystal_pooling`` is
+    ``"mean"`` (intensive: divided by the number of atoms), the default of new imports.
     ``predict_structures(structures)`` -> energy per atom (eV/atom) [B];
     ``total_energies(structures)`` -> energy (eV) [B]: as a universal potential it
     gives unrelaxed vacancy energies (:mod:`adex.expert.potential`).
@@ -131,8 +136,11 @@ class CHGNetAdvisor(nn.Module):
 
     unit = "eV/atom"
 
-    def __init__(self, model_args: dict, model_name: str = "", package_version: str = ""):
+    def __init__(self, model_args: dict, model_name: str = "", package_version: str = "", crystal_pooling: str = "sum"):
         super().__init__()
+        if crystal_pooling not in CRYSTAL_POOLINGS:
+            raise ValueError(f"crystal_pooling must be one of {CRYSTAL_POOLINGS}, not {crystal_pooling!r}")
+        self.crystal_pooling = crystal_pooling
         CHGNet = _chgnet_class()
         self.model_args = dict(model_args)
         self.model_name = model_name
@@ -161,6 +169,8 @@ class CHGNetAdvisor(nn.Module):
         width = self.embedding_width
         atom = np.concatenate([r["atom_fea"] for r in results]) if results else np.zeros((0, width))
         crystal = np.stack([r["crystal_fea"] for r in results]) if results else np.zeros((0, width))
+        if self.crystal_pooling == "mean" and results:
+            crystal = crystal / np.array([len(r["atom_fea"]) for r in results], dtype=np.float64)[:, None]
         return atom.astype(np.float32), crystal.astype(np.float32)
 
     def predict_structures(self, structures) -> np.ndarray:
@@ -258,7 +268,9 @@ class CHGNetAdvisor(nn.Module):
         return out
 
     def architecture(self) -> dict:
+        extra = {"crystal_pooling": self.crystal_pooling} if self.crystal_pooling != "sum" else {}  # old files: sum
         return {
+            **extra,
             "class": "chgnet_advisor",
             "model_args": self.model_args,
             "model_name": self.model_name,
@@ -275,11 +287,17 @@ class CHGNetAdvisor(nn.Module):
 
     @classmethod
     def from_architecture(cls, arch: dict) -> "CHGNetAdvisor":
-        return cls(arch["model_args"], arch.get("model_name", ""), arch.get("chgnet_package_version", ""))
+        return cls(arch["model_args"], arch.get("model_name", ""), arch.get("chgnet_package_version", ""),
+                   arch.get("crystal_pooling", "sum"))
 
 
-def import_chgnet(registry, model_name: str = "0.3.0", name: str = "chgnet", aliases: tuple[str, ...] = ()):
-    """Register CHGNet's pretrained ``model_name`` as ``advisor/<name>``; returns the entry."""
+def import_chgnet(registry, model_name: str = "0.3.0", name: str = "chgnet", aliases: tuple[str, ...] = (),
+                  crystal_pooling: str = "mean"):
+    """Register CHGNet's pretrained ``model_name`` as ``advisor/<name>``; returns the entry.
+
+    ``crystal_pooling``: ``"mean"`` (default) makes the crystal embedding intensive (CHGNet's
+    sum readout divided by the number of atoms); ``"sum"`` keeps CHGNet's extensive readout,
+    as the shipped ``advisor/chgnet:1`` has it."""
     from adex.checkpoint import model_files
 
     CHGNet = _chgnet_class()
@@ -287,7 +305,7 @@ def import_chgnet(registry, model_name: str = "0.3.0", name: str = "chgnet", ali
     with contextlib.redirect_stdout(sys.stderr):
         pretrained = CHGNet.load(model_name=model_name, use_device="cpu", verbose=False)
     args = pretrained.todict()["model_args"]
-    advisor = CHGNetAdvisor(json.loads(json.dumps(args)), model_name, package_version)
+    advisor = CHGNetAdvisor(json.loads(json.dumps(args)), model_name, package_version, crystal_pooling)
     advisor.chgnet.load_state_dict(pretrained.state_dict(), strict=True)
     card = {
         "description": f"CHGNet {model_name} (pretrained universal potential, pip package chgnet {package_version}) "
@@ -298,5 +316,6 @@ def import_chgnet(registry, model_name: str = "0.3.0", name: str = "chgnet", ali
         "target": {"name": "energy_per_atom", "unit": "eV/atom"},
         "featurizer": {"name": "chgnet", "atom_graph_cutoff": args.get("atom_graph_cutoff"),
                        "bond_graph_cutoff": args.get("bond_graph_cutoff")},
+        "crystal_pooling": crystal_pooling,
     }
     return registry.register("advisor", name, model_files(advisor), card, aliases=list(aliases))

@@ -32,7 +32,7 @@ import torch
 from torch import nn
 
 from adex.graphs import FeaturizerSettings
-from adex.nn import CGCNNConv, ElementEmbedding, GaussianExpansion, MLPHead, Normalizer
+from adex.nn import CGCNNConv, ElementEmbedding, GaussianExpansion, MLPHead, Normalizer, cutoff_envelope
 from adex.scatter import scatter_max, scatter_mean, scatter_softmax, scatter_sum
 
 ExpertPooling = Literal["vacancy", "neighborhood", "attention", "mean", "max", "random"]
@@ -86,6 +86,12 @@ class ExpertModelConfig:
     potential_relaxation_steps: int = 0
 
     def __post_init__(self) -> None:
+        for key, least in (("atom_fea_len", 1), ("n_conv", 1), ("adapter_width", 1), ("head_hidden", 1), ("head_layers", 0)):
+            value = getattr(self, key)
+            if value < least:
+                raise ValueError(f"model.{key} must be >= {least}, got {value}")
+        if not 0 <= self.dropout < 1:
+            raise ValueError(f"model.dropout must be in [0, 1), got {self.dropout}")
         if self.potential_relaxation and not self.potential_delta:
             raise ValueError("model.potential_relaxation needs model.potential_delta: true")
         if self.potential_relaxation_steps < 0:
@@ -242,6 +248,8 @@ class Expert(nn.Module):
         """
         x = self.node_features(batch)
         edge_attr = self.gaussian(batch.edge_distance)
+        # radius graphs: messages weighted by a smooth cutoff envelope (twin edges, at 0 Å, weigh 1)
+        weight = cutoff_envelope(batch.edge_distance, self.featurizer_settings.cutoff) if self.featurizer_settings.smooth else None
         hops = batch.node_hops if self.receptive_hops is not None else None
         if hops is not None and batch.hops_from != self.hops_origin and batch.hops_from != "hood":
             # hops from the hood bound those from the vacancy, never the other way round
@@ -251,12 +259,13 @@ class Expert(nn.Module):
             receiver_hops = hops.index_select(0, batch.edge_index[0])  # [n_edges]
         for k, conv in enumerate(self.convs):
             if hops is None:
-                x = conv(x, batch.edge_index, edge_attr)
+                x = conv(x, batch.edge_index, edge_attr, edge_weight=weight)
                 continue
             reach = self.config.n_conv - 1 - k
             keep = receiver_hops <= reach
             active = torch.nonzero(hops <= reach).squeeze(1)
-            x = conv(x, batch.edge_index[:, keep], edge_attr[keep], active=active)
+            x = conv(x, batch.edge_index[:, keep], edge_attr[keep], active=active,
+                     edge_weight=None if weight is None else weight[keep])
         return x
 
     def readout(self, x: torch.Tensor, batch) -> torch.Tensor:
@@ -327,10 +336,12 @@ class Expert(nn.Module):
         from adex.errors import ConfigError
 
         a, e = backbone.featurizer, self.featurizer_settings
-        if (a.gaussian_step, a.gaussian_width, a.element_embedding) != (e.gaussian_step, e.gaussian_width, e.element_embedding) or e.cutoff > a.cutoff:
+        if ((a.gaussian_step, a.gaussian_width, a.element_embedding, a.smooth) != (e.gaussian_step, e.gaussian_width, e.element_embedding, e.smooth)
+                or e.cutoff > a.cutoff):
             raise ConfigError(
                 "init-from: advisor and expert featurizers are incompatible (need equal gaussian_step, gaussian_width, "
-                f"element_embedding and expert cutoff <= advisor cutoff; advisor {a.to_dict()}, expert {e.to_dict()})"
+                "element_embedding, both or neither a radius graph (max_neighbors null), and expert cutoff <= advisor "
+                f"cutoff; advisor {a.to_dict()}, expert {e.to_dict()})"
             )
         if backbone.width != self.config.atom_fea_len:
             raise ConfigError(f"init-from: advisor width {backbone.width} != expert atom_fea_len {self.config.atom_fea_len}")

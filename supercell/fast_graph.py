@@ -159,13 +159,14 @@ def _within_cutoff(distance: np.ndarray, cutoff: float) -> tuple[np.ndarray, np.
     return d2 < threshold, np.abs(d2 - threshold) <= CUTOFF_GUARD_D2
 
 
-def _selection_ambiguous(center: np.ndarray, distance: np.ndarray, max_neighbors: int, tie_tolerance: float) -> np.ndarray:
+def _selection_ambiguous(center: np.ndarray, distance: np.ndarray, max_neighbors: int | None, tie_tolerance: float) -> np.ndarray:
     """Centres (sorted unique values of ``center``) whose selection could flip by rounding.
 
-    ``center``/``distance`` must be sorted by (center, distance).
+    ``center``/``distance`` must be sorted by (center, distance). A radius graph
+    (``max_neighbors=None``) selects by the cutoff alone: never ambiguous here.
     """
     n = center.shape[0]
-    if n == 0:
+    if n == 0 or max_neighbors is None:
         return np.zeros(0, dtype=center.dtype)
     starts = np.flatnonzero(np.concatenate([[True], center[1:] != center[:-1]]))
     counts = np.diff(np.append(starts, n))
@@ -186,7 +187,8 @@ def _host_key(primitive: "Structure", settings, numbers: np.ndarray | None = Non
         np.ascontiguousarray(primitive.lattice.matrix, dtype=np.float64).tobytes(),
         numbers.tobytes(),
         np.ascontiguousarray(primitive.frac_coords, dtype=np.float64).tobytes(),
-        float(settings.cutoff), int(settings.max_neighbors), float(settings.tie_tolerance),
+        float(settings.cutoff), -1 if settings.max_neighbors is None else int(settings.max_neighbors),
+        float(settings.tie_tolerance),
     )
 
 

@@ -47,8 +47,33 @@ def test_import_registers_a_reloadable_exact_copy(imported, capsys) -> None:
     assert atom.shape == (7, 64) and crystal.shape == (2, 64) and atom.dtype == np.float32
     direct = reference.predict_structure(structures, task="e", return_atom_feas=True, return_crystal_feas=True)
     np.testing.assert_allclose(atom, np.concatenate([d["atom_fea"] for d in direct]), atol=1e-5)
-    np.testing.assert_allclose(crystal, np.stack([d["crystal_fea"] for d in direct]), atol=1e-5)
+    # new imports pool the crystal intensively: CHGNet's sum readout divided by the atoms
+    assert imported.card["crystal_pooling"] == "mean" and advisor.crystal_pooling == "mean"
+    np.testing.assert_allclose(crystal, np.stack([d["crystal_fea"] / len(s) for d, s in zip(direct, structures)]), atol=1e-5)
     np.testing.assert_allclose(advisor.predict_structures(structures), [float(d["e"]) for d in direct], atol=1e-6)
+
+
+def test_mean_crystal_pooling_is_intensive_and_sum_is_not(imported) -> None:
+    """The same crystal as a 2x2x2 supercell: the mean embedding is unchanged, CHGNet's sum
+    readout (``crystal_pooling: sum``, files without the key, e.g. the shipped chgnet:1) x8."""
+    import json
+
+    from adex.advisors.chgnet import CHGNetAdvisor
+
+    mean_model = load_model(imported)
+    arch = json.loads(imported.read_file("model.json"))
+    legacy = {k: v for k, v in arch.items() if k not in ("crystal_pooling", "@module", "@class")}
+    sum_model = CHGNetAdvisor.from_architecture(legacy)
+    sum_model.chgnet.load_state_dict(mean_model.chgnet.state_dict())
+    assert sum_model.crystal_pooling == "sum"
+    primitive = perovskite()
+    supercell = primitive.copy()
+    supercell.make_supercell([2, 2, 2])
+    (_, mean_small), (_, mean_big) = mean_model.embed_structures([primitive]), mean_model.embed_structures([supercell])
+    (_, sum_small), (_, sum_big) = sum_model.embed_structures([primitive]), sum_model.embed_structures([supercell])
+    np.testing.assert_allclose(mean_big, mean_small, rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(sum_big, 8 * sum_small, rtol=1e-4, atol=1e-3)
+    np.testing.assert_allclose(sum_small, 5 * mean_small, rtol=1e-5, atol=1e-5)
 
 
 def test_chgnet_advisor_features_and_an_expert_trained_with_it(imported, packed, tiny, reg, capsys) -> None:  # noqa: F811

@@ -41,6 +41,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--trust-pickle", action="store_true",
                    help="cgcnn: allow reading the pickled checkpoint (unpickling can run code: only for trusted files)")
     p.add_argument("--model", default="0.3.0", help="CHGNet pretrained model name (default 0.3.0)")
+    p.add_argument("--crystal-pooling", choices=("mean", "sum"), default="mean",
+                   help="chgnet: crystal embedding as the mean over atoms (default; intensive: a supercell of the "
+                        "same crystal gets the same vector) or CHGNet's sum readout (extensive; advisor/chgnet:1)")
     p.add_argument("--name", help="registry name (default: the kind; cgcnn: cgcnn-<property>)")
     p.add_argument("--data", help="data directory (descriptors: the MP crystals; default $ADEX_DATA)")
     p.add_argument("--n-structures", type=int, default=200,
@@ -160,7 +163,8 @@ def cmd_import(args: argparse.Namespace) -> int:
         return 0
     from adex.advisors.chgnet import import_chgnet
 
-    entry = import_chgnet(open_registry_from(args), args.model, args.name or "chgnet", tuple(args.tag))
+    entry = import_chgnet(open_registry_from(args), args.model, args.name or "chgnet", tuple(args.tag),
+                          crystal_pooling=args.crystal_pooling)
     console().print(f"registered: {entry.ref} (CHGNet {args.model}, embedding width {entry.card['embedding_width']})")
     return 0
 
