@@ -639,8 +639,11 @@ def studies_block(summaries: Summaries) -> list[str]:
     return lines
 
 
-_BLOCK = re.compile(r"<!-- adex:(?P<kind>[a-z-]+)(?P<args>[^\n]*?)(?:\n(?P<spec>.*?))?-->\n"
-                    r"(?P<body>.*?)<!-- /adex:(?P=kind) -->", re.S)
+# a block: its opening comment at the start of a line (arguments on that line, a spec on the
+# next ones), the generated body, and the end marker at the start of a line
+_OPEN = r"^<!-- adex:"
+_BLOCK = re.compile(_OPEN + r"(?P<kind>[a-z-]+)(?P<args>(?:(?!-->)[^\n])*)(?:\n(?P<spec>(?:(?!-->).)*?))?-->[ \t]*\n"
+                    r"(?P<body>(?:(?!" + _OPEN + r").)*?)^<!-- /adex:(?P=kind) -->", re.S | re.M)
 
 
 def render_template(text: str, summaries: Summaries) -> str:
@@ -671,6 +674,10 @@ def render_template(text: str, summaries: Summaries) -> str:
         head = m.group(0)[: m.start("body") - m.start(0)]
         return head + "\n".join(body).rstrip("\n") + f"\n<!-- /adex:{kind} -->"
 
+    opened = len(re.findall(_OPEN, text, re.M))
+    found = len(_BLOCK.findall(text))
+    if opened != found:
+        raise AdexError(f"{opened - found} adex block(s) without their end marker (<!-- /adex:KIND --> on its own line)")
     return _BLOCK.sub(block, text)
 
 
