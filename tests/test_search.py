@@ -1,4 +1,6 @@
-"""Hyperparameter search (``adex search``, :mod:`adex.studies.search`): the YAML space and
+"""Hyperparameter search (``adex search``, :mod:`adex.studies.search` and its job modules
+``search_space``, ``search_samplers``, ``search_objectives``, ``search_storage``,
+``search_report``, ``search_extras``): the YAML space and
 its validation, the three samplers (valid points, improvement on a cheap synthetic
 objective), the annealing acceptance rule, resuming a study from its SQLite storage,
 best.yaml as an ExpertConfig, one real end-to-end search on the 13-vacancy tiny data,
@@ -24,23 +26,26 @@ import yaml
 from adex.cli import main
 from adex.config import load_config
 from adex.errors import ConfigError
-from adex.studies.search import (
+from adex.errors import MissingExtraError
+from adex.studies.search import run_search
+from adex.studies.search_objectives import SyntheticObjective
+from adex.studies.search_samplers import (
     AnnealingSampler,
+    acceptance_probability,
+    make_pruner,
+    make_sampler,
+    neighbour,
+    temperature_at,
+)
+from adex.studies.search_space import (
     AnnealingSettings,
     CategoricalParam,
     FloatParam,
     IntParam,
-    SyntheticObjective,
-    acceptance_probability,
-    driver_url,
     load_space,
-    make_pruner,
-    make_sampler,
-    neighbour,
     parse_space,
-    run_search,
-    temperature_at,
 )
+from adex.studies.search_storage import driver_url, open_storage
 from adex.expert.train import ExpertConfig
 from conftest import assert_one_line_error
 from test_expert import TINY, reg, tiny  # noqa: F401  (fixtures)
@@ -343,6 +348,38 @@ def test_cli_synthetic_search_and_storage_error(tmp_path, capsys, adex_home) -> 
 
 
 # --------------------------------------------------------------------------- end to end, real training
+def test_without_optuna_the_space_loads_and_the_search_names_the_extra(tmp_path) -> None:
+    """optuna is the adex[search] extra: a space is read and validated without it; the
+    search module and `adex search` fail with a one-line MissingExtraError naming it."""
+    code = """
+import sys
+sys.modules["optuna"] = None  # as if not installed
+from adex.errors import MissingExtraError
+from adex.studies.search_space import load_space
+from adex.studies.search_objectives import SyntheticObjective
+from adex.studies.search_storage import default_storage, driver_url
+space = load_space("default")
+assert space.parameters  # read and validated: no optuna needed
+try:
+    import adex.studies.search
+except MissingExtraError as exc:
+    print("ERR", exc)
+from adex.cli import main
+sys.exit(main(["search", "--objective", "synthetic", "--n-trials", "1"]))
+"""
+    env = {**os.environ, "ADEX_HOME": str(tmp_path), "ADEX_NO_PROGRESS": "1"}
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
+    assert proc.returncode == 2, proc.stderr
+    assert "ERR hyperparameter search needs the optuna package: pip install 'adex[search]'" in proc.stdout
+    assert proc.stderr.strip() == "error: hyperparameter search needs the optuna package: pip install 'adex[search]'"
+
+
+def test_postgres_storage_without_psycopg2_names_the_extra(monkeypatch) -> None:
+    monkeypatch.setitem(sys.modules, "psycopg2", None)  # as if not installed
+    with pytest.raises(MissingExtraError, match=r"pip install 'adex\[postgres\]'"):
+        open_storage("postgresql://user:secret@localhost/adex")
+
+
 def test_end_to_end_search_with_real_tiny_trainings(tiny, reg, tmp_path, capsys) -> None:  # noqa: F811
     """Two trials of the CV objective on the tiny data (one fold, one epoch, width-8
     experts with the width-8 advisor); best.yaml then trains with ``adex expert train``."""

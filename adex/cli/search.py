@@ -1,9 +1,13 @@
-"""``adex search``: hyperparameter search for the expert (Optuna; see :mod:`adex.studies.search`)."""
+"""``adex search``: hyperparameter search for the expert (Optuna; see :mod:`adex.studies.search`).
+
+Registering the command imports nothing of the search: optuna (the ``adex[search]``
+extra) loads when ``adex search`` runs, and a missing one is a one-line error.
+"""
 from __future__ import annotations
 
 import argparse
 
-SAMPLER_CHOICES = ("random", "ga", "annealing")
+SAMPLER_CHOICES = ("random", "ga", "annealing")  # adex.studies.search_samplers.SAMPLERS (not imported: optuna)
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -45,8 +49,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def cmd_search(args: argparse.Namespace) -> int:
     from adex.errors import ConfigError
-    from adex.studies.search import SyntheticObjective, load_space, run_search
     from adex.progress import console
+    from adex.studies.search import run_search  # MissingExtraError (adex[search]) without optuna
+    from adex.studies.search_objectives import SyntheticObjective
+    from adex.studies.search_space import load_space
 
     if args.n_trials is not None and args.n_trials < 0:
         raise ConfigError("--n-trials must be >= 0")
