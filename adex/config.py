@@ -116,7 +116,10 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     path = [p for p in key.strip().split(".") if p]
     if not path:
         raise ConfigError(f"override {text!r}: empty key")
-    return path, yaml.safe_load(raw)
+    try:
+        return path, yaml.safe_load(raw)
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"override {text!r}: invalid YAML value ({exc})".replace("\n", " ")) from None
 
 
 def apply_overrides(data: dict, overrides: list[str] | None) -> dict:
@@ -143,13 +146,29 @@ def set_nested(data: dict, path, value) -> None:
 
 
 def read_yaml(path: str | Path) -> dict:
+    """A YAML mapping from a file; ConfigError (one line) for a missing, unreadable,
+    binary or non-mapping file."""
+    if Path(path).is_dir():
+        raise ConfigError(f"{path}: is a folder, not a config file")
     try:
-        with open(path) as handle:
-            data = yaml.safe_load(handle)
+        with open(path, "rb") as handle:
+            raw = handle.read()
     except FileNotFoundError:
         raise ConfigError(f"{path}: no such config file") from None
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read ({exc.strerror or exc})") from None
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path}: not a text (UTF-8) file; a config is YAML text") from None
+    if "\x00" in text:
+        raise ConfigError(f"{path}: not a text file (NUL bytes); a config is YAML text")
+    try:
+        data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
         raise ConfigError(f"{path}: invalid YAML ({exc})".replace("\n", " ")) from None
+    except RecursionError:
+        raise ConfigError(f"{path}: invalid YAML (nested too deeply)") from None
     if data is None:
         return {}
     if not isinstance(data, dict):
@@ -159,8 +178,11 @@ def read_yaml(path: str | Path) -> dict:
 
 def builtin_config(kind: str, name: str) -> dict:
     """Shipped config ``configs/<kind>/<name>.yaml`` as a mapping."""
-    resource = resources.files("adex.configs").joinpath(kind, f"{name}.yaml")
-    if not resource.is_file():
+    import re
+
+    valid = re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.+-]*", name or "") is not None
+    resource = resources.files("adex.configs").joinpath(kind, f"{name}.yaml") if valid else None
+    if resource is None or not resource.is_file():
         available = sorted(
             p.name[:-5] for p in resources.files("adex.configs").joinpath(kind).iterdir() if p.name.endswith(".yaml")
         )
@@ -171,7 +193,7 @@ def builtin_config(kind: str, name: str) -> dict:
 
 def load_config(cls: type[T], kind: str, name_or_path: str, overrides: list[str] | None = None) -> T:
     """Load a config by shipped name (``eform``) or file path, apply overrides, validate."""
-    if name_or_path.endswith((".yaml", ".yml")) or Path(name_or_path).is_file():
+    if name_or_path.endswith((".yaml", ".yml")) or Path(name_or_path).exists():
         data = read_yaml(name_or_path)
         where = str(name_or_path)
     else:

@@ -64,9 +64,10 @@ def pack_arrays(arrays: dict) -> bytes:
     ``np.load`` of an ``.npz`` costs ~2 ms of zip and header parsing per file).
 
     Layout: ``ARRAYS_MAGIC``, the header length (8 bytes, little endian), a JSON header
-    ``{"arrays": [[name, dtype, shape, offset, nbytes], ...]}`` and the raw C-order data,
-    each array aligned to 64 bytes. Only numeric, boolean and fixed-width string dtypes
-    (no objects, nothing executed on read).
+    ``{"arrays": [[name, dtype, shape, offset, nbytes], ...], "sha256": ...}`` and the raw
+    C-order data, each array aligned to 64 bytes. ``sha256`` covers the array list and the
+    data (:func:`_arrays_checksum`), so :func:`unpack_arrays` detects a damaged file. Only
+    numeric, boolean and fixed-width string dtypes (no objects, nothing executed on read).
     """
     import numpy as np
 
@@ -80,32 +81,57 @@ def pack_arrays(arrays: dict) -> bytes:
         pad = -len(data) % _ALIGN
         chunks.append(data + b"\0" * pad)
         offset += len(data) + pad
-    header = json.dumps({"arrays": entries}, separators=(",", ":")).encode()
+    body = b"".join(chunks)
+    header = json.dumps({"arrays": entries, "sha256": _arrays_checksum(entries, body)}, separators=(",", ":")).encode()
     header += b" " * (-(len(ARRAYS_MAGIC) + 8 + len(header)) % _ALIGN)
-    return ARRAYS_MAGIC + len(header).to_bytes(8, "little") + header + b"".join(chunks)
+    return ARRAYS_MAGIC + len(header).to_bytes(8, "little") + header + body
 
 
-def unpack_arrays(data: bytes) -> dict:
+def _arrays_checksum(entries: list, body) -> str:
+    """sha256 (hex) of the canonical JSON of the array list followed by the data bytes."""
+    digest = hashlib.sha256(json.dumps(entries, separators=(",", ":")).encode())
+    digest.update(body)
+    return digest.hexdigest()
+
+
+def unpack_arrays(data: bytes, require_checksum: bool = False) -> dict:
     """The arrays of :func:`pack_arrays` (writable copies). ValueError on anything else
-    (wrong magic, truncated data, unsupported dtype)."""
+    (wrong magic, truncated data, unsupported dtype, checksum mismatch).
+
+    Files written before the checksum existed have none and are accepted, unless
+    ``require_checksum`` (the prediction caches, whose entries are cheap to rebuild)."""
     import numpy as np
 
     if data[: len(ARRAYS_MAGIC)] != ARRAYS_MAGIC or len(data) < len(ARRAYS_MAGIC) + 8:
         raise ValueError("not an adex array file")
     start = len(ARRAYS_MAGIC) + 8
     size = int.from_bytes(data[len(ARRAYS_MAGIC):start], "little")
+    if size > len(data) - start:
+        raise ValueError("adex array file: truncated header")
     try:
-        entries = json.loads(data[start:start + size])["arrays"]
-    except (ValueError, KeyError, TypeError) as exc:
+        header = json.loads(data[start:start + size])
+        entries = header["arrays"]
+        checksum = header.get("sha256")
+        if not isinstance(entries, list) or not all(isinstance(e, list) and len(e) == 5 for e in entries):
+            raise TypeError("bad array list")
+    except (ValueError, KeyError, TypeError, AttributeError) as exc:
         raise ValueError(f"adex array file: unreadable header ({exc})") from None
     base = start + size
+    if checksum is not None:
+        if checksum != _arrays_checksum(entries, memoryview(data)[base:]):
+            raise ValueError("adex array file: checksum mismatch (damaged file)")
+    elif require_checksum:
+        raise ValueError("adex array file: no checksum")
     out = {}
     for name, dtype, shape, offset, nbytes in entries:
-        dtype = np.dtype(dtype)
+        try:
+            dtype = np.dtype(dtype)
+            count = int(np.prod(shape, dtype=np.int64))
+        except (TypeError, ValueError) as exc:
+            raise ValueError(f"adex array file: bad entry for {name!r} ({exc})") from None
         if dtype.kind not in "biufcU":
             raise ValueError(f"adex array file: unsupported dtype {dtype} for {name}")
-        count = int(np.prod(shape, dtype=np.int64))
-        if count * dtype.itemsize != nbytes or base + offset + nbytes > len(data):
+        if count < 0 or count * dtype.itemsize != nbytes or not 0 <= offset <= len(data) - base - nbytes:
             raise ValueError(f"adex array file: {name} is truncated or inconsistent")
         out[name] = np.frombuffer(data, dtype=dtype, count=count, offset=base + offset).reshape(shape).copy()
     return out

@@ -56,3 +56,29 @@ def new_run_dir(prefix: str, out: str | os.PathLike | None = None) -> Path:
     path = Path(out) if out else runs_dir() / f"{prefix}-{stamp}"
     path.mkdir(parents=True, exist_ok=True)
     return path
+
+
+def check_writable_folder(path: str | os.PathLike, what: str) -> None:
+    """Raise :class:`adex.errors.AdexError` (one line) unless files can be created in
+    ``path``, or, when it does not exist yet, in its nearest existing ancestor (probed
+    with a temporary file, nothing else is created). ``what`` names it in the message,
+    e.g. ``"the cache folder"``."""
+    import errno
+    import tempfile
+
+    from adex.errors import AdexError
+
+    path = Path(path)
+    folder = path
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    hint = f" (ADEX_HOME is {adex_home()})"
+    if not folder.is_dir():
+        raise AdexError(f"{what} {path} cannot be created: {folder} is not a folder{hint}")
+    try:
+        fd, probe = tempfile.mkstemp(prefix=".adex-probe-", dir=folder)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        reason = exc.strerror or errno.errorcode.get(exc.errno or 0, type(exc).__name__)
+        raise AdexError(f"{what} {path} is not writable: {folder}: {reason}{hint}") from None

@@ -90,6 +90,8 @@ class TrainingConfig:
             raise ValueError(f"host_weight_power must be >= 0, got {self.host_weight_power}")
         if self.epochs < 1 or self.batch_size < 1 or self.lr <= 0:
             raise ValueError("epochs and batch_size must be >= 1 and lr > 0")
+        if self.limit is not None and self.limit < 1:
+            raise ValueError(f"limit (--limit) must be a number of samples >= 1, got {self.limit}")
         if self.ema_decay is not None and not 0 < self.ema_decay < 1:
             raise ValueError(f"ema_decay must be in (0, 1) or null, got {self.ema_decay}")
         if not (0 <= self.val_fraction < 1 and 0 <= self.test_fraction < 1 and self.val_fraction + self.test_fraction < 1):

@@ -127,7 +127,8 @@ def cached_advisor_features(entry, advisor, packed: PackedVacancies, persistent:
     its registry entry) and of the host's canonical primitive cell (:func:`host_digest`).
     The last :data:`EMBEDDING_MEMO_HOSTS` hosts are kept in memory; with ``persistent``
     entries (``atom`` float32 [n, d], ``crystal`` float32 [d]; :func:`adex.fileio.pack_arrays`
-    files) are also written atomically under ``$ADEX_HOME/cache/advisors`` and read from there.
+    files, with a checksum: a damaged entry is recomputed) are also written atomically under
+    ``$ADEX_HOME/cache/advisors`` and read from there.
     An advisor embeds each host independently of the others, so a hit gives the same
     embeddings as a cold run (to float rounding: matrix kernels may sum in another order
     for another batch).
@@ -158,7 +159,7 @@ def cached_advisor_features(entry, advisor, packed: PackedVacancies, persistent:
             continue
         if persistent and path.is_file():
             try:
-                stored = unpack_arrays(path.read_bytes())
+                stored = unpack_arrays(path.read_bytes(), require_checksum=True)
                 atom, crystal = stored["atom"], stored["crystal"]
             except Exception:  # a damaged entry is recomputed, never trusted
                 continue

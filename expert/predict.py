@@ -52,19 +52,29 @@ def featurize_host_sites(expert: LoadedExpert, host: Structure, sites: list[int]
     return packed
 
 
-def warn_about_inputs(expert: LoadedExpert, packed: PackedVacancies, host_id: str) -> None:
-    """Warn (once per host) about elements the expert never saw in training and about
-    hosts without charge-balanced oxidation states (for an expert that reads them)."""
+def input_warnings(expert: LoadedExpert, packed: PackedVacancies) -> list[tuple[type, str]]:
+    """(category, message) of every caveat about the hosts of ``packed``: elements the
+    expert never saw in training, and hosts without charge-balanced oxidation states (for
+    an expert that reads them). Messages do not name the host."""
     from pymatgen.core.periodic_table import Element
 
     model = expert.model
+    out: list[tuple[type, str]] = []
     unseen = sorted({Element.from_Z(int(z)).symbol for z in np.unique(packed.prim_numbers)} - set(model.training_elements))
     if model.training_elements and unseen:
-        warnings.warn(f"{host_id}: element(s) {', '.join(unseen)} never seen in the expert's training data; "
-                      "the prediction is an extrapolation", ElementWarning, stacklevel=3)
+        out.append((ElementWarning, f"element(s) {', '.join(unseen)} never seen in the expert's training data; "
+                                    "the prediction is an extrapolation"))
     if model.reads_oxidation_states and np.isnan(packed.prim_oxidation).any():
-        warnings.warn(f"{host_id}: no charge-balanced oxidation states found (bond valence and composition guesses "
-                      "failed); predicted with oxidation states marked unknown", OxidationStateWarning, stacklevel=3)
+        out.append((OxidationStateWarning, "no charge-balanced oxidation states found (bond valence and composition "
+                                           "guesses failed); predicted with oxidation states marked unknown"))
+    return out
+
+
+def warn_about_inputs(expert: LoadedExpert, packed: PackedVacancies, host_id: str) -> None:
+    """Warn (once per host) about elements the expert never saw in training and about
+    hosts without charge-balanced oxidation states (:func:`input_warnings`)."""
+    for category, message in input_warnings(expert, packed):
+        warnings.warn(f"{host_id}: {message}", category, stacklevel=3)
 
 
 def featurize_files(expert: LoadedExpert, files: list[tuple[str, list[int]]]) -> list[PackedVacancies]:
@@ -138,23 +148,24 @@ def cached_files(expert: LoadedExpert, files: list[tuple[str, list[int]]]) -> li
 
     The key is the sha256 of the file's bytes, the sites, the featurizer fingerprint, the
     supercell settings and the graph format version, so an edited file or any changed
-    setting misses. Entries (:meth:`PackedVacancies.to_bytes`) are written atomically under
+    setting misses. Entries (:meth:`PackedVacancies.to_bytes`, with a sha256 of their
+    content: a damaged entry is featurized again and rewritten) are written atomically under
     ``$ADEX_HOME/cache/predict`` (two processes filling the same entry write identical
     bytes); a hit skips reading, symmetry, oxidation states and graph construction; the
     misses are featurized together (files of one crystal as one host).
     """
     from pathlib import Path
 
-    from adex.fileio import atomic_write_bytes
+    from adex.fileio import atomic_write_bytes, unpack_arrays
 
     entries = [_prediction_cache_entry(expert, path, sites) for path, sites in files]
     parts: list[PackedVacancies | None] = [None] * len(files)
     for k, ((path, sites), entry) in enumerate(zip(files, entries)):
         if entry is None or not entry.is_file():
             continue
-        try:
-            packed = PackedVacancies.from_bytes(entry.read_bytes())
-        except Exception:  # a damaged entry is rebuilt, never trusted
+        try:  # entries carry a checksum (adex.fileio.pack_arrays): a damaged one is rebuilt, never trusted
+            packed = PackedVacancies.from_arrays(unpack_arrays(entry.read_bytes(), require_checksum=True))
+        except Exception:
             continue
         if [str(i) for i in packed.ids] == [f"{Path(path).name}#{s}" for s in sites]:
             warn_about_inputs(expert, packed, Path(path).name)
@@ -217,12 +228,14 @@ def _init_worker(threads: int) -> None:
 
 def _predict_chunk(expert: LoadedExpert | None, chunk: list[tuple[str, list[int]]], batch_size: int, cache: bool = False):
     """Read, featurize (:func:`featurize_files`, with ``cache`` :func:`cached_files`) and
-    predict one chunk of files: ``[(path, sites, members [M, S])]``."""
+    predict one chunk of files: ``[(path, sites, members [M, S], caveats)]``, caveats the
+    file's :func:`input_warnings` messages joined by ``"; "`` ("" if none)."""
     expert = expert or _WORKER_EXPERT
     parts = cached_files(expert, chunk) if cache else featurize_files(expert, chunk)
     members = predict_packed_members(expert, PackedVacancies.concatenate(parts), batch_size, cache=cache)
     bounds = np.cumsum([0, *(len(sites) for _, sites in chunk)])
-    return [(path, sites, members[:, a:b]) for (path, sites), a, b in zip(chunk, bounds[:-1], bounds[1:])]
+    return [(path, sites, members[:, a:b], "; ".join(message for _, message in input_warnings(expert, part)))
+            for (path, sites), a, b, part in zip(chunk, bounds[:-1], bounds[1:], parts)]
 
 
 def host_chunks(jobs: list[tuple[str, list[int]]], chunk_vacancies: int = CHUNK_VACANCIES) -> list[list[tuple[str, list[int]]]]:
@@ -246,6 +259,7 @@ def predict_sites(
     on_progress=None,
     chunk_vacancies: int | None = None,
     cache: bool = False,
+    caveats: dict[str, str] | None = None,
 ) -> dict[tuple[str, int], np.ndarray]:
     """Vacancy formation enthalpies for many host files.
 
@@ -259,6 +273,9 @@ def predict_sites(
         on_progress: called with the number of vacancies finished, after each chunk.
         cache: keep featurized vacancies in the content-addressed cache
             (:func:`cached_files`); a second run over the same files skips featurization.
+        caveats: if given, filled with ``{path: caveats}``: the :func:`input_warnings`
+            messages of each host file joined by ``"; "`` ("" if none), so that a table
+            of predictions can carry them (the warnings are also emitted as usual).
 
     Returns:
         ``{(path, site): member predictions float64 [M]}`` (eV; M = 1 for a single expert).
@@ -274,11 +291,13 @@ def predict_sites(
     out: dict[tuple[str, int], np.ndarray] = {}
 
     def collect(result) -> None:
-        for path, sites, members in result:
+        for path, sites, members, notes in result:
             for k, site in enumerate(sites):
                 out[(path, site)] = members[:, k]
+            if caveats is not None:
+                caveats[path] = notes
         if on_progress is not None:
-            on_progress(sum(len(sites) for _, sites, _ in result))
+            on_progress(sum(len(sites) for _, sites, _, _ in result))
 
     workers = max(1, min(int(workers), len(chunks)))
     if workers == 1 or "fork" not in multiprocessing.get_all_start_methods():

@@ -308,6 +308,10 @@ def fit_member(config: ExpertConfig, prepared: PreparedData, seed: int, descript
     tc = config.training
     packed = prepared.packed
     train_idx, val_idx = member_split(prepared, tc.val_fraction, tc.seed, seed)
+    if len(train_idx) < 2:  # batch normalisation needs two samples; none would give NaN metrics
+        raise ConfigError(f"only {len(train_idx)} training vacanc{'y' if len(train_idx) == 1 else 'ies'} "
+                          f"(training.limit={tc.limit}, val_fraction {tc.val_fraction}, test_fraction "
+                          f"{tc.test_fraction}); training needs at least 2: raise --limit")
     seed_everything(seed)
     y = packed.targets[train_idx]
     seen = np.unique(packed.subset(train_idx).graphs.atomic_numbers)
@@ -396,6 +400,8 @@ def train_expert(
     if tc.threads:
         torch.set_num_threads(tc.threads)
     registry = registry or open_registry()
+    if register:  # a read-only registry is found now, not after the training
+        registry.check_writable("expert", config.name)
     prepared = prepare_data(config, data, registry, fold, grouped)
     packed = prepared.packed
     n_members = config.ensemble

@@ -412,7 +412,10 @@ class Registry:
             with self._writing(folder):
                 if not folder.is_dir():
                     raise NotADirectoryError(errno.ENOTDIR, "not a folder", str(folder))
-                fd, probe = tempfile.mkstemp(prefix=".probe-", dir=folder)
+                try:
+                    fd, probe = tempfile.mkstemp(prefix=".probe-", dir=folder)
+                except OSError as exc:
+                    raise OSError(exc.errno, exc.strerror, str(folder)) from None
                 os.close(fd)
                 os.unlink(probe)
 

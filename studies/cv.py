@@ -49,7 +49,8 @@ def cross_validate(
         folds: :class:`adex.studies.splits.Fold` list.
         grouped: draw the validation set (early stopping) by host compound.
         on_fold: optional ``callback(k, fold_row)`` after each fold (e.g. pruning in a search).
-        resume: continue an interrupted run in ``out``: a fold whose folder holds
+        resume: continue an interrupted run in ``out`` (a folder that is not empty must
+            hold the ``config.yaml`` of a cv run): a fold whose folder holds
             ``metrics.json`` and ``test_predictions.csv`` (written last, atomically) is read
             back instead of trained; the others are trained. ``out/config.yaml`` must be
             the resolved ``config`` (ConfigError otherwise).
@@ -67,6 +68,8 @@ def cross_validate(
         previous = Path(out) / "config.yaml"
         if previous.is_file() and previous.read_text() != config_text:
             raise ConfigError(f"cannot resume {out}: it was started with another config (config.yaml differs)")
+        if not previous.is_file() and Path(out).is_dir() and any(Path(out).iterdir()):
+            raise ConfigError(f"cannot resume {out}: not an adex cv run folder (no config.yaml), and it is not empty")
     out_dir = new_run_dir(f"cv-{config.name}", out)
     atomic_write_text(out_dir / "config.yaml", config_text)
     rows, predictions = [], []

@@ -78,21 +78,48 @@ def sites_with_label(structure_path_or_labels: str | os.PathLike | Sequence[str]
     return hits
 
 
-def site_from_label(structure_path_or_labels: str | os.PathLike | Sequence[str], label: str) -> int:
+def site_from_label(structure_path_or_labels: str | os.PathLike | Sequence[str], label: str,
+                    structure: Structure | None = None, symprec: float = 0.01) -> int:
     """Index of the first atom (in file order) carrying CIF site label ``label``.
 
     Several atoms may share a label, and they need not be symmetry-equivalent (in the
-    Witman CIFs, 35 of 199 hosts reuse labels across inequivalent atoms); the lowest index
-    is returned, which is the Witman convention (the vacated atom is written first). Use
-    :func:`sites_with_label` to see all of them.
+    Witman CIFs, 35 of 199 hosts reuse labels across inequivalent atoms). Without
+    ``structure`` the lowest index is returned, which is the Witman convention (the
+    vacated atom is written first); use :func:`sites_with_label` to see all of them.
+    With ``structure`` (the host the labels belong to, atoms in the same order) a label
+    shared by inequivalent atoms (different orbits at ``symprec``) is refused, the message
+    listing each candidate (index, element, Wyckoff position): which vacancy is meant is
+    then the user's choice (``adex predict --site-label``), never a silent one.
 
     Args:
         structure_path_or_labels: a CIF path, or the per-atom labels.
         label: e.g. ``"O2"`` (exact match).
+        structure: the host, to refuse ambiguous labels (optional).
+        symprec: symmetry tolerance (Å) deciding which atoms are equivalent.
     Raises:
-        StructureError: unknown label (the message lists the known ones).
+        StructureError: unknown label (the message lists the known ones), or with
+            ``structure`` a label naming inequivalent sites.
     """
-    return int(sites_with_label(structure_path_or_labels, label)[0])
+    hits = sites_with_label(structure_path_or_labels, label)
+    if structure is None or len(hits) == 1:
+        return int(hits[0])
+    from adex.supercell.symmetry import distinct_sites
+
+    where = str(structure_path_or_labels) if isinstance(structure_path_or_labels, (str, os.PathLike)) else "structure"
+    if int(hits.max()) >= len(structure):
+        raise StructureError(f"{where}: site labels do not match the structure's {len(structure)} atoms")
+    orbit = {}
+    for info in distinct_sites(structure, symprec):
+        for member in info.members:
+            orbit[int(member)] = info
+    candidates = {}
+    for hit in hits:
+        candidates.setdefault(orbit[int(hit)].index, int(hit))  # first labelled atom of each orbit
+    if len(candidates) == 1:
+        return int(hits[0])
+    listed = ", ".join(f"site {i} ({orbit[i].element}, Wyckoff {orbit[i].wyckoff})" for i in candidates.values())
+    raise StructureError(f"{where}: site label {label!r} names {len(candidates)} inequivalent sites: {listed}; "
+                         "choose one with --site N")
 
 
 def site_from_frac(structure: Structure, frac_coords: Sequence[float], tol: float = 1e-3) -> int:

@@ -266,8 +266,10 @@ def test_tampered_advisor_weights_stop_the_expert(expert_two, reg, tmp_path) -> 
 
 
 def test_swapped_advisor_weights_with_a_consistent_card_stop_the_expert(expert_two, reg, tmp_path) -> None:
-    """Someone replaces the advisor's weights *and* fixes its card: the file hashes verify,
-    but the expert recorded the original weights' sha256."""
+    """Someone replaces the advisor's weights *and* fixes its card (with its card_sha256):
+    the advisor verifies, but the expert recorded the original weights' sha256."""
+    from adex.registry.store import seal_card
+
     assert expert_two.rc == 0
     registry = copy_registry(reg, tmp_path)
     entry = registry.resolve(reg.refs[8])
@@ -275,7 +277,7 @@ def test_swapped_advisor_weights_with_a_consistent_card_stop_the_expert(expert_t
     (entry.path / WEIGHTS).write_bytes(other)
     card = json.loads((entry.path / "card.json").read_text())
     card["files"][WEIGHTS] = {"sha256": hashlib.sha256(other).hexdigest(), "bytes": len(other)}
-    (entry.path / "card.json").write_text(json.dumps(card))
+    (entry.path / "card.json").write_text(json.dumps(seal_card(card)))  # card_sha256 recomputed too
     registry.resolve(reg.refs[8]).verify()  # the advisor alone looks fine
     with pytest.raises(RegistryError, match="sha256"):
         load_expert(expert_two.entry.ref, registry)

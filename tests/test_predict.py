@@ -236,9 +236,10 @@ def test_table_relative_paths_extra_columns_and_one_featurization_per_host(capsy
     monkeypatch.chdir(elsewhere)  # paths are relative to the table's folder, not the working directory
     rc, out, err = predict(capsys, ctx, "--input", str(table))
     assert rc == 0, err
-    assert out.splitlines()[0] == "structure,site,note,dH_pred_eV"
+    assert out.splitlines()[0] == "structure,site,note,dH_pred_eV,warnings"
     got = read_csv(out)
     assert [[r["structure"], r["site"], r["note"]] for r in got] == rows  # carried through, in order
+    assert [r["warnings"] for r in got] == [""] * len(rows)  # elements the expert saw: no caveat
     expected = [ctx.srtio3[0], ctx.srtio3[2], ctx.feo[3], ctx.srtio3[0], ctx.feo[1], ctx.srtio3[1]]
     np.testing.assert_allclose([float(r["dH_pred_eV"]) for r in got], expected, atol=1e-4)
     # each host read and featurized once, each distinct vacancy once

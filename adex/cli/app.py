@@ -4,11 +4,18 @@ Each command group is one module of this package; each exposes
 ``register(subparsers)`` that adds its parsers with ``set_defaults(func=handler)``,
 where ``handler(args) -> int``. Heavy imports happen inside handlers, so ``adex --help``
 is quick and importing the CLI does no work.
+
+Errors: an :class:`AdexError` (bad input, data, model or config) and an ``OSError`` (the
+environment: a folder that is a file, no permission, disk full) print one ``error:``
+line and exit with code 2; anything else is a bug and shows a traceback (``ADEX_DEBUG=1``
+shows it for OSErrors too). Commands with the training options are checked before they
+start (``adex.cli.common.check_training_args``: ``--out``, ``--limit``, writable folders).
 """
 from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 
 from adex import __version__
@@ -44,13 +51,33 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 1
     try:
+        if getattr(args, "training_command", False):
+            from adex.cli.common import check_training_args
+
+            check_training_args(args)
         return int(args.func(args) or 0)
     except AdexError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"error: {_one_line(str(exc))}", file=sys.stderr)
+        return 2
+    except OSError as exc:
+        if os.environ.get("ADEX_DEBUG"):
+            raise
+        print(f"error: {_one_line(_os_error(exc))}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+
+
+def _one_line(message: str) -> str:
+    return " ".join(message.split()) if "\n" in message or "\r" in message else message
+
+
+def _os_error(exc: OSError) -> str:
+    """One line for an OSError: ``<file>: <reason>`` (both files for a rename)."""
+    reason = exc.strerror or str(exc) or type(exc).__name__
+    files = [str(f) for f in (exc.filename, exc.filename2) if f is not None]
+    return f"{' -> '.join(files)}: {reason}" if files else reason
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -5,8 +5,11 @@
 * every symmetry-distinct vacancy: ``--all-sites``;
 * a table: ``--input table.csv`` (columns ``structure``, ``site``; paths relative to the
   table's folder; other columns carried through) -> ``--output`` CSV with ``dH_pred_eV``
-  (or ``--format json``). Each host is read and featurized once; hosts are processed in
-  chunks (bounded memory), by ``--workers N`` processes in parallel.
+  and ``warnings`` (or ``--format json``). Each host is read and featurized once; hosts
+  are processed in chunks (bounded memory), by ``--workers N`` processes in parallel.
+  A table that already has an output column (``dH_pred_eV``, ``dH_std_eV``,
+  ``warnings``: an earlier run's output?), repeats a column name, or is the ``--output``
+  file is refused: adex never overwrites a column or file of yours.
 
 With an ensemble expert (``adex expert train --ensemble N``) the prediction is the
 members' mean and a ``dH_std_eV`` column gives their standard deviation.
@@ -15,7 +18,9 @@ Without ``--expert`` the shipped default expert is used (its reference is printe
 needs an optional package that is missing (CHGNet), the best shipped expert without one
 (``builtin::expert/vacancy-core``) is used instead, with a note.
 Hosts with elements absent from the expert's training data, or whose oxidation states
-cannot be guessed (for an expert that reads them), are predicted with a warning on stderr.
+cannot be guessed (for an expert that reads them), are predicted with a warning on stderr
+(with ``--input``, also in the row's ``warnings`` column). docs/bad-input.md lists what is
+refused and what is warned.
 """
 from __future__ import annotations
 
@@ -52,6 +57,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 NUMBER_COLUMNS = ("dH_pred_eV", "dH_std_eV")
+#: the column of ``--input`` mode holding each row's caveats (unseen elements, oxidation states)
+WARNINGS_COLUMN = "warnings"
+#: columns ``--input`` mode adds to the table (an input table must not have them)
+OUTPUT_COLUMNS = (*NUMBER_COLUMNS, WARNINGS_COLUMN)
 
 
 def _prediction_columns(expert, packed, batch_size: int) -> tuple[list[str], list[dict]]:
@@ -95,8 +104,13 @@ def _emit(rows: list[dict], columns: list[str], args: argparse.Namespace, title:
         for row in rows:
             table.add_row(*(f"{row[c]:.3f}" if c in NUMBER_COLUMNS else str(row.get(c, "")) for c in columns))
         if args.output:
-            with open(args.output, "w") as handle:
-                Console(file=handle, width=120).print(table)
+            import io
+
+            from adex.fileio import atomic_write_text
+
+            buffer = io.StringIO()
+            Console(file=buffer, width=120).print(table)
+            atomic_write_text(Path(args.output), buffer.getvalue())
         else:
             Console().print(table)
         return
@@ -116,6 +130,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
     if bool(args.structure) == bool(args.input):
         raise AdexError("give either --structure FILE (with --site, --site-label, --frac or --all-sites) or --input TABLE.csv")
+    _check_options(args)
     con = console()
     from adex.expert.predict import InputWarning
     from adex.registry import ShadowWarning
@@ -132,6 +147,10 @@ def cmd_predict(args: argparse.Namespace) -> int:
             expert, note = load_default_expert(open_registry_from(args), lazy_advisors=lazy)
             if note:
                 print(f"note: {note}", file=sys.stderr)
+        legacy = [e.ref for e in [expert.entry, *(a for a, _ in expert.advisors)] if getattr(e, "legacy", False)]
+        if legacy:
+            print(f"warning: {', '.join(legacy)}: legacy card (no card_sha256, written by an older adex): the model files "
+                  "are verified, the card's content is not", file=sys.stderr)
         from adex.expert.ensemble import as_members
 
         n_members = len(as_members(expert.model))
@@ -142,6 +161,43 @@ def cmd_predict(args: argparse.Namespace) -> int:
         return _predict_table(args, expert, con)
 
 
+def _check_options(args: argparse.Namespace) -> None:
+    """Refuse, before the expert is loaded, options that cannot work (one-line errors)."""
+    from adex.errors import AdexError, StructureError
+
+    if args.batch_size < 1:
+        raise AdexError(f"--batch-size must be >= 1, not {args.batch_size}")
+    if args.workers < 1:
+        raise AdexError(f"--workers must be >= 1, not {args.workers}")
+    if args.structure and Path(args.structure).is_dir():
+        raise StructureError(f"{args.structure}: is a folder, not a structure file")
+    if args.input:
+        table = Path(args.input)
+        if table.is_dir():
+            raise AdexError(f"{table}: is a folder, not a table (CSV file)")
+        if not table.is_file():
+            raise AdexError(f"{table}: no such file")
+    if args.output:
+        output = Path(args.output)
+        if output.is_dir():
+            raise AdexError(f"--output {output}: is a folder; give a file name")
+        if args.input and _same_file(output, Path(args.input)):
+            raise AdexError(f"--output {output} is the --input table: it would be replaced; write to another file")
+    if args.cache and args.input:
+        from adex.paths import cache_dir, check_writable_folder
+
+        check_writable_folder(cache_dir(), "the cache folder (--cache)")
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    try:
+        if a.exists() and b.exists():
+            return a.samefile(b)
+        return a.resolve() == b.resolve()
+    except OSError:
+        return False
+
+
 def _predict_structure(args, expert, con) -> int:
     from adex.errors import AdexError
     from adex.expert.predict import featurize_host_sites
@@ -149,11 +205,12 @@ def _predict_structure(args, expert, con) -> int:
     from adex.supercell import distinct_sites, site_from_frac, site_from_label
 
     host = read_hosts([args.structure])[0][0]  # site i is the file's i-th atom
+    symprec = expert.model.supercell.get("symprec", 0.01)
     if args.all_sites:
-        infos = distinct_sites(host, expert.model.supercell.get("symprec", 0.01))
+        infos = distinct_sites(host, symprec)
         sites = [info.index for info in infos]
-    elif args.site_label:
-        sites = [site_from_label(args.structure, args.site_label)]
+    elif args.site_label:  # a label shared by inequivalent atoms is refused, naming them
+        sites = [site_from_label(args.structure, args.site_label, host, symprec)]
     elif args.frac:
         sites = [site_from_frac(host, args.frac)]
     elif args.site:
@@ -170,51 +227,94 @@ def _predict_structure(args, expert, con) -> int:
     return 0
 
 
+def read_table(table_path: Path) -> tuple[list[str], list[dict], list[int]]:
+    """(columns, rows as dicts, the line number of each row) of a CSV table, checked:
+    UTF-8 text (a BOM is fine), no NUL bytes, a header without repeated or output column
+    names (:data:`OUTPUT_COLUMNS`), and no row longer than the header (a shorter row is
+    padded with empty fields). Empty lines are skipped. AdexError (one line) otherwise."""
+    import io
+
+    from adex.errors import AdexError
+
+    try:
+        raw = table_path.read_bytes()
+    except OSError as exc:
+        raise AdexError(f"{table_path}: cannot read ({exc.strerror or exc})") from None
+    try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise AdexError(f"{table_path}: not a UTF-8 text table (byte {exc.start}); save it as CSV in UTF-8") from None
+    if "\x00" in text:
+        raise AdexError(f"{table_path}: not a text table (NUL bytes); save it as CSV")
+    reader = csv.reader(io.StringIO(text, newline=""))
+    columns, rows, lines = None, [], []
+    try:
+        for record in reader:
+            if not record or (len(record) == 1 and not record[0].strip()):
+                continue  # an empty line
+            if columns is None:
+                columns = record
+                continue
+            if len(record) > len(columns):
+                raise AdexError(f"{table_path}:{reader.line_num}: {len(record)} fields, but the header has "
+                                f"{len(columns)} ({', '.join(columns)})")
+            rows.append(dict(zip(columns, record + [""] * (len(columns) - len(record)))))
+            lines.append(reader.line_num)
+    except csv.Error as exc:
+        raise AdexError(f"{table_path}:{reader.line_num}: not a valid CSV table ({exc})") from None
+    columns = columns or []
+    repeated = sorted({c for c in columns if columns.count(c) > 1})
+    if repeated:
+        raise AdexError(f"{table_path}: column {repeated[0]!r} appears {columns.count(repeated[0])} times in the header; "
+                        "column names must be unique")
+    taken = [c for c in OUTPUT_COLUMNS if c in columns]
+    if taken:
+        raise AdexError(f"{table_path}: already has a column {taken[0]!r} (an earlier run's output?); adex writes "
+                        f"{', '.join(OUTPUT_COLUMNS)} and never overwrites a column: "
+                        "rename or drop it")
+    return columns, rows, lines
+
+
 def _predict_table(args, expert, con) -> int:
     import numpy as np
 
-    from adex.errors import AdexError
+    from adex.errors import AdexError, StructureError
     from adex.expert.predict import predict_sites
     from adex.progress import progress_bar
 
     table_path = Path(args.input)
-    if not table_path.is_file():
-        raise AdexError(f"{table_path}: no such file")
-    with open(table_path, newline="") as handle:
-        reader = csv.DictReader(handle)
-        columns = list(reader.fieldnames or [])
-        rows = list(reader)
+    columns, rows, lines = read_table(table_path)
     missing = [c for c in ("structure", "site") if c not in columns]
     if missing:
         raise AdexError(f"{table_path}: missing column {missing[0]!r} (need 'structure' and 'site')")
     by_host: dict[str, list[int]] = {}
     if not rows:
         raise AdexError(f"{table_path}: no rows (need one row per vacancy: structure, site)")
-    for line, row in enumerate(rows, start=2):
-        if not row.get("structure"):
+    keys = []
+    for line, row in zip(lines, rows):
+        if not row["structure"].strip():
             raise AdexError(f"{table_path}:{line}: empty 'structure' field")
         try:
-            row["_site"] = int(row["site"])
+            site = int(row["site"])
         except (TypeError, ValueError):
             raise AdexError(f"{table_path}:{line}: site {row.get('site')!r} is not an integer atom index") from None
         path = Path(row["structure"]).expanduser()
-        row["_path"] = str((path if path.is_absolute() else table_path.parent / path).resolve())
-        by_host.setdefault(row["_path"], []).append(row["_site"])
-    if args.workers < 1:
-        raise AdexError(f"--workers must be >= 1, not {args.workers}")
+        path = (path if path.is_absolute() else table_path.parent / path).resolve()
+        if path.is_dir():
+            raise StructureError(f"{table_path}:{line}: structure {row['structure']!r} is a folder, not a structure file")
+        keys.append((str(path), site))
+        by_host.setdefault(str(path), []).append(site)
     jobs = [(path, sorted(set(sites))) for path, sites in by_host.items()]
+    caveats: dict[str, str] = {}
     with progress_bar() as progress:
         task = progress.add_task(f"vacancies ({args.workers} worker{'s' if args.workers > 1 else ''})",
                                  total=sum(len(s) for _, s in jobs))
         predictions = predict_sites(expert, jobs, args.batch_size, args.workers,
-                                    on_progress=lambda n: progress.advance(task, n), cache=args.cache)
-    keys = list(predictions)
-    value_columns, values = _value_columns(np.stack([predictions[k] for k in keys], axis=1))
-    lookup = dict(zip(keys, values))
-    out_rows = []
-    for row in rows:
-        key = (row.pop("_path"), row.pop("_site"))
-        out_rows.append({**row, **lookup[key]})
-    _emit(out_rows, columns + value_columns, args, expert.entry.ref)
+                                    on_progress=lambda n: progress.advance(task, n), cache=args.cache, caveats=caveats)
+    order = list(predictions)
+    value_columns, values = _value_columns(np.stack([predictions[k] for k in order], axis=1))
+    lookup = dict(zip(order, values))
+    out_rows = [{**row, **lookup[key], WARNINGS_COLUMN: caveats.get(key[0], "")} for row, key in zip(rows, keys)]
+    _emit(out_rows, columns + value_columns + [WARNINGS_COLUMN], args, expert.entry.ref)
     con.print(f"{len(out_rows)} vacancies in {len(by_host)} hosts" + (f" -> {args.output}" if args.output else ""))
     return 0
