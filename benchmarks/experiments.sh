@@ -1,9 +1,12 @@
 #!/usr/bin/env bash
-# The research experiments behind the README's Results section (GitHub issue 5), one CLI
-# command each. Long: about 10 core-hours on a 2-core CPU machine with the default
-# (vacancy-readout) expert; run two at a time. Every command writes a run folder with its
-# resolved config, per-fold tables, metrics.json and a PNG; `adex report` turns them into one
-# Markdown file.
+# The research experiments behind docs/results.md, one CLI command each. Long: the first sections alone took
+# about 10 core-hours on a 2-core CPU machine with the default (vacancy-readout) expert, the whole script many
+# times that; run two at a time. Every command writes a run folder under OUT_DIR (never into the source tree)
+# with its resolved config, per-fold tables, metrics.json, held-out predictions and PNGs. The script ends by
+# summarising them into OUT_DIR/summaries (`adex report RUN... --write-summaries`): experiments.csv, folds.csv, experiments.json,
+# heldout_predictions.csv.gz and the few files of the benchmark scripts. Those are what
+# benchmarks/results/experiments/ holds; docs/results.md and the README's table are made from them by
+#   adex report --from-summaries benchmarks/results/experiments --template docs/results.md -o docs/results.md
 #
 #   ADEX_DATA=../shared/data bash benchmarks/experiments.sh OUT_DIR
 set -euo pipefail
@@ -11,12 +14,13 @@ OUT=${1:?usage: experiments.sh OUT_DIR}
 mkdir -p "$OUT"
 ADVISORS=builtin::bandgap:1,builtin::eform:1
 COMMON=(--threads 1 --no-register)
+runs() { for d in "$OUT"/*/; do [ -f "$d/metrics.json" ] && echo "$d"; done; return 0; }  # the run folders so far
 
 # Descriptor baseline, the same folds; and with CHGNet's embeddings of the vacated site and host
-adex baseline --cv published --out "$OUT/baseline"
-adex baseline --cv published_struct --out "$OUT/baseline_struct"
-adex baseline --cv published@0.40 --out "$OUT/baseline_0.40"
-adex baseline --cv published@0.10 --out "$OUT/baseline_0.10"
+adex baseline --cv published --out "$OUT/baseline_published"
+adex baseline --cv published_struct --out "$OUT/baseline_published_struct"
+adex baseline --cv published@0.40 --out "$OUT/baseline_published_0.40"
+adex baseline --cv published@0.10 --out "$OUT/baseline_published_0.10"
 adex baseline --cv published --advisors chgnet --out "$OUT/baseline_chgnet"
 adex baseline --cv published_struct --advisors chgnet --out "$OUT/baseline_chgnet_struct"
 
@@ -91,8 +95,8 @@ adex experiment learning-curve --advisors $ADVISORS --fractions 0.10 --variants 
 adex experiment learning-curve --advisors $ADVISORS,chgnet --fractions 0.10 --variants advised --seeds 1 --folds 10 \
     "${COMMON[@]}" --out "$OUT/lc_chgnet_seed1"
 
-adex experiment merge "$OUT/lc" "$OUT/lc_transfer" "$OUT/lc_seed1" --baseline "$OUT/baseline" \
-    --baseline "$OUT/baseline_0.40" --baseline "$OUT/baseline_0.10" --out "$OUT/lc_all"
+adex experiment merge "$OUT/lc" "$OUT/lc_transfer" "$OUT/lc_seed1" --baseline "$OUT/baseline_published" \
+    --baseline "$OUT/baseline_published_0.40" --baseline "$OUT/baseline_published_0.10" --out "$OUT/lc_all"
 
 # Delta-learning on CHGNet (model.potential_delta): the expert and the baseline learn dH minus CHGNet's unrelaxed
 # vacancy energy E(defected) - E(pristine) of the 8 A canonical supercell (cached under $ADEX_HOME/cache/potential;
@@ -134,6 +138,7 @@ adex cv --advisors $ADVISORS,chgnet --cv published --fold=1.00k{0,1,2,3,4} --set
 adex cv --advisors $ADVISORS,chgnet --cv published --fold=1.00k{5,6,7,8,9} --set model.potential_delta=true \
     --set model.potential_relaxation=true "${COMMON[@]}" --out "$OUT/relax_b"
 adex experiment merge "$OUT/relax_a" "$OUT/relax_b" --out "$OUT/relax"
+adex experiment blend "$OUT/relax" "$OUT/baseline_chgnet_relax" --out "$OUT/blend_relax"
 adex cv --advisors $ADVISORS,chgnet --cv published_struct --fold=1.00k{0,1,2,3,4}_struct --set model.potential_delta=true \
     --set model.potential_relaxation=true "${COMMON[@]}" --out "$OUT/relax_struct_a"
 adex cv --advisors $ADVISORS,chgnet --cv published_struct --fold=1.00k{5,6,7,8,9}_struct --set model.potential_delta=true \
@@ -287,7 +292,7 @@ for cv in published published_struct published@0.10 published@0.40; do
         --out "$OUT/baseline_chgnet_fire10$(echo $cv | sed 's/published//; s/@/_/')"
 done
 
-adex report "$OUT"/*/ -o "$OUT/report.md"  # the run folders (not host_offsets.csv, *.json)
+adex report $(runs) -o "$OUT/report.md"  # the run folders so far, with figures (not host_offsets.csv, *.json)
 
 # How steady is the per-compound baseline: seeds 0-4 of the relaxed-dE baseline and their mean (a bagged baseline);
 # host weighting (n_host^-0.5 per training vacancy) for the baseline (seeds 0-4) and the expert (seed 0, no validation)
@@ -308,7 +313,7 @@ adex experiment merge "$OUT/hostw_struct_a" "$OUT/hostw_struct_b" --out "$OUT/ho
 for baseline in baseline_chgnet_relax_struct_5seeds baseline_chgnet_relax_hostw_struct_5seeds; do
     adex experiment blend "$OUT/descriptors_noval_relaxshared_struct_8seeds" "$OUT/$baseline" --out "$OUT/blend_8seeds_$baseline"
 done
-adex report "$OUT"/*/ -o "$OUT/report.md"
+adex report $(runs) -o "$OUT/report.md"
 
 # Experts with and without the CHGNet dE offset in one ensemble (per compound): the per-compound recipe above without
 # model.potential_delta (seeds 0-3, a whole 10-fold run per seed on one core), alone, and as 4 more members of the
@@ -321,7 +326,7 @@ done
 adex experiment blend "$OUT"/nodelta_noval_struct{,_seed1,_seed2,_seed3} --out "$OUT/nodelta_noval_struct_4seeds"
 adex experiment blend "$OUT/descriptors_noval_relaxshared_struct_8seeds" "$OUT/nodelta_noval_struct_4seeds" --weights 2,1 \
     --out "$OUT/mixed_12members_struct"
-adex report "$OUT"/*/ -o "$OUT/report.md"
+adex report $(runs) -o "$OUT/report.md"
 # The same mix from earlier runs: per vacancy the 5 dE members of the weight-averaging section + the 3 augmented
 # CHGNet-advised members without dE (equal weight per member), and the recipes of the shipped vacancy:6 (3 seeds) and
 # vacancy-delta (seed 0) half and half, per vacancy and per compound (the CV estimate of builtin::expert/vacancy-mixed,
@@ -329,3 +334,12 @@ adex report "$OUT"/*/ -o "$OUT/report.md"
 adex experiment blend "$OUT/descriptors_ema_5seeds" "$OUT/chgnet_augment_3seeds" --weights 5,3 --out "$OUT/mixed_8members"
 adex experiment blend "$OUT/chgnet_augment_3seeds" "$OUT/delta" --out "$OUT/mixed_shipped_recipes"
 adex experiment blend "$OUT/chgnet_augment_struct" "$OUT/delta_struct" --out "$OUT/mixed_shipped_recipes_struct"
+
+# CHGNet's relaxation energies against the DFT labels in the simplest delta model (dH = dE + one constant per
+# vacated element; reads the cached unrelaxed, line-search and 10-FIRE-step energies filled above)
+python "$(dirname "$0")/relaxation_energies.py" --relaxation-steps 10 --out "$OUT/relaxation_energies.json"
+
+# The summaries of every run folder, and the other small result files, in one folder (the committed copy is
+# benchmarks/results/experiments/); then the report of the run folders with their figures
+adex report $(runs) --write-summaries "$OUT/summaries" -o "$OUT/report.md"
+cp "$OUT"/host_offsets.csv "$OUT"/relaxation_energies.json "$OUT"/potential_energies_fire10_*.json "$OUT/summaries/"

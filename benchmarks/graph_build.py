@@ -20,7 +20,7 @@ vacancies; the best run is reported (the machine may be shared), with the median
 
     OMP_NUM_THREADS=1 python benchmarks/graph_build.py --data ../shared/data [--n 200] [--distances 8 20]
 
-Writes ``benchmarks/results/graph_build.json`` and ``.md``.
+Writes ``graph_build.json`` and ``.md`` to ``--out`` (default ``$ADEX_HOME/benchmarks``).
 """
 from __future__ import annotations
 
@@ -90,7 +90,7 @@ def main() -> int:
     parser.add_argument("--distances", type=float, nargs="+", default=[8.0, 20.0], help="min image distances, Å")
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--out", default=str(Path(__file__).parent / "results"))
+    parser.add_argument("--out", default=None, help="output folder (default $ADEX_HOME/benchmarks)")
     args = parser.parse_args()
 
     import torch
@@ -163,7 +163,9 @@ def main() -> int:
         "results": results,
         "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]),
     }
-    out = Path(args.out)
+    from adex.paths import adex_home
+
+    out = Path(args.out) if args.out else adex_home() / "benchmarks"
     out.mkdir(parents=True, exist_ok=True)
     (out / "graph_build.json").write_text(json.dumps(result, indent=2) + "\n")
     (out / "graph_build.md").write_text(markdown(result))

@@ -5,7 +5,7 @@
 
 For every run folder (``adex cv`` / ``adex baseline`` / ``adex experiment blend``; their
 ``predictions.csv``) this prints and writes (``--out``, default
-``benchmarks/results/experiments/host_offsets.csv``):
+``$ADEX_HOME/benchmarks/host_offsets.csv``):
 
 * ``mae``: MAE over all held-out vacancies (eV; pooled, so it differs slightly from the
   mean over folds);
@@ -108,7 +108,7 @@ def main(argv: list[str] | None = None) -> int:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("runs", nargs="+", type=Path)
     parser.add_argument("--data", default=os.environ.get("ADEX_DATA"))
-    parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "experiments" / "host_offsets.csv")
+    parser.add_argument("--out", type=Path, default=None, help="CSV to write (default $ADEX_HOME/benchmarks/host_offsets.csv)")
     parser.add_argument("--oracle-baseline", help="run folder of the baseline with the true host properties")
     args = parser.parse_args(argv)
     from adex.datasets import dataset_root
@@ -120,6 +120,10 @@ def main(argv: list[str] | None = None) -> int:
     from adex.studies.cv import write_table
 
     table = [offsets_table(run, props) for run in args.runs]
+    if args.out is None:
+        from adex.paths import adex_home
+
+        args.out = adex_home() / "benchmarks" / "host_offsets.csv"
     args.out.parent.mkdir(parents=True, exist_ok=True)
     write_table(args.out, table)
     writer = csv.DictWriter(sys.stdout, fieldnames=list(table[0]))

@@ -8,7 +8,7 @@ every P-th vacancy, so P processes on P cores fill the cache side by side) in th
 supercells of the default expert config, exactly as ``adex expert train`` / ``adex
 baseline`` with ``model.potential_delta`` would (same cache, so they find them), and
 writes the timing and dE summary to ``--out`` (default
-``benchmarks/results/potential_energies_<kind>_<K>of<P>.json``).
+``$ADEX_HOME/benchmarks/potential_energies_<kind>_<K>of<P>.json``).
 """
 from __future__ import annotations
 
@@ -36,6 +36,7 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     from adex.config import load_config
+    from adex.paths import adex_home
     from adex.expert.witman import load_witman
     from adex.expert.potential import vacancy_energies
     from adex.expert.train import ExpertConfig, load_advisors
@@ -53,7 +54,7 @@ def main(argv: list[str] | None = None) -> int:
     energies = vacancy_energies(entry, model, packed, config.supercell, relaxation=relaxation,
                                 relaxation_steps=steps, description=f"{label}: vacancy energies")
     seconds = time.perf_counter() - t0
-    out = Path(args.out or Path(__file__).parent / "results" / f"potential_energies_{label}_{args.part}of{args.of}.json")
+    out = Path(args.out or adex_home() / "benchmarks" / f"potential_energies_{label}_{args.part}of{args.of}.json")
     out.parent.mkdir(parents=True, exist_ok=True)
     summary = {"kind": label, "part": args.part, "of": args.of, "vacancies": len(packed), "seconds": seconds,
                "seconds_per_vacancy": seconds / max(len(packed), 1), "mean_dE_eV": float(np.mean(energies)),

@@ -3,7 +3,7 @@
 Writes a table (structure, site) for the first N Witman vacancies (all 1,481 by default),
 runs the real CLI in a fresh process (cold registry load, CIF parsing, supercell graphs,
 advisors and expert included) and records wall and CPU time, machine, torch version and
-thread count to ``benchmarks/results/predict_throughput.json`` (+ ``.md``). The MAE of the
+thread count to ``predict_throughput.json`` (+ ``.md``) in ``--out`` (default ``$ADEX_HOME/benchmarks``). The MAE of the
 predictions against the DFT values is reported too (in-sample for the shipped expert,
 which was trained on all 1,481 vacancies).
 
@@ -33,7 +33,7 @@ def main() -> int:
     parser.add_argument("--workers", type=int, default=1, help="adex predict --workers (processes)")
     parser.add_argument("--cache", action="store_true",
                         help="adex predict --cache, run twice in a fresh ADEX_HOME: cold (fills the cache), then warm")
-    parser.add_argument("--out", default=str(Path(__file__).parent / "results"))
+    parser.add_argument("--out", default=None, help="output folder (default $ADEX_HOME/benchmarks)")
     args = parser.parse_args()
 
     root = Path(args.data) / "witman2023_vacancies"
@@ -92,7 +92,9 @@ def main() -> int:
         "mae_vs_dft_eV": round(mae, 4),
         "command": " ".join(command[1:]),
     }
-    out = Path(args.out)
+    from adex.paths import adex_home
+
+    out = Path(args.out) if args.out else adex_home() / "benchmarks"
     out.mkdir(parents=True, exist_ok=True)
     (out / "predict_throughput.json").write_text(json.dumps(result, indent=2) + "\n")
     md = "| quantity | value |\n|---|---|\n" + "".join(f"| {k} | {v} |\n" for k, v in result.items())

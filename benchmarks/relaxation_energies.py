@@ -13,7 +13,7 @@ filled it) this compares CHGNet's vacancy energy dE unrelaxed, after one line se
   score), for all, O and metal vacancies;
 * ``scaled_relaxation_mae_eV``: the same for dE(unrelaxed) - a * relaxation energy, a = 0, 0.25, ..., 1.
 
-Writes ``--out`` (default ``benchmarks/results/experiments/relaxation_energies.json``).
+Writes ``--out`` (default ``$ADEX_HOME/benchmarks/relaxation_energies.json``).
 """
 from __future__ import annotations
 
@@ -38,7 +38,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--data", default=None)
     parser.add_argument("--relaxation-steps", type=int, default=10)
     parser.add_argument("--advisor", default="chgnet")
-    parser.add_argument("--out", default=str(Path(__file__).parent / "results" / "experiments" / "relaxation_energies.json"))
+    parser.add_argument("--out", default=None, help="JSON to write (default $ADEX_HOME/benchmarks/relaxation_energies.json)")
     args = parser.parse_args(argv)
 
     from adex.config import load_config
@@ -71,6 +71,10 @@ def main(argv: list[str] | None = None) -> int:
         errors = per_element_abs_errors(target - dE, elements)
         result["per_element_mae_eV"][name] = {"all": float(errors.mean()), "O": float(errors[oxygen].mean()),
                                               "metal": float(errors[~oxygen].mean())}
+    if args.out is None:
+        from adex.paths import adex_home
+
+        args.out = adex_home() / "benchmarks" / "relaxation_energies.json"
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps(result, indent=2))

@@ -1,7 +1,7 @@
 """The adex benchmark suite (GitHub issue 6): featurization, training, prediction, scaling.
 
     python benchmarks/run_all.py --data ../shared/data [--quick] [--only featurize,train,predict,scaling]
-                                 [--threads 1] [--budget-minutes 20] [--out benchmarks/results]
+                                 [--threads 1] [--budget-minutes 20] [--out DIR]
 
 Every measurement runs in a fresh subprocess (imports, caches and memory isolated) with
 ``OMP_NUM_THREADS`` / ``MKL_NUM_THREADS`` and the torch thread count set to ``--threads``
@@ -17,7 +17,8 @@ Cold runs get a new, empty ``ADEX_HOME`` (no featurization cache); warm runs reu
 ``adex advisor train``, ``adex expert train``, ``adex predict``; in-process stage timings
 come from ``benchmarks/steps.py``.
 
-Outputs (``--out``, default ``benchmarks/results``; ``--quick`` writes to ``results/quick``):
+Outputs (``--out``, default ``$ADEX_HOME/benchmarks``, ``$ADEX_HOME/benchmarks/quick`` with ``--quick``; the
+committed ones in ``benchmarks/results`` came from ``--out benchmarks/results``):
 ``benchmarks.json`` (every number with its unit, machine, torch version, threads, commit,
 load average), ``benchmarks.md`` (tables with the reference column and adex/reference
 ratios), ``scaling_supercell.png``, ``scaling_vacancies.png`` and the logs of every child
@@ -856,7 +857,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=1, help="OMP_NUM_THREADS and torch threads of every child")
     parser.add_argument("--budget-minutes", type=float, default=20.0,
                         help="the largest vacancy-scaling run is capped to finish within this")
-    parser.add_argument("--out", default=None, help="results folder (default benchmarks/results[/quick])")
+    parser.add_argument("--out", default=None, help="results folder (default $ADEX_HOME/benchmarks[/quick])")
     parser.add_argument("--keep-temp", action="store_true", help="keep the temporary ADEX_HOMEs, tables and runs")
     args = parser.parse_args(argv)
     args.data = str(Path(args.data).expanduser().resolve())
@@ -866,7 +867,9 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"unknown group(s) {unknown}; choose from {GROUPS}")
     if not (Path(args.data) / "witman2023_vacancies" / "vacancies.csv").is_file():
         parser.error(f"no Witman data under {args.data} (pass --data DIR)")
-    out = Path(args.out) if args.out else HERE / "results" / ("quick" if args.quick else "")
+    from adex.paths import adex_home
+
+    out = Path(args.out) if args.out else adex_home() / "benchmarks" / ("quick" if args.quick else "")
     out.mkdir(parents=True, exist_ok=True)
 
     from rich.console import Console

@@ -5,7 +5,7 @@ synthetic objective (``--objective synthetic``; ``--seconds`` of sleep per fold 
 training, 0 measures the storage and sampler overhead alone) on a fresh study each time,
 then reads the study back and reports trials per minute between the first trial's start
 and the last trial's end (process start-up excluded) and the wall time of the whole run.
-Results go to ``benchmarks/results/search_workers.json`` (+ ``.md``).
+Results go to ``search_workers.json`` (+ ``.md``) in ``--out`` (default ``$ADEX_HOME/benchmarks``).
 
     python benchmarks/search_workers.py --storage postgresql://user@127.0.0.1:5432/db [--trials 20] [--seconds 0.5]
 """
@@ -62,7 +62,7 @@ def main() -> int:
     parser.add_argument("--seconds", type=float, nargs="+", default=[0.0, 0.5], help="sleep per fold (2 folds per trial)")
     parser.add_argument("--workers", type=int, nargs="+", default=[1, 2])
     parser.add_argument("--sampler", default="random")
-    parser.add_argument("--out", default=str(Path(__file__).parent / "results"))
+    parser.add_argument("--out", default=None, help="output folder (default $ADEX_HOME/benchmarks)")
     args = parser.parse_args()
 
     work = Path(tempfile.mkdtemp(prefix="adex-search-space-"))
@@ -85,7 +85,9 @@ def main() -> int:
               "machine": f"{platform.machine()}, {os.cpu_count()} cores, {platform.python_version()}",
               "load_average_at_end": os.getloadavg(), "date": time.strftime("%Y-%m-%d %H:%M"), "runs": rows}
     shutil.rmtree(work, ignore_errors=True)
-    out = Path(args.out)
+    from adex.paths import adex_home
+
+    out = Path(args.out) if args.out else adex_home() / "benchmarks"
     out.mkdir(parents=True, exist_ok=True)
     (out / "search_workers.json").write_text(json.dumps(result, indent=2) + "\n")
     lines = ["| sleep per fold (s) | workers | trials | trials/min (first start to last end) | wall (s, with start-up) |",
