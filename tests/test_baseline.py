@@ -1,4 +1,5 @@
-"""The descriptor baseline (``adex baseline``): the feature matrix (shape, blocks, NaN
+"""The descriptor baseline (``adex baseline``; :mod:`adex.studies.baseline` and its job
+modules ``baseline_features``, ``baseline_model``): the feature matrix (shape, blocks, NaN
 policy, the vacated site is the given index, independence of the atom order), its
 on-disk cache, the loss choice on carved validation data, and the command on the
 13-vacancy tiny Witman copy of ``test_expert`` (run folder files, folds that never share
@@ -16,11 +17,13 @@ import pytest
 import yaml
 from pymatgen.core import Structure
 
-import adex.studies.baseline as baseline
+import adex.studies.baseline_features as features
 from adex.cli import main
 from adex.errors import ConfigError, DataError, StructureError
-from adex.studies.baseline import (BaselineSettings, FeatureTable, ModelSettings, check_folds, feature_names,
-                                  fit_model, load_witman_features)
+from adex.studies.baseline import check_folds
+from adex.studies.baseline_features import FeatureTable, load_witman_features
+from adex.studies.baseline_model import ModelSettings, carve_validation, fit_model, make_regressor
+from adex.supercell.descriptors import BaselineSettings, DescriptorFeaturizer, feature_names
 from adex.studies.splits import Fold
 from adex.io import read_structure
 from conftest import assert_one_line_error
@@ -77,7 +80,7 @@ def test_vacated_site_is_the_given_index(tiny) -> None:  # noqa: F811
     """Site 0 vs a site of the other species of SrTiO3: the vacated-element block follows
     the index; the host block does not change; the same vacancy in a permuted cell gives
     the same row."""
-    featurizer = baseline.DescriptorFeaturizer()
+    featurizer = DescriptorFeaturizer()
     names = featurizer.feature_names
     vid = next(r["id"] for r in tiny.rows if r["host"] == "0010541" and r["element"] == "O")
     host = read_structure(witman(tiny) / "structures" / f"{vid}.cif")
@@ -102,8 +105,8 @@ def test_vacated_site_is_the_given_index(tiny) -> None:  # noqa: F811
 def test_features_are_cached(tiny, tmp_path, monkeypatch) -> None:  # noqa: F811
     monkeypatch.setenv("ADEX_CACHE", str(tmp_path / "cache"))
     calls = []
-    real = baseline.featurize_records
-    monkeypatch.setattr(baseline, "featurize_records", lambda *a, **k: (calls.append(1), real(*a, **k))[1])
+    real = features.featurize_records
+    monkeypatch.setattr(features, "featurize_records", lambda *a, **k: (calls.append(1), real(*a, **k))[1])
     first = load_witman_features(tiny.root)
     assert not first.from_cache and len(calls) == 1
     assert first.cache_path.is_file() and first.cache_path.parent == tmp_path / "cache" / "baseline"
@@ -128,7 +131,7 @@ def test_loss_is_chosen_on_carved_validation_data() -> None:
     assert model.get_params()["loss"] == loss and model.n_features_in_ == 5
     _, fixed, none = fit_model(X, y, hosts, ModelSettings(loss="squared_error", max_iter=5))
     assert fixed == "squared_error" and none == {}
-    fit_idx, val_idx = baseline.carve_validation(hosts, 0.2, 0, grouped=True)
+    fit_idx, val_idx = carve_validation(hosts, 0.2, 0, grouped=True)
     assert not set(hosts[fit_idx]) & set(hosts[val_idx]) and len(val_idx) == 16
     with pytest.raises(ConfigError, match="loss"):
         ModelSettings(loss="huber")
@@ -156,8 +159,8 @@ def test_no_host_weighting_fits_without_sample_weights() -> None:
     y = X[:, 0] + rng.normal(size=200)
     settings = ModelSettings(loss="absolute_error", max_iter=20)
     model, _, _ = fit_model(X, y, np.arange(200).astype(str), settings)
-    plain = baseline.make_regressor(settings, "absolute_error", 0).fit(X, y)
-    ones = baseline.make_regressor(settings, "absolute_error", 0).fit(X, y, sample_weight=np.ones(200))
+    plain = make_regressor(settings, "absolute_error", 0).fit(X, y)
+    ones = make_regressor(settings, "absolute_error", 0).fit(X, y, sample_weight=np.ones(200))
     np.testing.assert_array_equal(model.predict(X), plain.predict(X))
     assert np.abs(ones.predict(X) - plain.predict(X)).max() > 1e-3  # why: weights of 1 are not a no-op
 
@@ -199,7 +202,7 @@ def test_cli_host_weight_power_is_recorded_and_checked(tiny, tmp_path, capsys) -
 def test_advisor_embeddings_are_added_per_vacated_site(tiny, reg, table, tmp_path, capsys) -> None:  # noqa: F811
     """--advisors: the descriptors + the advisor's embedding of the vacated site (its orbit
     representative in the canonical primitive cell) and of the host crystal."""
-    from adex.studies.baseline import add_advisor_features
+    from adex.studies.baseline_features import add_advisor_features
     from adex.expert.advisor_features import embed_hosts
     from adex.expert.train import load_advisors
     from adex.supercell import canonical_host
@@ -265,23 +268,23 @@ def test_bad_input_is_a_one_line_error(tiny, capsys, args, needle) -> None:  # n
 
 
 def test_worker_processes_give_the_same_matrix(tiny, table) -> None:  # noqa: F811
-    rows = baseline._read_rows(witman(tiny))
-    X, names = baseline.featurize_records(witman(tiny), rows, BaselineSettings(), workers=2)
+    rows = features.read_rows(witman(tiny))
+    X, names = features.featurize_records(witman(tiny), rows, BaselineSettings(), workers=2)
     assert names == table.names
     np.testing.assert_array_equal(X, table.X)
 
 
 def test_baseline_table_is_the_descriptor_table_without_advisors(tiny, table) -> None:  # noqa: F811
     lines = []
-    assembled = baseline.baseline_table(tiny.root, log=lines.append)
+    assembled = features.baseline_table(tiny.root, log=lines.append)
     np.testing.assert_array_equal(assembled.X, table.X)
     assert assembled.names == table.names and assembled.offset is None
     assert len(lines) == 1 and lines[0].startswith(f"descriptors: {len(table.ids)} vacancies")
     with pytest.raises(ConfigError, match="potential_delta needs a universal-potential advisor"):
-        baseline.baseline_table(tiny.root, potential_delta=True)
+        features.baseline_table(tiny.root, potential_delta=True)
     with pytest.raises(ConfigError, match=r"potential_delta needs a universal-potential advisor.*got: no-potential"):
-        baseline.baseline_table(tiny.root, [(SimpleNamespace(ref="no-potential"), object())], potential_delta=True)
+        features.baseline_table(tiny.root, [(SimpleNamespace(ref="no-potential"), object())], potential_delta=True)
     with pytest.raises(ConfigError, match="relaxation needs potential_delta"):
-        baseline.baseline_table(tiny.root, relaxation=True)
+        features.baseline_table(tiny.root, relaxation=True)
     with pytest.raises(ConfigError, match="relaxation steps need potential relaxation"):
-        baseline.baseline_table(tiny.root, [(SimpleNamespace(ref="x"), object())], relaxation_steps=3)
+        features.baseline_table(tiny.root, [(SimpleNamespace(ref="x"), object())], relaxation_steps=3)

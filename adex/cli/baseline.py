@@ -46,7 +46,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def cmd_baseline(args: argparse.Namespace) -> int:
     from adex.datasets import dataset_root
     from adex.errors import ConfigError
-    from adex.studies.baseline import GROUPED_SCHEMES, BaselineSettings, ModelSettings, baseline_table, run_baseline
+    from adex.studies.baseline import GROUPED_SCHEMES, run_baseline
+    from adex.studies.baseline_features import baseline_table
+    from adex.studies.baseline_model import ModelSettings
+    from adex.supercell.descriptors import BaselineSettings
     from adex.expert.witman import read_split
     from adex.studies.splits import Fold, make_folds, parse_scheme
     from adex.progress import console
