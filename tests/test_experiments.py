@@ -233,3 +233,163 @@ def test_blend_averages_held_out_predictions_fold_by_fold(tmp_path, capsys) -> N
 def test_bad_seed_lists_are_one_line_errors(command, capsys) -> None:
     rc = main(["experiment", command, "--seeds", "0,a"])
     assert_one_line_error(rc, capsys.readouterr().err, "--seeds: 'a' is not an integer")
+
+
+def _scored_cv_run(path: Path, errors: dict[tuple[str, str], float], config: str = "training: {seed: 0}\n") -> Path:
+    """A CV folder as ``adex cv`` writes it, with folds.csv / metrics.json computed from the
+    signed errors ((fold, id) -> prediction - target; targets 5.0)."""
+    import numpy as np
+
+    path.mkdir(parents=True)
+    with open(path / "predictions.csv", "w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["fold", "id", "host", "element", "dH_eV", "dH_pred_eV"])
+        for (fold, vid), error in errors.items():
+            writer.writerow([fold, vid, vid.split("-")[0], vid.split("-")[1].rstrip("0123456789"), 5.0, 5.0 + error])
+    folds = sorted({f for f, _ in errors})
+    maes = {f: float(np.mean([abs(e) for (g, _), e in errors.items() if g == f])) for f in folds}
+    with open(path / "folds.csv", "w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["fold", "n_train", "n_test", "mae", "rmse", "mae_O", "mae_metal"])
+        for f in folds:
+            writer.writerow([f, 8, sum(g == f for g, _ in errors), maes[f], maes[f], maes[f], maes[f]])
+    values = list(maes.values())
+    (path / "metrics.json").write_text(json.dumps({
+        "scheme": "kfold", "n_folds": len(folds), "mae_mean": float(np.mean(values)),
+        "mae_std": float(np.std(values, ddof=1)) if len(values) > 1 else 0.0, "rmse_mean": float(np.mean(values)),
+        "mae_O": {"mean": 0.1, "n": len(folds)}, "mae_metal": {"mean": 0.2, "n": len(folds)},
+        "pooled": {"mae": float(np.mean([abs(e) for e in errors.values()])), "n": len(errors)},
+        "per_fold": {f: {"mae": maes[f]} for f in folds}, "unit": "eV"}))
+    (path / "config.yaml").write_text(config)
+    return path
+
+
+@pytest.fixture()
+def summarized(tmp_path, capsys) -> tuple[Path, Path]:
+    """Run folders (two CVs, the halves of a third and their merge, a blend, a learning-curve
+    experiment with one run inside) and their summaries, written by the CLI."""
+    runs = tmp_path / "runs"
+    ids = {"k0": ["h1-O1", "h1-Fe1"], "k1": ["h2-O1", "h2-Ti1"]}
+    _scored_cv_run(runs / "gnn", {("k0", "h1-O1"): 0.2, ("k0", "h1-Fe1"): -0.4, ("k1", "h2-O1"): 0.1, ("k1", "h2-Ti1"): 0.3})
+    base = {("k0", "h1-O1"): -0.3, ("k0", "h1-Fe1"): 0.1, ("k1", "h2-O1"): 0.2, ("k1", "h2-Ti1"): -0.2}
+    _scored_cv_run(runs / "base", base)
+    (runs / "base" / "config.yaml").write_text("command: baseline\nadvisors: []\n")
+    metrics = json.loads((runs / "base" / "metrics.json").read_text())
+    (runs / "base" / "metrics.json").write_text(json.dumps({**metrics, "n_features": 248}))
+    for half, fold in (("a", "k0"), ("b", "k1")):
+        _scored_cv_run(runs / f"split_{half}", {(fold, i): 0.5 for i in ids[fold]})
+    assert main(["experiment", "merge", str(runs / "split_a"), str(runs / "split_b"), "--out", str(runs / "split")]) == 0
+    assert main(["experiment", "blend", str(runs / "gnn"), str(runs / "base"), "--out", str(runs / "blend")]) == 0
+    _scored_cv_run(runs / "lc" / "1.00_scratch_seed0", {("k0", i): 1.0 for i in ids["k0"]})
+    (runs / "lc" / "metrics.json").write_text(json.dumps({"experiment": "learning-curve", "summary": [
+        {"fraction": "1.00", "n_train": 8, "variant": "scratch", "mae_mean": 1.0, "mae_std": 0.0, "n_seeds": 1}]}))
+    out = tmp_path / "summaries"
+    rc = main(["report", *(str(p) for p in sorted(runs.iterdir())), "--write-summaries", str(out)])
+    assert rc == 0, capsys.readouterr().err
+    return runs, out
+
+
+def test_summaries_keep_every_experiment_in_a_few_files(summarized) -> None:
+    """One row per experiment (the runs inside an experiment folder too), one per fold, the
+    held-out predictions once (the merged run holds its halves'), the config of each."""
+    import gzip
+
+    from adex.studies.report import SUMMARY_FILES, Summaries
+
+    runs, out = summarized
+    assert sorted(p.name for p in out.iterdir()) == sorted(SUMMARY_FILES.values())
+    rows = {r["experiment"]: r for r in csv.DictReader(open(out / "experiments.csv"))}
+    assert set(rows) == {"base", "blend", "gnn", "lc", "lc/1.00_scratch_seed0", "split", "split_a", "split_b"}
+    assert {n: rows[n]["kind"] for n in ("base", "blend", "gnn", "lc", "split")} == {
+        "base": "baseline", "blend": "blend", "gnn": "cv", "lc": "learning-curve", "split": "merge"}
+    assert float(rows["gnn"]["mae_mean"]) == json.loads((runs / "gnn" / "metrics.json").read_text())["mae_mean"]
+    assert rows["blend"]["parts"] == "gnn;base" and rows["split"]["parts"] == "split_a;split_b"
+    assert rows["split_a"]["predictions_in"] == "split" and rows["gnn"]["predictions_in"] == "gnn"
+    with gzip.open(out / "heldout_predictions.csv.gz", "rt") as handle:
+        predictions = list(csv.DictReader(handle))
+    per_experiment = {n: sum(p["experiment"] == n for p in predictions) for n in rows}
+    assert per_experiment == {"base": 4, "blend": 4, "gnn": 4, "lc": 0, "lc/1.00_scratch_seed0": 2, "split": 4,
+                              "split_a": 0, "split_b": 0}
+    assert {p["dH_std_eV"] != "" for p in predictions if p["experiment"] == "blend"} == {True}  # the blend's spread
+    folds = list(csv.DictReader(open(out / "folds.csv")))
+    assert [(r["fold"], r["mae"]) for r in folds if r["experiment"] == "gnn"] == [
+        (r["fold"], r["mae"]) for r in csv.DictReader(open(runs / "gnn" / "folds.csv"))]  # copied as written
+    details = json.loads((out / "experiments.json").read_text())
+    assert details["gnn"]["config"] == {"training": {"seed": 0}} and "per_fold" not in details["gnn"]["metrics"]
+    summaries = Summaries(out)
+    half = summaries.predictions("split_a")  # a half's rows, read from the merged run
+    assert sorted(half["id"]) == ["h1-Fe1", "h1-O1"] and set(half["experiment"]) == {"split_a"}
+    assert len(summaries.predictions("gnn")) == 4
+
+
+def test_report_from_summaries_fills_template_blocks(summarized, tmp_path, capsys) -> None:
+    """Placeholders in <!-- adex:table --> blocks become the summaries' numbers; text outside
+    the blocks stays, and rendering the result again changes nothing."""
+    _, out = summarized
+    template = tmp_path / "results.md"
+    template.write_text(
+        "# Results\n\nHand-written text; an inline `<!-- adex:table -->` is not a block.\n\n"
+        "<!-- adex:table\n"
+        "| model | MAE | O / metal | fold k1 | won vs base | pooled | n_test |\n"
+        "| gnn | {{mae:gnn}} | {{o_metal:gnn}} | {{fold:gnn:k1}} | {{won_of:gnn:base}} | {{pooled:gnn}} | {{n_test:gnn}} |\n"
+        "| blend | **{{mae_mean:blend:4}}** | – | – | {{won:blend:gnn}} | – | – |\n"
+        "-->\nstale table\n<!-- /adex:table -->\n\nMore text.\n\n<!-- adex:experiments -->\n<!-- /adex:experiments -->\n")
+    rc = main(["report", "--from-summaries", str(out), "--template", str(template), "-o", str(template)])
+    assert rc == 0, capsys.readouterr().err
+    text = template.read_text()
+    # gnn: fold MAEs 0.3 (k0) and 0.2 (k1); base: 0.2 and 0.2
+    assert "| gnn | 0.250 ± 0.071 | 0.100 / 0.200 | 0.200 | 0 / 2 | 0.250 | 2 |" in text
+    assert "| blend | **" in text and "stale table" not in text
+    assert text.startswith("# Results\n\nHand-written text; an inline `<!-- adex:table -->` is not a block.")
+    assert "More text." in text and "#### `kfold`: 2 folds (k0, k1)" in text and "| `split` |" in text
+    again = tmp_path / "again.md"
+    assert main(["report", "--from-summaries", str(out), "--template", str(template), "-o", str(again)]) == 0
+    assert again.read_text() == text
+    # without a template: the comparison on shared folds and every experiment
+    assert main(["report", "--from-summaries", str(out), "-o", str(tmp_path / "all.md")]) == 0
+    report = (tmp_path / "all.md").read_text()
+    assert "## Comparison on shared folds" in report and "#### `lc`: learning curve" in report
+
+
+@pytest.mark.parametrize("block, message", [
+    ("<!-- adex:table\n| a |\n| {{mae:nope}} |\n-->\n<!-- /adex:table -->\n", "unknown experiment 'nope'"),
+    ("<!-- adex:table\n| a |\n| {{median:gnn}} |\n-->\n<!-- /adex:table -->\n", "unknown placeholder"),
+    ("<!-- adex:table\n| a |\n| {{mae:gnn}} |\n-->\nno end marker\n", "without their end marker"),
+])
+def test_bad_templates_are_one_line_errors(summarized, tmp_path, capsys, block, message) -> None:
+    _, out = summarized
+    template = tmp_path / "t.md"
+    template.write_text(block)
+    capsys.readouterr()
+    rc = main(["report", "--from-summaries", str(out), "--template", str(template), "-o", str(tmp_path / "o.md")])
+    assert_one_line_error(rc, capsys.readouterr().err, message)
+
+
+def test_report_options_that_do_not_go_together_are_errors(tmp_path, capsys) -> None:
+    for argv, message in (([str(tmp_path), "--from-summaries", str(tmp_path), "-o", "x.md"], "no run folders"),
+                          (["--from-summaries", str(tmp_path)], "-o/--output"),
+                          ([str(tmp_path), "--template", "t.md", "-o", "x.md"], "--template goes with --from-summaries"),
+                          ([str(tmp_path)], "--write-summaries"), (["-o", "x.md"], "give run folders"),
+                          (["--from-summaries", str(tmp_path), "-o", str(tmp_path / "x.md")], "no experiments.csv")):
+        rc = main(["report", *argv])
+        assert_one_line_error(rc, capsys.readouterr().err, message)
+
+
+def test_committed_results_are_generated_from_the_committed_summaries() -> None:
+    """docs/results.md and the README's results table are what `adex report --from-summaries
+    benchmarks/results/experiments --template FILE` makes of them: regenerating gives the same
+    numbers. The summaries replace the run folders, under 100 files and 5 MB in all."""
+    import subprocess
+
+    from adex.studies.report import Summaries, render_template
+    from conftest import REPO_ROOT
+
+    summaries = Summaries(REPO_ROOT / "benchmarks" / "results" / "experiments")
+    for name in ("docs/results.md", "README.md"):
+        text = (REPO_ROOT / name).read_text()
+        assert "<!-- adex:table" in text and render_template(text, summaries) == text, f"{name} is stale"
+    listed = subprocess.run(["git", "ls-files", "-z", "benchmarks/results"], cwd=REPO_ROOT, capture_output=True)
+    if listed.returncode != 0:
+        pytest.skip("not a git checkout")
+    files = [REPO_ROOT / f for f in listed.stdout.decode().split("\0") if f]
+    assert len(files) < 100 and sum(f.stat().st_size for f in files if f.is_file()) < 5e6
