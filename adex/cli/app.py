@@ -27,6 +27,7 @@ SUBCOMMAND_MODULES = (
     "adex.cli.registry",
     "adex.cli.expert",
     "adex.cli.predict",
+    "adex.cli.screen",
     "adex.cli.search",
     "adex.cli.baseline",
 )
