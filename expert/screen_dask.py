@@ -43,20 +43,26 @@ def default_workers() -> int:
 
 
 @contextlib.contextmanager
-def screen_client(scheduler: str | None = None, workers: int | None = None, dashboard: str | None = ":8787"):
+def screen_client(scheduler: str | None = None, workers: int | None = None, dashboard: str | None = ":8787",
+                  plugin: WorkerPlugin | None = None):
     """A Dask client: connected to ``scheduler`` (``tcp://HOST:8786``) or to a new
     ``LocalCluster`` of ``workers`` processes (default: the cores), one thread each
     (Dask's nanny gives each worker ``OMP_NUM_THREADS=1``; the plugin sets torch to 1
-    thread). Closed (and the local cluster shut down) on exit, Ctrl-C included."""
+    thread). ``plugin`` is installed on every worker, present and future (a local
+    cluster's workers run it while they start, side by side). Closed (and the local
+    cluster shut down) on exit, Ctrl-C included."""
     if scheduler:
         client = Client(scheduler, timeout="30s")
         try:
+            if plugin is not None:
+                client.register_plugin(plugin, name=plugin.name)
             yield client
         finally:
             client.close()
         return
     cluster = LocalCluster(n_workers=workers or default_workers(), threads_per_worker=1, processes=True,
-                           dashboard_address=dashboard, silence_logs=logging.ERROR)
+                           dashboard_address=dashboard, silence_logs=logging.ERROR,
+                           **({"plugins": {plugin}} if plugin is not None else {}))
     try:
         client = Client(cluster)
         try:

@@ -268,7 +268,7 @@ def screen(
     peak: dict[str, float] = {}
     run_hosts = run_vacancies = 0
     status = "interrupted"
-    with screen_client(scheduler, workers, dashboard) as client:
+    with screen_client(scheduler, workers, dashboard, ScreenWorkerPlugin(spec)) as client:
         summary.dashboard = str(client.dashboard_link or "")
         summary.workers = len(client.scheduler_info().get("workers", {}))
         try:
@@ -279,7 +279,6 @@ def screen(
             hint = " (pip install bokeh to serve it)"
         say(f"dask: {summary.workers} worker{'s' if summary.workers != 1 else ''} "
             f"({scheduler or 'LocalCluster'}), dashboard {summary.dashboard}{hint}")
-        client.register_plugin(ScreenWorkerPlugin(spec), name=f"adex-screen-{spec.identity[:12]}")
         from distributed import as_completed
 
         max_in_flight = 2 * worker_threads(client) + 2
