@@ -210,6 +210,7 @@ def screen_hosts(expert, hosts, batch_size: int = SCREEN_BATCH_SIZE) -> ChunkRes
                        _message(exc)))
 
     work: list[_Host] = []
+    stage_seconds = {"read": 0.0, "symmetry": 0.0, "featurize": 0.0}
     for record in hosts:
         t0 = time.perf_counter()
         host = _Host(record)
@@ -220,6 +221,8 @@ def screen_hosts(expert, hosts, batch_size: int = SCREEN_BATCH_SIZE) -> ChunkRes
         stage = "read"
         try:
             host.structure = structure_from_text(record.text, record.fmt, source=record.host_id)
+            t1 = time.perf_counter()
+            stage_seconds["read"] += t1 - t0
             stage = "symmetry"
             host.sym = analyze_host(host.structure, symprec)
             host.sites = _select_sites(host.structure, host.sym, record.sites)
@@ -227,6 +230,8 @@ def screen_hosts(expert, hosts, batch_size: int = SCREEN_BATCH_SIZE) -> ChunkRes
         except Exception as exc:  # noqa: BLE001 - a host never stops the chunk
             fail(record, stage, exc)
             continue
+        t2 = time.perf_counter()
+        stage_seconds["symmetry"] += t2 - t1
         host.packed, host.kept = [], []
         for (site, info), can in zip(host.sites, canonical):
             try:
@@ -236,6 +241,7 @@ def screen_hosts(expert, hosts, batch_size: int = SCREEN_BATCH_SIZE) -> ChunkRes
             except Exception as exc:  # noqa: BLE001
                 fail(record, "featurize", exc, site)
         host.seconds = time.perf_counter() - t0
+        stage_seconds["featurize"] += time.perf_counter() - t2
         if host.kept:
             work.append(host)
 
@@ -308,7 +314,8 @@ def screen_hosts(expert, hosts, batch_size: int = SCREEN_BATCH_SIZE) -> ChunkRes
                             for name, values in zip(error_schema.names[:-1], columns)} | {
                                "expert": pa.array([ref] * len(errors), type=pa.string())}, schema=error_schema)
     stats = {"pid": os.getpid(), "host": socket.gethostname(), "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0,
-             "seconds": time.perf_counter() - start, "predict_seconds": predict_seconds, "hosts": len(hosts),
+             "seconds": time.perf_counter() - start, "predict_seconds": predict_seconds,
+             **{f"{k}_seconds": v for k, v in stage_seconds.items()}, "hosts": len(hosts),
              "hosts_done": len(done), "vacancies": n_vac}
     return ChunkResult(vacancies, host_table, error_table, stats)
 
