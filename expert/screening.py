@@ -420,3 +420,79 @@ def read_screen(out: str | os.PathLike, table: str = "vacancies"):
     if not files:
         return pd.DataFrame()
     return pd.concat([pq.read_table(f).to_pandas() for f in files], ignore_index=True)
+
+
+def predict_sites_dask(
+    expert,
+    jobs: list[tuple[str, list[int]]],
+    batch_size: int = SCREEN_BATCH_SIZE,
+    workers: int | None = None,
+    scheduler: str | None = None,
+    on_progress=None,
+    chunk_vacancies: int | None = None,
+    cache: bool = False,
+    caveats: dict[str, str] | None = None,
+    registry: str | None = None,
+):
+    """:func:`adex.expert.predict.predict_sites` on Dask (the engine of ``adex screen``), for
+    ``adex predict --input --workers N``: same arguments and result.
+
+    Args:
+        expert: a :class:`~adex.expert.loading.LoadedExpert` (workers load the same
+            version themselves, once each, from ``registry``: the user registry root the
+            caller opened, None for ``$ADEX_HOME/registry``) or a reference.
+        jobs: ``(structure path, [site, ...])`` per host file; the paths must be readable
+            by the workers (always true on a LocalCluster; on a remote cluster, a shared
+            file system).
+        workers: LocalCluster processes (default: the cores); ignored with ``scheduler``.
+        on_progress: called with the number of vacancies finished, after each chunk.
+        cache: as :func:`~adex.expert.predict.predict_sites` (each worker reads and fills
+            ``$ADEX_HOME/cache``).
+        caveats: if given, filled with ``{path: caveats}``.
+
+    Returns:
+        ``{(path, site): member predictions float64 [M]}`` (eV).
+
+    Raises:
+        MissingExtraError: dask.distributed missing. AdexError of the first failing chunk.
+    """
+    require_screen_extras()
+    from adex.expert.predict import CHUNK_VACANCIES, host_chunks
+    from adex.expert.screen_dask import ScreenWorkerPlugin, screen_client, worker_threads
+    from adex.expert.screen_worker import predict_files_chunk
+
+    if isinstance(expert, str):
+        spec, _, _ = resolve_expert(expert, registry_root=registry)
+    else:
+        spec = ExpertSpec(expert.entry.ref, registry, expert_identity(expert))
+    chunks = host_chunks(jobs, chunk_vacancies or CHUNK_VACANCIES)
+    out: dict = {}
+    if not chunks:
+        return out
+    with screen_client(scheduler, workers if not scheduler else None, None, ScreenWorkerPlugin(spec)) as client:
+        from distributed import as_completed
+
+        limit = 2 * worker_threads(client) + 2
+        pending = iter(chunks)
+        queue = as_completed()
+
+        def top_up() -> None:
+            while queue.count() < limit:
+                chunk = next(pending, None)
+                if chunk is None:
+                    return
+                queue.add(client.submit(predict_files_chunk, spec, chunk, batch_size, cache, pure=False))
+
+        top_up()
+        for future in queue:
+            result = future.result()  # an AdexError of the chunk is raised here, naming the file
+            future.release()
+            for path, sites, members, notes in result:
+                for k, site in enumerate(sites):
+                    out[(path, site)] = members[:, k]
+                if caveats is not None:
+                    caveats[path] = notes
+            if on_progress is not None:
+                on_progress(sum(len(sites) for _, sites, _, _ in result))
+            top_up()
+    return out

@@ -249,3 +249,24 @@ def test_missing_extra_is_named(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setitem(sys.modules, "distributed", None)
     with pytest.raises(MissingExtraError, match=r"pip install 'adex\[screen\]'"):
         require_screen_extras()
+
+
+def test_predict_sites_dask_equals_predict_sites(mp_folder: Path) -> None:
+    """The function ``adex predict --workers`` can switch to: same result as the pool."""
+    import adex
+    from adex.expert.predict import predict_sites
+    from adex.expert.screening import predict_sites_dask
+    from adex.io import read_structure
+    from adex.supercell import distinct_sites
+
+    loaded = adex.load_expert(CORE)._loaded
+    files = [p for p in sorted(mp_folder.glob("mp-*.cif")) if p.name != "mp-1.cif"][:5]
+    jobs = [(str(p), [info.index for info in distinct_sites(read_structure(p))]) for p in files]
+    done: list[int] = []
+    caveats: dict[str, str] = {}
+    got = predict_sites_dask(loaded, jobs, workers=1, chunk_vacancies=4, on_progress=done.append, caveats=caveats)
+    expected = predict_sites(loaded, jobs)
+    assert got.keys() == expected.keys() and sum(done) == len(expected)
+    for key in expected:
+        np.testing.assert_allclose(got[key], expected[key], atol=1e-5)
+    assert set(caveats) == {path for path, _ in jobs}
