@@ -1,0 +1,101 @@
+"""Summary and figure of a finished ``adex screen`` folder (small files, fit to commit).
+
+Reads ``SCREEN/summary.json`` and the ``hosts``/``vacancies``/``errors`` partitions and
+writes to ``--out``: ``screen_summary.md`` (totals, throughput, peak memory per worker,
+errors by reason, the lowest O-vacancy dH per host in numbers), ``screen_summary.json``
+and ``screen.png`` (left: distribution of the lowest O-vacancy dH per host; right: time
+per host against its number of atoms). Never copies the Parquet partitions.
+
+    python benchmarks/screen_report.py $ADEX_HOME/screens/mp --out benchmarks/results/screen [--note TEXT]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import numpy as np
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("screen", help="an adex screen output folder")
+    parser.add_argument("--out", required=True)
+    parser.add_argument("--note", default="", help="a line added under the title (machine, load, command)")
+    args = parser.parse_args()
+
+    import pandas as pd
+    import pyarrow.dataset as ds
+
+    screen, out = Path(args.screen), Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    summary = json.loads((screen / "summary.json").read_text())
+    manifest = json.loads((screen / "screen.json").read_text())
+    hosts = ds.dataset(screen / "hosts", format="parquet").to_table(
+        columns=["host_id", "formula", "n_atoms", "n_primitive", "n_vacancies", "min_dH_eV", "time_s"]).to_pandas()
+    vac = ds.dataset(screen / "vacancies", format="parquet").to_table(
+        columns=["host_id", "element", "dH_pred_eV"]).to_pandas()
+    o_min = vac[vac.element == "O"].groupby("host_id").dH_pred_eV.min()
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.2))
+    left.hist(o_min.values, bins=80, color="tab:red", alpha=0.8)
+    left.set_xlabel("lowest O-vacancy dH per host (eV)")
+    left.set_ylabel("hosts")
+    left.set_title(f"{len(o_min):,} hosts with O, {summary['expert']}", fontsize=9)
+    right.scatter(hosts.n_atoms, 1000 * hosts.time_s, s=2, alpha=0.25)
+    med = hosts.groupby("n_atoms").time_s.median()
+    right.plot(med.index, 1000 * med.values, color="k", lw=1, label="median")
+    right.set_xscale("log")
+    right.set_yscale("log")
+    right.set_xlabel("atoms in the input cell")
+    right.set_ylabel("time per host (ms, one worker)")
+    right.set_title("featurization + share of the batched prediction", fontsize=9)
+    right.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(out / "screen.png", dpi=110)
+    plt.close(fig)
+
+    q = np.percentile(o_min.values, [5, 25, 50, 75, 95]) if len(o_min) else [np.nan] * 5
+    per_size = hosts.assign(bucket=pd.cut(hosts.n_atoms, [0, 4, 8, 16, 32, 64, 1000])).groupby(
+        "bucket", observed=True).agg(hosts=("host_id", "size"), ms_median=("time_s", lambda t: 1000 * np.median(t)),
+                                     vacancies=("n_vacancies", "sum"))
+    lines = [f"# Screen of {summary['hosts']:,} crystals with {summary['expert']}", ""]
+    if args.note:
+        lines += [args.note, ""]
+    lines += [
+        f"Inputs: {', '.join(Path(p).name for p in manifest['inputs'])}; {manifest['hosts_per_task']} hosts per task; "
+        f"{summary['workers']} Dask workers ({manifest.get('scheduler', 'LocalCluster')}).", "",
+        "| | |", "|---|---|",
+        f"| hosts | {summary['hosts']:,} |",
+        f"| hosts predicted | {summary['hosts_predicted']:,} |",
+        f"| hosts with errors | {summary['hosts_with_errors']:,} |",
+        f"| distinct vacancies predicted | {summary['vacancies']:,} |",
+        f"| wall time (this run, startup included) | {summary['wall_time_s']:.0f} s |",
+        f"| vacancies/s (this run) | {summary['vacancies_per_s']:.1f} |",
+        f"| hosts/s (this run) | {summary['hosts_per_s']:.1f} |",
+        f"| partitions resumed | {summary['tasks_skipped']} of {summary['tasks']} |",
+        f"| peak RSS per worker process (MB) | {', '.join(f'{v:.0f}' for v in summary['peak_rss_mb_per_worker'].values())} |",
+        f"| load average at start / end (1, 5, 15 min) | {' / '.join(', '.join(f'{x:.2f}' for x in summary['load_average'][i:i + 3]) for i in (0, 3))} |",
+        "", "## Errors by reason", "", "| reason | rows |", "|---|---:|"]
+    lines += [f"| {reason} | {count:,} |" for reason, count in summary["errors_by_reason"].items()]
+    lines += ["", "## Lowest O-vacancy dH per host", "",
+              f"{len(o_min):,} hosts contain O. Percentiles 5/25/50/75/95: " + ", ".join(f"{v:.2f}" for v in q) + " eV.",
+              "", "## Time per host by size (one worker; featurization plus its share of the chunk's prediction)", "",
+              "| atoms | hosts | vacancies | median ms/host |", "|---|---:|---:|---:|"]
+    lines += [f"| {b} | {int(r.hosts):,} | {int(r.vacancies):,} | {r.ms_median:.0f} |" for b, r in per_size.iterrows()]
+    lines += ["", "![screen](screen.png)", ""]
+    (out / "screen_summary.md").write_text("\n".join(lines))
+    keep = {k: summary[k] for k in summary if k != "out"}
+    keep["o_vacancy_min_dH_percentiles_eV"] = dict(zip(["p5", "p25", "p50", "p75", "p95"], map(float, q)))
+    (out / "screen_summary.json").write_text(json.dumps(keep, indent=2) + "\n")
+    print(f"-> {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
