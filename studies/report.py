@@ -1,10 +1,17 @@
-"""``adex report RUN_DIR... -o report.md``: one Markdown file from run folders.
+"""``adex report``: Markdown reports and compact summaries of run folders.
 
-Recognised folders (by their ``metrics.json``): cross-validation runs (``adex cv``, the
-descriptor baseline ``adex baseline``, blends ``adex experiment blend``), experiments
-(``adex experiment learning-curve`` / ``pooling``) and single trainings (``adex expert train``, ensembles included). Each gets
-a section with its table and its figures (linked relative to the report, so the report
-and the run folders can be moved together).
+* ``adex report RUN_DIR... -o report.md``: one Markdown file from run folders. Recognised
+  folders (by their ``metrics.json``): cross-validation runs (``adex cv``, the descriptor
+  baseline ``adex baseline``, blends ``adex experiment blend``), experiments (``adex
+  experiment learning-curve`` / ``pooling``) and single trainings (``adex expert train``,
+  ensembles included). Each gets a section with its table and its figures (linked relative
+  to the report, so the report and the run folders can be moved together).
+* ``adex report RUN_DIR... --write-summaries DIR``: the results of the run folders as four
+  small files (:func:`write_summaries`; what ``benchmarks/results/experiments/`` holds).
+* ``adex report --from-summaries DIR -o FILE [--template FILE]``: Markdown from those files
+  (:func:`write_results`): a template's ``<!-- adex:table -->`` blocks refreshed, its text
+  kept (``docs/results.md``, the README's results table), or without a template every
+  experiment by fold family.
 """
 from __future__ import annotations
 
