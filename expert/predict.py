@@ -35,11 +35,39 @@ class OxidationStateWarning(InputWarning):
     """No charge-balanced oxidation states were found for a host (the expert uses them)."""
 
 
+#: Longest lattice vector (Å) of a host :func:`check_host_cell` accepts: beyond it a
+#: "crystal" is a number-parsing accident, and lattice reduction loses all precision.
+MAX_CELL_LENGTH = 1000.0
+#: Smallest volume per atom (Å³) :func:`check_host_cell` accepts (the densest solids have ~5).
+MIN_VOLUME_PER_ATOM = 1.0
+
+
+def check_host_cell(host: Structure, host_id: str) -> None:
+    """Refuse a host whose cell cannot be a crystal (StructureError naming ``host_id``):
+    non-finite numbers, a lattice vector longer than :data:`MAX_CELL_LENGTH` or shorter
+    than 0.5 Å (atoms overlapping their own images), or less than
+    :data:`MIN_VOLUME_PER_ATOM` per atom (a flat or collapsed cell, e.g. an angle of 0° or 180°)."""
+    lattice = np.asarray(host.lattice.matrix, dtype=float)
+    if not (np.isfinite(lattice).all() and np.isfinite(host.frac_coords).all()):
+        raise StructureError(f"{host_id}: the cell or the coordinates are not finite numbers")
+    lengths = np.linalg.norm(lattice, axis=1)
+    if lengths.max() > MAX_CELL_LENGTH:
+        raise StructureError(f"{host_id}: lattice vector of {lengths.max():.4g} Å (more than {MAX_CELL_LENGTH:.0f} Å): "
+                             "not a crystal cell")
+    if lengths.min() < 0.5:
+        raise StructureError(f"{host_id}: lattice vector of {lengths.min():.4g} Å: every atom would overlap its own image")
+    volume = abs(float(np.linalg.det(lattice)))
+    if not volume >= MIN_VOLUME_PER_ATOM * max(len(host), 1):
+        raise StructureError(f"{host_id}: cell volume {volume:.4g} Å³ for {len(host)} atoms: a flat or collapsed cell, "
+                             "not a crystal")
+
+
 def featurize_host_sites(expert: LoadedExpert, host: Structure, sites: list[int], host_id: str) -> PackedVacancies:
     """Supercell graphs of several vacancies of one host (the host is read and its
-    symmetry analysed once)."""
+    symmetry analysed once). The host's cell is checked first (:func:`check_host_cell`)."""
     from adex.supercell import SupercellSettings, canonical_host_sites
 
+    check_host_cell(host, host_id)
     model = expert.model
     featurizer = Featurizer(model.featurizer_settings)
     settings = SupercellSettings.from_dict(model.supercell)

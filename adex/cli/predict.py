@@ -200,11 +200,12 @@ def _same_file(a: Path, b: Path) -> bool:
 
 def _predict_structure(args, expert, con) -> int:
     from adex.errors import AdexError
-    from adex.expert.predict import featurize_host_sites
+    from adex.expert.predict import check_host_cell, featurize_host_sites
     from adex.io import read_hosts
     from adex.supercell import distinct_sites, site_from_frac, site_from_label
 
     host = read_hosts([args.structure])[0][0]  # site i is the file's i-th atom
+    check_host_cell(host, args.structure)  # before any symmetry analysis
     symprec = expert.model.supercell.get("symprec", 0.01)
     if args.all_sites:
         infos = distinct_sites(host, symprec)
