@@ -53,6 +53,10 @@ TRUST_COLUMNS = ("dH_lo_eV", "dH_hi_eV", "domain", "in_domain")
 CORRECTION_COLUMNS = ("dH_model_eV", "offset_eV", "n_known")
 
 
+class OutOfDomainWarning(UserWarning):
+    """A host is outside the expert's applicability domain (one warning per host)."""
+
+
 @dataclass
 class TrustModel:
     intervals: IntervalCalibration

@@ -131,3 +131,14 @@ def test_readme_python_example_runs(tmp_path: Path) -> None:
     for block in blocks:
         done = subprocess.run([sys.executable, "-c", block], cwd=REPO_ROOT, capture_output=True, text=True, timeout=600)
         assert done.returncode == 0, done.stderr[-2000:]
+
+
+def test_known_labels_need_a_trust_record(core) -> None:
+    """An expert without a trust record predicts as before (no interval columns, one note)
+    and refuses DFT labels it cannot use; tests/test_trust.py covers experts with one."""
+    from adex.errors import AdexError
+
+    assert core.trust is None
+    with pytest.raises(AdexError, match="carries no trust record"):
+        core.predict(perovskite(), sites=[0], known={2: 4.0})
+    assert "dH_lo_eV" not in core.predict(perovskite(), sites=[0]).columns
