@@ -199,6 +199,97 @@ def trust_for_files(loaded, jobs: list[tuple[str, list[int]]], cache: bool = Fal
     return DomainInputs.concatenate([domain_inputs(loaded, part, cache) for part in parts])
 
 
+def read_known(path: str | Path) -> list[tuple[str, int, float]]:
+    """``(structure path, site, dH_eV)`` rows of a known-labels CSV (columns ``structure``,
+    ``site``, ``dH_eV``; paths relative to the table's folder). One-line DataError on a
+    missing column, a bad site or a value that is not a number."""
+    import csv
+
+    path = Path(path)
+    try:
+        with open(path, newline="", encoding="utf-8-sig") as handle:
+            reader = csv.DictReader(handle)
+            missing = [c for c in ("structure", "site", "dH_eV") if c not in (reader.fieldnames or [])]
+            if missing:
+                raise DataError(f"{path}: missing column {missing[0]!r} (need structure, site, dH_eV)")
+            rows = []
+            for row in reader:
+                line = reader.line_num
+                try:
+                    site = int(row["site"])
+                except (TypeError, ValueError):
+                    raise DataError(f"{path}:{line}: site {row['site']!r} is not an integer atom index") from None
+                try:
+                    value = float(row["dH_eV"])
+                except (TypeError, ValueError):
+                    raise DataError(f"{path}:{line}: dH_eV {row['dH_eV']!r} is not a number (eV)") from None
+                if not math.isfinite(value):
+                    raise DataError(f"{path}:{line}: dH_eV {row['dH_eV']!r} is not a finite number (eV)")
+                structure = Path(str(row["structure"] or "").strip()).expanduser()
+                if not str(structure) or str(structure) == ".":
+                    raise DataError(f"{path}:{line}: empty 'structure' field")
+                rows.append((str((structure if structure.is_absolute() else path.parent / structure).resolve()), site, value))
+    except OSError as exc:
+        raise DataError(f"{path}: cannot read ({exc.strerror or exc})") from None
+    return rows
+
+
+def table_trust(loaded, trust: TrustModel, predictions: dict, known: list[tuple[str, int, float]] | None = None,
+                dataset_offset: bool | float = False, cache: bool = False, batch_size: int = 32,
+                workers: int = 1) -> tuple[dict, list[str]]:
+    """The trust columns of ``adex predict --input`` (and ``--known``).
+
+    Args:
+        predictions: ``{(structure path, site): member predictions [M]}`` as
+            :func:`adex.expert.predict.predict_sites` returns them.
+        known: :func:`read_known` rows; vacancies not in ``predictions`` are predicted here.
+        dataset_offset, cache, batch_size, workers: as for :func:`apply_trust` and
+            :func:`adex.expert.predict.predict_sites`.
+
+    Returns:
+        ``({(path, site): {column: value}}, warning lines)``: the columns ``dH_pred_eV``
+        (corrected when ``known`` has labels of the host), ``dH_lo_eV``, ``dH_hi_eV``,
+        ``domain``, ``in_domain`` and, with labels, ``dH_model_eV``, ``offset_eV``,
+        ``n_known``; one warning line per out-of-domain host (files of the same crystal
+        are one host, named by its first file).
+    """
+    import pandas as pd
+
+    from adex.expert.predict import predict_sites
+
+    known = list(known or [])
+    missing: dict[str, list[int]] = {}
+    for path, site, _ in known:
+        if (path, site) not in predictions:
+            missing.setdefault(path, []).append(site)
+    members = dict(predictions)
+    if missing:
+        members.update(predict_sites(loaded, [(p, sorted(set(s))) for p, s in missing.items()], batch_size, workers,
+                                     cache=cache))
+    keys = list(members)
+    jobs: dict[str, list[int]] = {}
+    for path, site in keys:
+        jobs.setdefault(path, []).append(site)
+    order = [(path, site) for path, sites in jobs.items() for site in sites]
+    inputs = trust_for_files(loaded, list(jobs.items()), cache)
+    row_of = {key: k for k, key in enumerate(order)}
+    mean = np.array([float(np.mean(members[key])) for key in order])
+    targets = [row_of[key] for key in predictions]
+    labels = None
+    if known:
+        rows = [row_of[(path, site)] for path, site, _ in known]
+        labels = known_labels(inputs.subset(rows), mean[rows], np.array([value for _, _, value in known]))
+    frame = pd.DataFrame({"dH_pred_eV": mean[targets]})
+    chosen = inputs.subset(targets)
+    out, reasons = apply_trust(frame, trust, chosen, labels, dataset_offset)
+    first_file: dict[str, str] = {}
+    for (path, _), host in zip(order, inputs.host):
+        first_file.setdefault(host, Path(path).name)
+    lines = domain_warnings([first_file[h] for h in chosen.host], reasons, out["in_domain"].to_numpy())
+    columns = list(out.columns)
+    return {key: dict(zip(columns, values)) for key, values in zip(predictions, out.itertuples(index=False, name=None))}, lines
+
+
 # ---------------------------------------------------------------------- building
 def heldout_residuals(summaries: str | Path, experiment: str, data: str | Path | None = None):
     """Held-out predictions of ``experiment`` in ``heldout_predictions.csv.gz`` (the CV

@@ -273,3 +273,36 @@ def test_an_unseen_element_is_out_of_domain_with_one_warning_per_host(trusted) -
     assert not rows["in_domain"].any()
     inside = expert.predict(perovskite(), sites="all")
     assert (rows["dH_hi_eV"] - rows["dH_lo_eV"]).mean() > (inside["dH_hi_eV"] - inside["dH_lo_eV"]).mean()
+
+
+def test_table_trust_gives_the_cli_columns_and_one_warning_per_crystal(trusted, tmp_path) -> None:
+    """What ``adex predict --input t.csv --known known.csv`` will print: the columns per
+    (file, site), files of one crystal corrected together, one warning per crystal."""
+    from adex.expert.predict import predict_sites
+    from adex.expert.trust import read_known, table_trust
+
+    expert, *_ = trusted
+    loaded, trust = expert._loaded, expert.trust
+    paths = []
+    for name, structure in (("a.cif", perovskite()), ("b.cif", perovskite()), ("hf.cif", perovskite("Sr", "Hf", 4.09))):
+        structure.to(filename=str(tmp_path / name))
+        paths.append(str((tmp_path / name).resolve()))
+    predictions = predict_sites(loaded, [(paths[0], [0, 1]), (paths[2], [0, 2])])
+    plain, lines = table_trust(loaded, trust, predictions)
+    assert len(lines) == 1 and lines[0].startswith("hf.cif: out of the applicability domain")
+    assert [plain[(paths[2], s)]["in_domain"] for s in (0, 2)] == [False, False]
+    for key, members in predictions.items():
+        assert plain[key]["dH_pred_eV"] == pytest.approx(float(np.mean(members)))
+        assert plain[key]["dH_lo_eV"] < plain[key]["dH_pred_eV"] < plain[key]["dH_hi_eV"]
+    known = tmp_path / "known.csv"
+    o_value = float(np.mean(predict_sites(loaded, [(paths[1], [2])])[(paths[1], 2)])) + 1.0
+    known.write_text(f"structure,site,dH_eV\nb.cif,2,{o_value}\n")  # another file of the same crystal as a.cif
+    fixed, _ = table_trust(loaded, trust, predictions, read_known(known))
+    assert fixed[(paths[0], 0)]["n_known"] == 1 and fixed[(paths[2], 0)]["n_known"] == 0
+    assert fixed[(paths[0], 0)]["offset_eV"] == pytest.approx(0.2 / 0.44, abs=1e-5)
+    assert fixed[(paths[2], 0)]["dH_pred_eV"] == pytest.approx(plain[(paths[2], 0)]["dH_pred_eV"])
+    from adex.errors import DataError
+
+    known.write_text("structure,site,dH_eV\nb.cif,2,high\n")
+    with pytest.raises(DataError, match="known.csv:2: dH_eV 'high' is not a number"):
+        read_known(known)
