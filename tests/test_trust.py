@@ -306,3 +306,18 @@ def test_table_trust_gives_the_cli_columns_and_one_warning_per_crystal(trusted, 
     known.write_text("structure,site,dH_eV\nb.cif,2,high\n")
     with pytest.raises(DataError, match="known.csv:2: dH_eV 'high' is not a number"):
         read_known(known)
+
+
+def test_structure_families_and_family_folds(data_dir: Path) -> None:
+    from adex.studies.splits import make_folds, structure_families, vacancy_table
+
+    root = data_dir / "witman2023_vacancies"
+    families = structure_families(root)
+    assert len(families) == 199 and len(set(families.values())) == 118
+    assert max(list(families.values()).count(f) for f in set(families.values())) == 11
+    host_of = dict(zip(vacancy_table(root).ids, vacancy_table(root).hosts))
+    folds = make_folds(root, "family", n_folds=10)
+    assert len(folds) == 10 and sum(len(f.test) for f in folds) == 1481
+    for fold in folds:
+        train = {families[host_of[i]] for i in fold.train}
+        assert not train & {families[host_of[i]] for i in fold.test}
