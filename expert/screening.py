@@ -365,6 +365,9 @@ def screen(
                             finish(whole, merged, stats_list)
                     fill()
             status = "finished"
+        except BaseException as exc:
+            status = "interrupted" if isinstance(exc, KeyboardInterrupt) else "failed"
+            raise
         finally:
             manifest["status"] = status
             atomic_write_json(out / "screen.json", manifest)
