@@ -485,6 +485,42 @@ def test_damaged_prediction_cache_entry_is_rebuilt(capsys, ctx, tmp_path, adex_h
         unpack_arrays(entry.read_bytes(), require_checksum=True)
 
 
+class _StubAdvisor:
+    """An advisor embedding each atom as (Z, 1) and each crystal as (n atoms, 1); counts its calls."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    def embed_structures(self, structures):
+        self.calls += 1
+        atom = np.concatenate([[[site.specie.Z, 1.0] for site in s] for s in structures])
+        return atom, np.array([[len(s), 1.0] for s in structures])
+
+
+def test_damaged_advisor_cache_entry_is_recomputed(ctx, adex_home) -> None:
+    from adex.expert import advisor_features
+    from adex.expert.loading import load_expert
+    from adex.expert.predict import featurize_host_sites
+    from adex.io import read_structure
+
+    loaded = load_expert(ctx.ref, ctx.registry)
+    packed = featurize_host_sites(loaded, read_structure(ctx.hosts / "srtio3.cif"), [0, 2], "srtio3.cif")
+    entry = SimpleNamespace(ref="advisor/stub:1", files={WEIGHTS: {"sha256": "0" * 64, "bytes": 1}})
+    advisor = _StubAdvisor()
+    advisor_features._EMBEDDING_MEMO.clear()
+    first = advisor_features.cached_advisor_features(entry, advisor, packed, persistent=True)
+    [path] = list((adex_home / "cache" / "advisors").rglob("*.arrays"))
+    _scale_array(path, "atom", 3.0)  # plausible but wrong embeddings
+    advisor_features._EMBEDDING_MEMO.clear()
+    again = advisor_features.cached_advisor_features(entry, advisor, packed, persistent=True)
+    assert advisor.calls == 2  # the damaged entry was not used
+    np.testing.assert_array_equal(again.atom, first.atom)
+    np.testing.assert_array_equal(again.crystal, first.crystal)
+    advisor_features._EMBEDDING_MEMO.clear()
+    advisor_features.cached_advisor_features(entry, advisor, packed, persistent=True)
+    assert advisor.calls == 2  # rewritten whole: a hit now
+
+
 def _die_while_publishing(root: str) -> None:  # in a forked child
     from adex.registry import store
 
