@@ -321,3 +321,53 @@ def test_structure_families_and_family_folds(data_dir: Path) -> None:
     for fold in folds:
         train = {families[host_of[i]] for i in fold.train}
         assert not train & {families[host_of[i]] for i in fold.test}
+
+
+def test_cli_predict_adds_the_trust_columns_corrects_from_known_and_warns_once(trusted, tmp_path, capsys) -> None:
+    """``adex predict --input t.csv --known known.csv``: intervals, domain, the corrected
+    value beside the model's, one warning line for the out-of-domain crystal."""
+    import csv
+    import io
+
+    from adex.cli import main
+
+    expert, entry, _, registry, _ = trusted
+    store = ["--registry", str(registry.root)]
+    for name, structure in (("a.cif", perovskite()), ("hf.cif", perovskite("Sr", "Hf", 4.09))):
+        structure.to(filename=str(tmp_path / name))
+    (tmp_path / "t.csv").write_text("structure,site\na.cif,0\na.cif,1\nhf.cif,0\n")
+    assert main(["predict", "--expert", entry.ref, "--input", str(tmp_path / "t.csv"), "--format", "csv", *store]) == 0
+    captured = capsys.readouterr()
+    plain = list(csv.DictReader(io.StringIO(captured.out)))
+    assert list(plain[0]) == ["structure", "site", "dH_pred_eV", "dH_std_eV", "dH_lo_eV", "dH_hi_eV", "domain",
+                              "in_domain", "warnings"]
+    assert [r["in_domain"] for r in plain] == ["True", "True", "False"]
+    warned = [line for line in captured.err.splitlines() if line.startswith("warning:") and "applicability domain" in line]
+    assert len(warned) == 1 and "hf.cif" in warned[0]
+    o_value = float(expert.predict(perovskite(), sites=[2])["dH_pred_eV"].iloc[0]) + 1.0
+    (tmp_path / "known.csv").write_text(f"structure,site,dH_eV\na.cif,2,{o_value}\n")
+    assert main(["predict", "--expert", entry.ref, "--input", str(tmp_path / "t.csv"), "--known",
+                 str(tmp_path / "known.csv"), "--format", "csv", *store]) == 0
+    fixed = list(csv.DictReader(io.StringIO(capsys.readouterr().out)))
+    assert [r["n_known"] for r in fixed] == ["1", "1", "0"]
+    for before, after in zip(plain, fixed):
+        assert float(after["dH_model_eV"]) == pytest.approx(float(before["dH_pred_eV"]), abs=1e-4)
+    assert float(fixed[0]["dH_pred_eV"]) - float(plain[0]["dH_pred_eV"]) == pytest.approx(0.2 / 0.44, abs=2e-4)
+    assert fixed[2]["dH_pred_eV"] == plain[2]["dH_pred_eV"]  # another host: unchanged
+    assert main(["predict", "--expert", entry.ref, "--structure", str(tmp_path / "a.cif"), "--all-sites",
+                 "--format", "json", *store]) == 0
+    rows = __import__("json").loads(capsys.readouterr().out)["predictions"]
+    assert all(r["dH_lo_eV"] < r["dH_pred_eV"] < r["dH_hi_eV"] and r["in_domain"] is True for r in rows)
+
+
+def test_cli_known_needs_a_trust_record_and_dataset_offset_needs_known(trusted, tmp_path, capsys) -> None:
+    from adex.cli import main
+    from conftest import assert_one_line_error
+
+    perovskite().to(filename=str(tmp_path / "a.cif"))
+    (tmp_path / "known.csv").write_text("structure,site,dH_eV\na.cif,2,5.0\n")
+    rc = main(["predict", "--expert", EXPERT, "--structure", str(tmp_path / "a.cif"), "--site", "0",
+               "--known", str(tmp_path / "known.csv")])
+    assert_one_line_error(rc, capsys.readouterr().err, "--known needs an expert with a trust record")
+    rc = main(["predict", "--expert", EXPERT, "--structure", str(tmp_path / "a.cif"), "--site", "0", "--dataset-offset"])
+    assert_one_line_error(rc, capsys.readouterr().err, "--dataset-offset needs --known")

@@ -21,6 +21,14 @@ Hosts with elements absent from the expert's training data, or whose oxidation s
 cannot be guessed (for an expert that reads them), are predicted with a warning on stderr
 (with ``--input``, also in the row's ``warnings`` column). docs/bad-input.md lists what is
 refused and what is warned.
+
+An expert registered with a trust record (docs/trust.md) adds a calibrated 90 % interval
+(``dH_lo_eV``, ``dH_hi_eV``), an applicability-domain score and flag (``domain``,
+``in_domain``) and prints one ``warning:`` line per host outside its domain. ``--known
+known.csv`` (columns ``structure``, ``site``, ``dH_eV``: DFT values of your own) corrects
+the other vacancies of those hosts (shrunk host offset per O / metal class; the model's
+own value stays in ``dH_model_eV``); ``--dataset-offset`` also learns one offset for all
+hosts, for DFT settings that differ from the training data's.
 """
 from __future__ import annotations
 
@@ -52,23 +60,23 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--cache", action="store_true",
                    help="--input: keep featurized vacancies in $ADEX_HOME/cache/predict (content-addressed: file bytes, "
                         "sites, featurizer and supercell settings); a rerun over the same files skips featurization")
+    p.add_argument("--known", metavar="CSV",
+                   help="DFT dH of some vacancies (columns structure, site, dH_eV; your own settings): the others of "
+                        "those hosts are corrected (needs an expert with a trust record)")
+    p.add_argument("--dataset-offset", nargs="?", const=1.0, type=float, metavar="SD",
+                   help="with --known: also learn one offset shared by all hosts (your DFT settings vs the training "
+                        "data's), prior standard deviation SD eV (default 1.0)")
     p.add_argument("--registry", help="user registry root (default: $ADEX_HOME/registry)")
     p.set_defaults(func=cmd_predict)
 
 
-NUMBER_COLUMNS = ("dH_pred_eV", "dH_std_eV")
+#: columns of an expert with a trust record (expert/trust.py); the last three with --known only
+TRUST_COLUMNS = ("dH_lo_eV", "dH_hi_eV", "domain", "in_domain", "dH_model_eV", "offset_eV", "n_known")
+NUMBER_COLUMNS = ("dH_pred_eV", "dH_std_eV", "dH_lo_eV", "dH_hi_eV", "domain", "dH_model_eV", "offset_eV")
 #: the column of ``--input`` mode holding each row's caveats (unseen elements, oxidation states)
 WARNINGS_COLUMN = "warnings"
 #: columns ``--input`` mode adds to the table (an input table must not have them)
-OUTPUT_COLUMNS = (*NUMBER_COLUMNS, WARNINGS_COLUMN)
-
-
-def _prediction_columns(expert, packed, batch_size: int) -> tuple[list[str], list[dict]]:
-    """Output columns and one dict per vacancy: ``dH_pred_eV`` (the member mean for an
-    ensemble) and, for an ensemble, ``dH_std_eV`` (population std over its members)."""
-    from adex.expert.predict import predict_packed_members
-
-    return _value_columns(predict_packed_members(expert, packed, batch_size))
+OUTPUT_COLUMNS = ("dH_pred_eV", "dH_std_eV", *TRUST_COLUMNS, WARNINGS_COLUMN)
 
 
 def _value_columns(members) -> tuple[list[str], list[dict]]:
@@ -156,15 +164,28 @@ def cmd_predict(args: argparse.Namespace) -> int:
         n_members = len(as_members(expert.model))
         con.print(f"expert: {expert.entry.ref}" + (f" ({n_members}-member ensemble)" if n_members > 1 else "")
                   + (f" (advisors: {', '.join(e.ref for e, _ in expert.advisors)})" if expert.advisors else ""), soft_wrap=True)
+        from adex.expert.trust import load_trust
+
+        trust = load_trust(expert.entry)
+        if trust is not None:
+            trust.check_advisors(expert)
+        elif args.known:
+            raise AdexError(f"--known needs an expert with a trust record (docs/trust.md); {expert.entry.ref} has none")
         if args.structure:
-            return _predict_structure(args, expert, con)
-        return _predict_table(args, expert, con)
+            return _predict_structure(args, expert, con, trust)
+        return _predict_table(args, expert, con, trust)
 
 
 def _check_options(args: argparse.Namespace) -> None:
     """Refuse, before the expert is loaded, options that cannot work (one-line errors)."""
     from adex.errors import AdexError, StructureError
 
+    if args.dataset_offset is not None and not args.known:
+        raise AdexError("--dataset-offset needs --known (the DFT values it is learned from)")
+    if args.dataset_offset is not None and not args.dataset_offset > 0:
+        raise AdexError(f"--dataset-offset SD must be > 0 eV, not {args.dataset_offset}")
+    if args.known and not Path(args.known).is_file():
+        raise AdexError(f"--known {args.known}: no such file")
     if args.batch_size < 1:
         raise AdexError(f"--batch-size must be >= 1, not {args.batch_size}")
     if args.workers < 1:
@@ -198,7 +219,36 @@ def _same_file(a: Path, b: Path) -> bool:
         return False
 
 
-def _predict_structure(args, expert, con) -> int:
+def _trust_columns(args, expert, trust, predictions: dict) -> tuple[list[str], dict]:
+    """The trust columns of ``predictions`` (``{(path, site): members [M]}``) and their
+    values per key; prints one ``warning:`` line per out-of-domain host. Nothing without
+    a trust record."""
+    if trust is None:
+        return [], {}
+    from adex.expert.trust import read_known, table_trust
+
+    values, lines = table_trust(expert, trust, predictions, read_known(args.known) if args.known else None,
+                                args.dataset_offset or False, cache=args.cache, batch_size=args.batch_size,
+                                workers=args.workers)
+    for line in lines:
+        print(f"warning: {line}", file=sys.stderr)
+    present = {column for row in values.values() for column in row}
+    columns = [c for c in TRUST_COLUMNS if c in present]
+    return columns, {key: {c: _rounded(row[c]) for c in ("dH_pred_eV", *columns) if c in row} for key, row in values.items()}
+
+
+def _rounded(value):
+    """Table values as the CLI writes them: floats to 4 decimals, numpy scalars as Python ones."""
+    import numpy as np
+
+    if isinstance(value, (bool, np.bool_)):
+        return bool(value)
+    if isinstance(value, (int, np.integer)):
+        return int(value)
+    return round(float(value), 4)
+
+
+def _predict_structure(args, expert, con, trust=None) -> int:
     from adex.errors import AdexError
     from adex.expert.predict import check_host_cell, featurize_host_sites
     from adex.io import read_hosts
@@ -218,13 +268,18 @@ def _predict_structure(args, expert, con) -> int:
         sites = list(args.site)
     else:
         raise AdexError("which vacancy? give --site N, --site-label L, --frac X Y Z or --all-sites")
+    from adex.expert.predict import predict_packed_members
+
     packed = featurize_host_sites(expert, host, sites, Path(args.structure).name)
-    value_columns, values = _prediction_columns(expert, packed, args.batch_size)
+    members = predict_packed_members(expert, packed, args.batch_size)
+    value_columns, values = _value_columns(members)
+    path = str(Path(args.structure).resolve())
+    trust_columns, trusted = _trust_columns(args, expert, trust, {(path, s): members[:, k] for k, s in enumerate(sites)})
     rows = [
-        {"site": s, "element": packed.info[k, 0], "wyckoff": packed.info[k, 1], **values[k]}
+        {"site": s, "element": packed.info[k, 0], "wyckoff": packed.info[k, 1], **values[k], **trusted.get((path, s), {})}
         for k, s in enumerate(sites)
     ]
-    _emit(rows, ["site", "element", "wyckoff", *value_columns], args, expert.entry.ref)
+    _emit(rows, ["site", "element", "wyckoff", *value_columns, *trust_columns], args, expert.entry.ref)
     return 0
 
 
@@ -276,7 +331,7 @@ def read_table(table_path: Path) -> tuple[list[str], list[dict], list[int]]:
     return columns, rows, lines
 
 
-def _predict_table(args, expert, con) -> int:
+def _predict_table(args, expert, con, trust=None) -> int:
     import numpy as np
 
     from adex.errors import AdexError, StructureError
@@ -315,7 +370,9 @@ def _predict_table(args, expert, con) -> int:
     order = list(predictions)
     value_columns, values = _value_columns(np.stack([predictions[k] for k in order], axis=1))
     lookup = dict(zip(order, values))
-    out_rows = [{**row, **lookup[key], WARNINGS_COLUMN: caveats.get(key[0], "")} for row, key in zip(rows, keys)]
-    _emit(out_rows, columns + value_columns + [WARNINGS_COLUMN], args, expert.entry.ref)
+    trust_columns, trusted = _trust_columns(args, expert, trust, predictions)
+    out_rows = [{**row, **lookup[key], **trusted.get(key, {}), WARNINGS_COLUMN: caveats.get(key[0], "")}
+                for row, key in zip(rows, keys)]
+    _emit(out_rows, columns + value_columns + trust_columns + [WARNINGS_COLUMN], args, expert.entry.ref)
     con.print(f"{len(out_rows)} vacancies in {len(by_host)} hosts" + (f" -> {args.output}" if args.output else ""))
     return 0
