@@ -35,6 +35,7 @@ from adex.studies.baseline_features import (
     read_rows,
 )
 from adex.studies.baseline_model import LOSSES, ModelSettings, carve_validation, fit_model, make_regressor
+from adex.studies.splits import GROUPED_SCHEMES  # noqa: F401 - re-exported
 from adex.supercell.descriptors import (
     FEATURE_VERSION,
     BaselineSettings,
@@ -43,7 +44,6 @@ from adex.supercell.descriptors import (
     feature_names,
 )
 
-GROUPED_SCHEMES = ("group", "loeo", "l2eo")
 
 __all__ = [
     # the run

@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from adex.fileio import atomic_write_json, atomic_write_text
+from adex.studies.splits import GROUPED_SCHEMES  # noqa: F401 - re-exported
 
 
 @dataclass
@@ -28,7 +29,6 @@ class CVResult:
     out: Path
 
 
-GROUPED_SCHEMES = ("group", "loeo", "l2eo")
 
 
 def cross_validate(

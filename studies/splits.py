@@ -33,6 +33,8 @@ import numpy as np
 from adex.errors import ConfigError
 
 SCHEMES = ("published", "kfold", "group", "loeo", "l2eo", "family")
+#: Schemes whose test hosts never appear in training: validation is drawn by host too.
+GROUPED_SCHEMES = ("group", "loeo", "l2eo", "family")
 
 
 @dataclass(frozen=True)
