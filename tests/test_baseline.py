@@ -288,3 +288,15 @@ def test_baseline_table_is_the_descriptor_table_without_advisors(tiny, table) ->
         features.baseline_table(tiny.root, relaxation=True)
     with pytest.raises(ConfigError, match="relaxation steps need potential relaxation"):
         features.baseline_table(tiny.root, [(SimpleNamespace(ref="x"), object())], relaxation_steps=3)
+
+
+def test_baseline_refuses_a_used_out_folder_before_featurizing(tmp_path, capsys) -> None:
+    from adex.cli import main
+    from conftest import assert_one_line_error
+
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "metrics.json").write_text("{}")  # an earlier run's file
+    rc = main(["baseline", "--cv", "published", "--data", str(tmp_path / "no-data"), "--out", str(out)])
+    assert_one_line_error(rc, capsys.readouterr().err, "exists and is not empty", "--overwrite")
+    assert (out / "metrics.json").read_text() == "{}"

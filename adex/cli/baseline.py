@@ -24,7 +24,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="weigh each training vacancy by n_host^-P, n_host the training vacancies of its host "
                         "(as the expert's training.host_weight_power; default 0: all equal)")
     p.add_argument("--data", help="data directory (default: $ADEX_DATA, else $ADEX_HOME/data)")
-    p.add_argument("--out", help="run folder (default: $ADEX_HOME/runs/baseline-<time>)")
+    p.add_argument("--out", help="run folder (default: $ADEX_HOME/runs/baseline-<time>); an existing non-empty "
+                                 "folder is refused unless --overwrite")
+    p.add_argument("--overwrite", action="store_true", help="replace the files of an earlier run in --out")
     p.add_argument("--workers", type=int, default=1, help="featurization processes (default 1)")
     p.add_argument("--threads", type=int, default=1, help="OpenMP threads of the gradient boosting (default 1)")
     p.add_argument("--no-cache", action="store_true", help="featurize again and do not write the feature cache")
@@ -44,6 +46,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def cmd_baseline(args: argparse.Namespace) -> int:
+    from adex.cli.common import check_out_folder
     from adex.datasets import dataset_root
     from adex.errors import ConfigError
     from adex.studies.baseline import GROUPED_SCHEMES, run_baseline
@@ -53,6 +56,8 @@ def cmd_baseline(args: argparse.Namespace) -> int:
     from adex.expert.witman import read_split
     from adex.studies.splits import Fold, make_folds, parse_scheme
     from adex.progress import console
+
+    check_out_folder(args)  # before any featurization: a run never replaces another silently
 
     if args.cv and args.split:
         raise ConfigError("give either --cv SCHEME or --split NAME, not both")
