@@ -17,11 +17,37 @@ from pathlib import Path
 import numpy as np
 
 
+def partial_summary(screen: Path, manifest: dict, peak_rss_mb: str) -> dict:
+    """Totals of a screen without summary.json: counted from its partitions; wall time from
+    the manifest's start to the newest partition file (the run's own start-up included)."""
+    import datetime as dt
+
+    from adex.expert.screening import ScreenSummary, _totals
+
+    summary = ScreenSummary(out=str(screen), expert=manifest["expert"], status=manifest.get("status", "unknown"))
+    _totals(screen, summary)
+    files = list((screen / "vacancies").glob("part-*.parquet"))
+    start = dt.datetime.fromisoformat(manifest["started"]).timestamp()
+    wall = max(p.stat().st_mtime for p in files) - start
+    summary.tasks = summary.run_hosts = 0
+    summary.wall_time_s = round(wall, 1)
+    summary.run_vacancies, summary.run_hosts = summary.vacancies, summary.hosts
+    summary.vacancies_per_s = round(summary.vacancies / wall, 2)
+    summary.hosts_per_s = round(summary.hosts / wall, 2)
+    summary.tasks = len(files)
+    summary.peak_rss_mb_per_worker = {f"worker{k}": float(v) for k, v in enumerate(peak_rss_mb.split(",")) if v}
+    summary.workers = len(summary.peak_rss_mb_per_worker)
+    summary.load_average = []
+    return summary.as_dict()
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("screen", help="an adex screen output folder")
     parser.add_argument("--out", required=True)
     parser.add_argument("--note", default="", help="a line added under the title (machine, load, command)")
+    parser.add_argument("--peak-rss-mb", default="", help="peak RSS per worker (MB, comma-separated) when the screen "
+                                                          "has no summary.json (stopped before writing it)")
     args = parser.parse_args()
 
     import pandas as pd
@@ -29,8 +55,12 @@ def main() -> int:
 
     screen, out = Path(args.screen), Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    summary = json.loads((screen / "summary.json").read_text())
     manifest = json.loads((screen / "screen.json").read_text())
+    if (screen / "summary.json").is_file():
+        summary = json.loads((screen / "summary.json").read_text())
+    else:  # a screen stopped before it could write its summary: totals from the partitions
+        summary = partial_summary(screen, manifest, args.peak_rss_mb)
+    summary.setdefault("status", manifest.get("status", "finished"))
     hosts = ds.dataset(screen / "hosts", format="parquet").to_table(
         columns=["host_id", "formula", "n_atoms", "n_primitive", "n_vacancies", "min_dH_eV", "time_s"]).to_pandas()
     vac = ds.dataset(screen / "vacancies", format="parquet").to_table(
@@ -64,7 +94,8 @@ def main() -> int:
     per_size = hosts.assign(bucket=pd.cut(hosts.n_atoms, [0, 4, 8, 16, 32, 64, 1000])).groupby(
         "bucket", observed=True).agg(hosts=("host_id", "size"), ms_median=("time_s", lambda t: 1000 * np.median(t)),
                                      vacancies=("n_vacancies", "sum"))
-    lines = [f"# Screen of {summary['hosts']:,} crystals with {summary['expert']}", ""]
+    status = "" if summary["status"] == "finished" else f" ({summary['status']}: partial)"
+    lines = [f"# Screen of {summary['hosts']:,} crystals with {summary['expert']}{status}", ""]
     if args.note:
         lines += [args.note, ""]
     lines += [
@@ -80,7 +111,7 @@ def main() -> int:
         f"| hosts/s (this run) | {summary['hosts_per_s']:.1f} |",
         f"| partitions resumed | {summary['tasks_skipped']} of {summary['tasks']} |",
         f"| peak RSS per worker process (MB) | {', '.join(f'{v:.0f}' for v in summary['peak_rss_mb_per_worker'].values())} |",
-        f"| load average at start / end (1, 5, 15 min) | {' / '.join(', '.join(f'{x:.2f}' for x in summary['load_average'][i:i + 3]) for i in (0, 3))} |",
+        f"| load average at start / end (1, 5, 15 min) | {' / '.join(', '.join(f'{x:.2f}' for x in summary['load_average'][i:i + 3]) for i in (0, 3)) or 'not recorded'} |",
         "", "## Errors by reason", "", "| reason | rows |", "|---|---:|"]
     lines += [f"| {reason} | {count:,} |" for reason, count in summary["errors_by_reason"].items()]
     lines += ["", "## Lowest O-vacancy dH per host", "",

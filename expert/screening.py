@@ -79,6 +79,7 @@ class ScreenSummary:
 
     out: str
     expert: str
+    status: str = "running"
     hosts: int = 0
     hosts_predicted: int = 0
     vacancies: int = 0
@@ -367,20 +368,30 @@ def screen(
             status = "finished"
         except BaseException as exc:
             status = "interrupted" if isinstance(exc, KeyboardInterrupt) else "failed"
+            if isinstance(exc, KeyboardInterrupt):  # the totals so far, for the user and for a report
+                _close_summary(out, summary, started, run_hosts, run_vacancies, peak, status)
             raise
         finally:
             manifest["status"] = status
             atomic_write_json(out / "screen.json", manifest)
 
-    if status == "finished":
-        _remove_partitions(out, keep=written)  # partitions of an earlier, different chunking
+    _remove_partitions(out, keep=written)  # partitions of an earlier, different chunking
+    return _close_summary(out, summary, started, run_hosts, run_vacancies, peak, status)
+
+
+def _close_summary(out: Path, summary: ScreenSummary, started: float, run_hosts: int, run_vacancies: int,
+                   peak: dict, status: str) -> ScreenSummary:
+    """Fill this run's figures and the screen's totals into ``summary``; write summary.json."""
+    from adex.fileio import atomic_write_json
+
     wall = time.perf_counter() - started
+    summary.status = status
     summary.wall_time_s = round(wall, 3)
     summary.run_hosts, summary.run_vacancies = run_hosts, run_vacancies
     summary.vacancies_per_s = round(run_vacancies / wall, 2) if wall > 0 else 0.0
     summary.hosts_per_s = round(run_hosts / wall, 2) if wall > 0 else 0.0
     summary.peak_rss_mb_per_worker = {k: round(v, 1) for k, v in sorted(peak.items())}
-    summary.load_average = summary.load_average + list(os.getloadavg())
+    summary.load_average = summary.load_average[:3] + list(os.getloadavg())
     _totals(out, summary)
     atomic_write_json(out / "summary.json", summary.as_dict())
     return summary

@@ -62,6 +62,12 @@ def _screen(inputs, out, workers=1, hosts_per_task=2, **kwargs):
                   dashboard=":0", on_message=lambda line: None, **kwargs)
 
 
+def _read(path: Path):
+    import pyarrow.parquet as pq
+
+    return pq.read_table(path)
+
+
 def _vacancies(out: Path):
     from adex.expert.screening import read_screen
 
@@ -220,13 +226,17 @@ def test_sigint_resumes_without_recomputing(reference, mp_folder: Path, tmp_path
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 130, err
     assert json.loads((out / "screen.json").read_text())["status"] == "interrupted"
+    partial = json.loads((out / "summary.json").read_text())  # the totals so far
+    assert partial["status"] == "interrupted"
     done = sorted((out / "vacancies").glob("part-*.parquet"))
     assert 3 <= len(done) < N_HOSTS + 1, "the screen finished before the interrupt"
     mtimes = {p: p.stat().st_mtime_ns for p in done}
 
     rerun = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert rerun.returncode == 0, rerun.stderr
+    assert partial["vacancies"] == sum(len(_read(p)) for p in done)
     summary = json.loads((out / "summary.json").read_text())
+    assert summary["status"] == "finished"
     assert summary["tasks_skipped"] >= len(done) and summary["tasks"] == N_HOSTS + 1
     assert {p: p.stat().st_mtime_ns for p in done} == mtimes  # not recomputed
     got, ref = _vacancies(out), _vacancies(reference[0])
