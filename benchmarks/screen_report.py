@@ -112,8 +112,13 @@ def main() -> int:
         f"| partitions resumed | {summary['tasks_skipped']} of {summary['tasks']} |",
         f"| peak RSS per worker process (MB) | {', '.join(f'{v:.0f}' for v in summary['peak_rss_mb_per_worker'].values())} |",
         f"| load average at start / end (1, 5, 15 min) | {' / '.join(', '.join(f'{x:.2f}' for x in summary['load_average'][i:i + 3]) for i in (0, 3)) or 'not recorded'} |",
-        "", "## Errors by reason", "", "| reason | rows |", "|---|---:|"]
-    lines += [f"| {reason} | {count:,} |" for reason, count in summary["errors_by_reason"].items()]
+        "", "## Errors by reason", "", "| reason | error rows (hosts or sites) | hosts |", "|---|---:|---:|"]
+    errors = ds.dataset(screen / "errors", format="parquet").to_table(columns=["host_id", "source", "reason"]).to_pandas()
+    host_counts = errors.drop_duplicates(["host_id", "source", "reason"]).reason.value_counts()
+    lines += [f"| {reason} | {count:,} | {int(host_counts.get(reason, 0)):,} |"
+              for reason, count in summary["errors_by_reason"].items()]
+    failed = sorted(set(errors.host_id))
+    lines += ["", f"Hosts with errors: {', '.join(failed[:30])}{' ...' if len(failed) > 30 else ''}"]
     lines += ["", "## Lowest O-vacancy dH per host", "",
               f"{len(o_min):,} hosts contain O. Percentiles 5/25/50/75/95: " + ", ".join(f"{v:.2f}" for v in q) + " eV.",
               "", "## Time per host by size (one worker; featurization plus its share of the chunk's prediction)", "",

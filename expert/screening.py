@@ -85,7 +85,8 @@ class ScreenSummary:
     vacancies: int = 0
     errors: int = 0
     hosts_with_errors: int = 0
-    errors_by_reason: dict = field(default_factory=dict)
+    errors_by_reason: dict = field(default_factory=dict)  # error rows (hosts or sites) per reason
+    error_hosts_by_reason: dict = field(default_factory=dict)  # hosts with at least one error row, per reason
     tasks: int = 0
     tasks_skipped: int = 0
     tasks_split: int = 0
@@ -419,6 +420,8 @@ def _totals(out: Path, summary: ScreenSummary) -> None:
     summary.hosts_with_errors = len(failed)
     summary.hosts = len(set(zip(hosts["host_id"], hosts["source"])) | failed)
     summary.errors_by_reason = {str(k): int(v) for k, v in errors["reason"].value_counts().items()}
+    summary.error_hosts_by_reason = {str(k): int(v) for k, v in errors.drop_duplicates(["host_id", "source", "reason"])[
+        "reason"].value_counts().items()}
 
 
 def read_screen(out: str | os.PathLike, table: str = "vacancies"):
