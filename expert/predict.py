@@ -279,6 +279,19 @@ def host_chunks(jobs: list[tuple[str, list[int]]], chunk_vacancies: int = CHUNK_
     return chunks + ([current] if current else [])
 
 
+def collect_chunk(result, out: dict, caveats: dict | None = None, on_progress=None) -> None:
+    """Store one predicted chunk ``[(path, sites, members [M, S], caveats)]`` into ``out``
+    (``{(path, site): members [M]}``) and ``caveats`` (``{path: text}``, if given), then
+    report its vacancies to ``on_progress``; shared by every engine that predicts chunks."""
+    for path, sites, members, notes in result:
+        for k, site in enumerate(sites):
+            out[(path, site)] = members[:, k]
+        if caveats is not None:
+            caveats[path] = notes
+    if on_progress is not None:
+        on_progress(sum(len(sites) for _, sites, _, _ in result))
+
+
 def predict_sites(
     expert: LoadedExpert,
     jobs: list[tuple[str, list[int]]],
@@ -319,13 +332,7 @@ def predict_sites(
     out: dict[tuple[str, int], np.ndarray] = {}
 
     def collect(result) -> None:
-        for path, sites, members, notes in result:
-            for k, site in enumerate(sites):
-                out[(path, site)] = members[:, k]
-            if caveats is not None:
-                caveats[path] = notes
-        if on_progress is not None:
-            on_progress(sum(len(sites) for _, sites, _, _ in result))
+        collect_chunk(result, out, caveats, on_progress)
 
     workers = max(1, min(int(workers), len(chunks)))
     if workers == 1 or "fork" not in multiprocessing.get_all_start_methods():

@@ -474,7 +474,7 @@ def predict_sites_dask(
         MissingExtraError: dask.distributed missing. AdexError of the first failing chunk.
     """
     require_screen_extras()
-    from adex.expert.predict import CHUNK_VACANCIES, host_chunks
+    from adex.expert.predict import CHUNK_VACANCIES, collect_chunk, host_chunks
     from adex.expert.screen_dask import ScreenWorkerPlugin, screen_client, worker_threads
     from adex.expert.screen_worker import predict_files_chunk
 
@@ -504,12 +504,6 @@ def predict_sites_dask(
         for future in queue:
             result = future.result()  # an AdexError of the chunk is raised here, naming the file
             future.release()
-            for path, sites, members, notes in result:
-                for k, site in enumerate(sites):
-                    out[(path, site)] = members[:, k]
-                if caveats is not None:
-                    caveats[path] = notes
-            if on_progress is not None:
-                on_progress(sum(len(sites) for _, sites, _, _ in result))
+            collect_chunk(result, out, caveats, on_progress)
             top_up()
     return out
