@@ -189,24 +189,13 @@ class VacancyExpert:
         return [self._label_site(host, s) if isinstance(s, str) else check_site(host.structure, s) for s in items]
 
     def _label_site(self, host: _Host, label: str) -> int:
-        from adex.supercell import distinct_sites
+        """The atom labelled ``label``; a label shared by inequivalent atoms is refused with
+        the candidates (:func:`adex.supercell.site_from_label`, as ``adex predict --site-label``)."""
+        from adex.supercell import site_from_label
 
         if not host.labels:
             raise StructureError(f"{host.name}: no site labels to look up {label!r}; give an atom index")
-        matches = [i for i, name in enumerate(host.labels) if name == label]
-        if not matches:
-            known = sorted(set(host.labels))
-            raise StructureError(f"{host.name}: no site labelled {label!r} (labels: {', '.join(known[:20])})")
-        infos = distinct_sites(host.structure, self._loaded.model.supercell.get("symprec", 0.01))
-        orbit_of = {}
-        for info in infos:
-            for member in info.members:
-                orbit_of[int(member)] = info
-        orbits = {orbit_of[i].index: orbit_of[i] for i in matches}
-        if len(orbits) > 1:
-            listed = ", ".join(f"{info.index} ({info.wyckoff})" for info in orbits.values())
-            raise StructureError(f"{host.name}: label {label!r} names {len(orbits)} inequivalent sites: {listed}; give an index")
-        return matches[0]
+        return site_from_label(host.labels, label, host.structure, self._loaded.model.supercell.get("symprec", 0.01))
 
     def _members(self, host: _Host, sites: list[int], batch_size: int):
         from adex.expert.predict import featurize_host_sites, predict_packed_members

@@ -111,7 +111,8 @@ def test_an_ambiguous_label_is_refused_with_the_candidates(core) -> None:
     structure = perovskite()
     for site in structure:
         site.label = "X1"  # Sr, Ti and O all labelled alike: three inequivalent orbits
-    with pytest.raises(StructureError, match="names 3 inequivalent sites: 0 \\(1a\\), 1 \\(1b\\), 2 \\(3c\\)"):
+    with pytest.raises(StructureError, match="names 3 inequivalent sites: site 0 \\(Sr, Wyckoff 1a\\), site 1 \\(Ti, Wyckoff 1b\\), "
+                       "site 2 \\(O, Wyckoff 3c\\)"):
         core.predict(structure, sites="X1")
 
 
