@@ -39,9 +39,9 @@ from adex.graphs import FeaturizerSettings
 from adex.registry import Registry
 from adex.registry.store import CARD_DIGEST, OWNER, card_digest, seal_card
 from adex.supercell import SupercellSettings
-from conftest import SHIPPED_STORE, TINY_OVERRIDES, assert_one_line_error, shared_data_path
+from conftest import SHIPPED_STORE, TINY_OVERRIDES, assert_one_line_error
+from test_predict import witman  # noqa: F401  (fixture: the shared Witman folder, skipped when absent)
 
-WITMAN = "witman2023_vacancies"
 TRAINING_ELEMENTS = ["Fe", "O", "Sr", "Ti"]
 
 SYMMETRIC_CIF = """data_mgo
@@ -92,15 +92,7 @@ O2 O 0.5 0.0 0.5 1.0
 
 # --------------------------------------------------------------------------- fixtures
 @pytest.fixture(scope="module")
-def witman() -> Path:
-    root = shared_data_path() / WITMAN
-    if not (root / "vacancies.csv").is_file():
-        pytest.skip(f"shared data not found at {root.parent}; set ADEX_DATA")
-    return root
-
-
-@pytest.fixture(scope="module")
-def ctx(module_home: Path, witman: Path) -> SimpleNamespace:
+def ctx(module_home: Path, witman: Path) -> SimpleNamespace:  # noqa: F811
     """expert/tiny:1 (untrained, no advisors; trained on Fe, O, Sr, Ti) and host files."""
     hosts = module_home / "hosts"
     hosts.mkdir()
