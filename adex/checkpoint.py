@@ -24,20 +24,8 @@ from adex.errors import RegistryError
 WEIGHTS = "weights.safetensors"
 ARCHITECTURE = "model.json"
 
-#: The model classes a stored ``model.json`` may name, as matgl's ``@module``/``@class``:
-#: module -> class names. Loading imports nothing else, so a crafted ``model.json`` cannot
-#: make adex import arbitrary code. The core names no model class itself: these are
-#: strings, resolved only when a stored model asks for one. A plugin adds its classes with
-#: :func:`allow_model_class`.
-ALLOWED_MODEL_CLASSES: dict[str, set[str]] = {
-    "adex.advisors.model": {"Advisor"},
-    "adex.advisors.chgnet": {"CHGNetAdvisor"},
-    "adex.advisors.descriptors": {"DescriptorAdvisor"},
-    "adex.expert.model": {"Expert"},
-    "adex.expert.ensemble": {"ExpertEnsemble"},
-}
 #: ``model.json`` files written before ``@module``/``@class`` (the shipped models among
-#: them) name their class by a short ``class`` key only.
+#: them) name their class by a short ``class`` key only: key -> (module, class name).
 LEGACY_CLASS_NAMES: dict[str, tuple[str, str]] = {
     "advisor": ("adex.advisors.model", "Advisor"),
     "chgnet_advisor": ("adex.advisors.chgnet", "CHGNetAdvisor"),
@@ -45,12 +33,13 @@ LEGACY_CLASS_NAMES: dict[str, tuple[str, str]] = {
     "expert": ("adex.expert.model", "Expert"),
     "expert_ensemble": ("adex.expert.ensemble", "ExpertEnsemble"),
 }
-
-
-def allow_model_class(module: str, name: str) -> None:
-    """Let stored models name ``module``'s class ``name`` (which must define
-    ``from_architecture(arch) -> nn.Module``)."""
-    ALLOWED_MODEL_CLASSES.setdefault(module, set()).add(name)
+#: The model classes a stored ``model.json`` may name, as matgl's ``@module``/``@class``
+#: (module -> class names): the classes above. Loading imports nothing else, so a crafted
+#: ``model.json`` cannot make adex import arbitrary code. The core names no model class
+#: itself: these are strings, resolved only when a stored model asks for one.
+ALLOWED_MODEL_CLASSES: dict[str, set[str]] = {}
+for _module, _name in LEGACY_CLASS_NAMES.values():
+    ALLOWED_MODEL_CLASSES.setdefault(_module, set()).add(_name)
 
 
 def stored_class_path(arch: dict) -> tuple[str, str]:
