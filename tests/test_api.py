@@ -10,17 +10,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from pymatgen.core import Lattice, Structure
 
 import adex
-from tests.conftest import REPO_ROOT, SHIPPED_STORE
+from conftest import REPO_ROOT, SHIPPED_STORE, perovskite
 
 CORE = "builtin::expert/vacancy-core"
-
-
-def perovskite() -> Structure:
-    return Structure(Lattice.cubic(3.905), ["Sr", "Ti", "O", "O", "O"],
-                     [[0, 0, 0], [0.5, 0.5, 0.5], [0.5, 0.5, 0], [0.5, 0, 0.5], [0, 0.5, 0.5]])
 
 
 @pytest.fixture(autouse=True)

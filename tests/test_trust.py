@@ -17,7 +17,7 @@ from adex.expert.calibration import (ErrorScale, IntervalCalibration, conformal_
                                      cross_conformal, fit_intervals)
 from adex.expert.correction import OffsetPrior, correct, vacancy_class
 from adex.expert.domain import DomainInputs, DomainModel, calibrate, held_out_domain, species_name
-from tests.conftest import REPO_ROOT, SHIPPED_STORE
+from conftest import REPO_ROOT, SHIPPED_STORE
 
 EXPERT = "builtin::expert/vacancy:4"  # bandgap + eform advisors, no optional package
 HELDOUT = REPO_ROOT / "benchmarks" / "results" / "experiments" / "heldout_predictions.csv.gz"
