@@ -24,7 +24,7 @@ from typing import Sequence
 import numpy as np
 
 from adex.errors import AdexError, ConfigError, DataError, StructureError
-from adex.supercell.descriptors import FEATURE_VERSION, BaselineSettings, _featurizer, feature_names
+from adex.supercell.descriptors import FEATURE_VERSION, BaselineSettings, cached_featurizer, feature_names
 
 
 @dataclass
@@ -168,7 +168,7 @@ def _featurize_host_chunk(args) -> list[tuple[str, list[float] | str]]:
     settings_dict, items = args
     from adex.io import read_structure
 
-    featurizer = _featurizer(BaselineSettings(**settings_dict))
+    featurizer = cached_featurizer(BaselineSettings(**settings_dict))
     out: list[tuple[str, list[float] | str]] = []
     reference = None
     mapped: list[tuple[str, int]] = []

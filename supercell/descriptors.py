@@ -269,7 +269,7 @@ class DescriptorFeaturizer:
             orbit_fraction = np.full(n, np.nan)
             space_group = math.nan
             try:
-                from adex.supercell.symmetry import analyze_host  # noqa: PLC0415
+                from adex.supercell.symmetry import analyze_host
 
                 sym = analyze_host(structure, self.settings.symprec)
                 orbit = sym.orbit[sym.input_to_primitive]
@@ -366,12 +366,14 @@ class DescriptorFeaturizer:
 
 
 @lru_cache(maxsize=4)
-def _featurizer(settings: DescriptorSettings) -> DescriptorFeaturizer:
+def cached_featurizer(settings: DescriptorSettings) -> DescriptorFeaturizer:
+    """One :class:`DescriptorFeaturizer` per settings, built once per process."""
     return DescriptorFeaturizer(settings)
 
 
 def feature_names(settings: DescriptorSettings | None = None) -> list[str]:
-    return _featurizer(settings or DescriptorSettings()).feature_names
+    """The descriptor names for ``settings`` (default settings if None)."""
+    return cached_featurizer(settings or DescriptorSettings()).feature_names
 
 
 
