@@ -4,8 +4,9 @@
 re-implementation of pymatgen's ``BVAnalyzer`` (bond-valence sums with charge balance, per
 site, so mixed-valence hosts such as Fe3O4 get integer states on their distinct sites);
 where that fails it falls back to the most likely charge-balanced composition guess
-(``Composition.oxi_state_guesses``, one average state per element); where that fails too
-the states are unknown (NaN). Results are memoised per structure.
+(:func:`composition_oxidation_guess`: the first answer of ``Composition.oxi_state_guesses``,
+one average state per element, with a bounded search); where that fails too the states
+are unknown (NaN). Results are memoised per structure.
 """
 from __future__ import annotations
 
@@ -51,12 +52,11 @@ def guess_oxidation_states(structure: Structure, numbers: np.ndarray | None = No
         except Exception:  # no charge-balanced assignment (ValueError), no BV parameters for an element, ...
             species = [site.specie.symbol for site in structure]
             try:
-                _prime_composition_priors()
-                guesses = structure.composition.oxi_state_guesses(max_sites=-1)
+                guess = composition_oxidation_guess(structure.composition)
             except Exception:
-                guesses = ()
-            if guesses:
-                states = np.array([guesses[0].get(el, np.nan) for el in species], dtype=np.float32)
+                guess = None
+            if guess:
+                states = np.array([guess.get(el, np.nan) for el in species], dtype=np.float32)
             else:
                 states = np.full(len(species), np.nan, dtype=np.float32)
     _MEMO[key] = states
@@ -203,55 +203,145 @@ def _bond_valence_tables() -> tuple[dict, frozenset, dict]:
     return params, electronegative, states
 
 
-def _prime_composition_priors() -> None:
-    """Give ``Composition.oxi_state_guesses`` its ICSD occurrence priors (the class-level
-    table it would otherwise parse from the same ``icsd_bv.yaml`` with ruamel.yaml)."""
-    from pymatgen.core import Composition, Species
+#: Most oxidation-state combinations :func:`composition_oxidation_guess` scores (summed over
+#: the elements' multisets and the products of their charge sums); past it the guess is
+#: unknown. pymatgen's search has no bound: one Materials Project host (Tl8Cd3N42) took
+#: 598 s in it; no host of the Witman training set comes near the bound.
+MAX_COMPOSITION_COMBINATIONS = 2_000_000
 
-    if getattr(Composition, "oxi_prob", "absent") is None:
-        occurrence = _bond_valence_data()[1]["occurrence"]
-        Composition.oxi_prob = {Species.from_str(name): value for name, value in occurrence.items()}
+
+@functools.lru_cache(maxsize=1)
+def _occurrence_priors() -> dict[tuple[str, int], float]:
+    """``{(symbol, oxidation state): ICSD occurrence prior}`` (pymatgen's ``Composition.oxi_prob``)."""
+    from pymatgen.core import Species
+
+    priors = {}
+    for name, value in _bond_valence_data()[1]["occurrence"].items():
+        species = Species.from_str(name)
+        priors[(species.symbol, species.oxi_state)] = value
+    return priors
+
+
+def composition_oxidation_guess(composition, max_combinations: int = MAX_COMPOSITION_COMBINATIONS
+                                ) -> dict[str, float] | None:
+    """The most probable charge-balanced average oxidation state per element of a
+    composition, ``{symbol: state}``, or None (not charge-balanceable, or the search would
+    score more than ``max_combinations`` combinations).
+
+    Equals ``composition.oxi_state_guesses(max_sites=-1)[0]`` (pymatgen; tested), by the same
+    search in the same order: per element of the reduced formula, every multiset of its ICSD
+    (else common) states, the best ICSD-prior score per charge sum; then every product of
+    one sum per element, the charge-neutral one with the highest total score (the first
+    one on ties). What differs: each state's prior is looked up once per element, not once
+    per atom of every multiset (pymatgen builds a ``Species`` each time), and the search is
+    bounded.
+    """
+    from itertools import combinations_with_replacement, product
+    from math import comb
+
+    from pymatgen.core import Element
+
+    if len(composition.elements) == 1:
+        return {composition.elements[0].symbol: 0.0}
+    reduced = composition.reduced_composition
+    amounts = reduced.get_el_amt_dict()
+    if not all(amount == int(amount) for amount in amounts.values()):
+        raise ValueError("Charge balance analysis requires integer values in Composition!")
+    priors = _occurrence_priors()
+    elements = list(amounts)
+    candidates = [Element(el).icsd_oxidation_states or Element(el).common_oxidation_states for el in elements]
+    work = sum(comb(int(amounts[el]) + len(oxids) - 1, int(amounts[el])) if oxids else 0
+               for el, oxids in zip(elements, candidates))
+    if work > max_combinations:
+        return None
+    sums_of: list[list[int]] = []  # per element: charge sums in order of first appearance
+    score_of: list[dict] = []  # per element: {charge sum: best score}
+    for el, oxids in zip(elements, candidates):
+        prior = {o: priors.get((el, o), 0) for o in oxids}
+        sums: list[int] = []
+        best: dict = {}
+        for combo in combinations_with_replacement(oxids, int(amounts[el])):
+            total = sum(combo)
+            score = sum(prior[o] for o in combo)
+            if total not in best:
+                sums.append(total)
+                best[total] = score
+            elif score > best[total]:
+                best[total] = score
+        sums_of.append(sums)
+        score_of.append(best)
+    size = 1
+    for sums in sums_of:
+        size *= len(sums)
+    if work + size > max_combinations:
+        return None
+    best_x, best_score = None, None
+    for x in product(*sums_of):
+        if sum(x) == 0:
+            score = 0
+            for idx, v in enumerate(x):
+                score += score_of[idx][v]
+            if best_score is None or score > best_score:
+                best_x, best_score = x, score
+    if best_x is None:
+        return None
+    return {el: v / amounts[el] for el, v in zip(elements, best_x)}
 
 
 def _most_probable_neutral(valences, probabilities, n_sites, symbols, max_permutations):
     """BVAnalyzer's depth-first search: the charge-neutral assignment of one state per orbit
     (candidates in decreasing probability) with the highest product of probabilities, in
     which no element's states spread by more than 1; prunes branches that can no longer
-    reach neutrality and stops after ``max_permutations`` visited leaves."""
-    n_sites = np.array(n_sites)
-    valence_min = np.array([min(v) for v in valences])
-    valence_max = np.array([max(v) for v in valences])
-    search = {"n": 0, "score": 0, "best": None}
+    reach neutrality and stops after ``max_permutations`` visited leaves.
 
-    def evaluate(assigned):
-        by_element: dict[str, list] = {}
-        for symbol, state in zip(symbols, assigned):
-            by_element.setdefault(symbol, []).append(state)
-        if max(max(v) - min(v) for v in by_element.values()) > 1:
+    The same visits, pruning, counting and tie-breaking as BVAnalyzer's search, with the
+    charge bounds kept as running integer sums (no array per node): the bound of a partial
+    assignment is its charge so far plus the most (least) charge the unassigned orbits
+    can still add.
+    """
+    n_orbits = len(valences)
+    counts = [int(n) for n in n_sites]
+    # most / least charge orbits i.. can add: suffix sums [n_orbits + 1]
+    suffix_max, suffix_min = [0] * (n_orbits + 1), [0] * (n_orbits + 1)
+    for i in range(n_orbits - 1, -1, -1):
+        suffix_max[i] = suffix_max[i + 1] + int(max(valences[i])) * counts[i]
+        suffix_min[i] = suffix_min[i + 1] + int(min(valences[i])) * counts[i]
+    element_of = {symbol: k for k, symbol in enumerate(dict.fromkeys(symbols))}
+    element_index = [element_of[symbol] for symbol in symbols]
+    search = {"n": 0, "score": 0, "best": None}
+    assigned: list = []
+
+    def evaluate():
+        low: dict[int, int] = {}
+        high: dict[int, int] = {}
+        for element, state in zip(element_index, assigned):
+            if state < low.get(element, state + 1):
+                low[element] = state
+            if state > high.get(element, state - 1):
+                high[element] = state
+        if max(high[e] - low[e] for e in high) > 1:
             return
         score = 1
         for prob, state in zip(probabilities, assigned):
             score = score * prob[state]
         if score > search["score"]:
-            search["best"], search["score"] = assigned, score
+            search["best"], search["score"] = list(assigned), score
 
-    def recurse(assigned):
+    def recurse(charge: int):
         if search["n"] > max_permutations:
             return
         i = len(assigned)
-        highest = valence_max.copy()
-        highest[:i] = assigned
-        lowest = valence_min.copy()
-        lowest[:i] = assigned
-        if np.sum(highest * n_sites) < 0 or np.sum(lowest * n_sites) > 0:
+        if charge + suffix_max[i] < 0 or charge + suffix_min[i] > 0:
             search["n"] += 1
             return
-        if i == len(valences):
-            evaluate(assigned)
+        if i == n_orbits:
+            evaluate()
             search["n"] += 1
             return
         for state in valences[i]:
-            recurse([*assigned, state])
+            assigned.append(state)
+            recurse(charge + int(state) * counts[i])
+            assigned.pop()
 
-    recurse([])
+    recurse(0)
     return search["best"]
