@@ -310,6 +310,31 @@ def _most_probable_neutral(valences, probabilities, n_sites, symbols, max_permut
     element_index = [element_of[symbol] for symbol in symbols]
     search = {"n": 0, "score": 0, "best": None}
     assigned: list = []
+    # Branch and bound, when it cannot change the answer: if the whole search visits no
+    # more than ``max_permutations`` leaves (counted exactly, per (orbit, charge so far)),
+    # BVAnalyzer never stops early and returns the first best leaf; a subtree whose best
+    # possible score (score so far x the most probable state of each orbit left) is below
+    # the best found cannot hold it.
+    events: dict[tuple[int, int], int] = {}
+
+    def count(i: int, charge: int) -> int:
+        if charge + suffix_max[i] < 0 or charge + suffix_min[i] > 0 or i == n_orbits:
+            return 1
+        key = (i, charge)
+        if key not in events:
+            total = 0
+            for state in valences[i]:
+                total += count(i + 1, charge + int(state) * counts[i])
+                if total > max_permutations:
+                    break
+            events[key] = total
+        return events[key]
+
+    bounded = count(0, 0) <= max_permutations
+    best_left = [1.0] * (n_orbits + 1)  # [n_orbits + 1]: product of the top probability of orbits i..
+    for i in range(n_orbits - 1, -1, -1):
+        best_left[i] = best_left[i + 1] * max(probabilities[i][state] for state in valences[i])
+    partial = [1.0]  # score of the assigned states so far
 
     def evaluate():
         low: dict[int, int] = {}
@@ -338,9 +363,13 @@ def _most_probable_neutral(valences, probabilities, n_sites, symbols, max_permut
             evaluate()
             search["n"] += 1
             return
+        if bounded and search["best"] is not None and partial[-1] * best_left[i] < search["score"] * (1 - 1e-9):
+            return
         for state in valences[i]:
             assigned.append(state)
+            partial.append(partial[-1] * probabilities[i][state])
             recurse(charge + int(state) * counts[i])
+            partial.pop()
             assigned.pop()
 
     recurse(0)
