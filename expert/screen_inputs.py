@@ -20,7 +20,7 @@ from typing import Iterable, Iterator
 from adex.errors import AdexError
 
 #: Version of the partition layout and of the task key; a change makes old partitions stale.
-SCREEN_FORMAT = "adex-screen-1"
+SCREEN_FORMAT = "adex-screen-2"  # 2: trust columns
 
 _SUFFIX_FORMATS = {".cif": "cif", ".mcif": "cif", ".extxyz": "extxyz", ".xyz": "extxyz", ".vasp": "poscar",
                    ".poscar": "poscar"}

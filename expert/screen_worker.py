@@ -77,6 +77,45 @@ def worker_expert(spec: ExpertSpec):
     return expert
 
 
+_TRUST: dict[int, object] = {}
+
+
+def worker_trust(expert):
+    """The :class:`~adex.expert.trust.TrustModel` of ``expert`` (None without a record),
+    read once per loaded expert and checked against its advisors."""
+    key = id(expert)
+    if key not in _TRUST:
+        from adex.expert.trust import load_trust
+
+        trust = load_trust(expert.entry)
+        if trust is not None:
+            trust.check_advisors(expert)
+        _TRUST.clear()
+        _TRUST[key] = trust
+    return _TRUST[key]
+
+
+def _trust_rows(expert, hosts, means: list) -> list | None:
+    """Per host of ``hosts`` (each with ``packed`` and ``kept``), the trust columns of its
+    vacancies (:func:`adex.expert.trust.apply_trust`): ``[(lo, hi, domain, in_domain,
+    reasons)]`` arrays per host, or None for an expert without a trust record. The advisors'
+    site embeddings come from the memo the prediction just filled."""
+    trust = worker_trust(expert)
+    if trust is None or not hosts:
+        return None
+    import pandas as pd
+
+    from adex.expert.data import PackedVacancies
+    from adex.expert.domain import domain_inputs
+    from adex.expert.trust import apply_trust
+
+    inputs = domain_inputs(expert, PackedVacancies.concatenate([p for h in hosts for p in h.packed]))
+    frame, reasons = apply_trust(pd.DataFrame({"dH_pred_eV": np.concatenate(means)}), trust, inputs)
+    columns = [frame[c].to_numpy() for c in ("dH_lo_eV", "dH_hi_eV", "domain", "in_domain")]
+    bounds = np.cumsum([0] + [len(h.kept) for h in hosts])
+    return [(*(c[a:b] for c in columns), reasons[a:b]) for a, b in zip(bounds[:-1], bounds[1:])]
+
+
 # --------------------------------------------------------------------------- errors
 _REASONS = (
     (re.compile(r"isolated atom|no neighbour", re.I), "isolated atom (no neighbour within the cutoff)"),
@@ -108,8 +147,21 @@ def _message(exc: BaseException) -> str:
 
 
 # --------------------------------------------------------------------------- tables
+#: Float trust columns of the vacancies table (:mod:`adex.expert.trust`; null for an expert
+#: without a trust record), followed by the boolean ``in_domain``.
+TRUST_FLOAT_COLUMNS = ("dH_lo_eV", "dH_hi_eV", "domain")
+
+
 def schemas(ensemble: bool):
-    """Arrow schemas of the three tables (``dH_std_eV`` only for an ensemble)."""
+    """Arrow schemas of the three tables (``dH_std_eV`` only for an ensemble).
+
+    vacancies: one row per distinct vacancy; ``dH_pred_eV`` (eV), its 90 % interval
+    ``dH_lo_eV``/``dH_hi_eV`` (eV), ``domain`` (distance to the training sites, 1 = the
+    typical held-out Witman vacancy) and ``in_domain`` (the last four null for an expert
+    without a trust record). hosts: one row per predicted host; the lowest dH and its
+    interval, ``max_domain`` over its vacancies, ``in_domain`` (all of them in domain) and
+    ``domain_reasons`` ("" in domain). errors: one row per failed host or site.
+    """
     import pyarrow as pa
 
     vacancy = [("host_id", pa.string()), ("formula", pa.string()), ("n_atoms", pa.int32()), ("site", pa.int32()),
@@ -117,12 +169,15 @@ def schemas(ensemble: bool):
                ("defect", pa.string()), ("dH_pred_eV", pa.float64())]
     if ensemble:
         vacancy.append(("dH_std_eV", pa.float64()))
+    vacancy += [(name, pa.float64()) for name in TRUST_FLOAT_COLUMNS] + [("in_domain", pa.bool_())]
     vacancy.append(("expert", pa.string()))
     host = [("host_id", pa.string()), ("source", pa.string()), ("formula", pa.string()), ("n_atoms", pa.int32()),
             ("n_primitive", pa.int32()), ("space_group", pa.string()), ("space_group_number", pa.int16()),
             ("n_vacancies", pa.int32()), ("min_dH_eV", pa.float64()), ("min_defect", pa.string()),
             ("min_site", pa.int32()), ("min_wyckoff", pa.string()),
-            ("min_dH_by_element", pa.map_(pa.string(), pa.float64())), ("caveats", pa.string()),
+            ("min_dH_by_element", pa.map_(pa.string(), pa.float64())), ("min_dH_lo_eV", pa.float64()),
+            ("min_dH_hi_eV", pa.float64()), ("max_domain", pa.float64()), ("in_domain", pa.bool_()),
+            ("domain_reasons", pa.string()), ("caveats", pa.string()),
             ("time_s", pa.float64()), ("expert", pa.string())]
     error = [("host_id", pa.string()), ("source", pa.string()), ("site", pa.int32()), ("stage", pa.string()),
              ("reason", pa.string()), ("error_type", pa.string()), ("message", pa.string()), ("expert", pa.string())]
@@ -267,11 +322,20 @@ def screen_hosts(expert, hosts, batch_size: int = SCREEN_BATCH_SIZE) -> ChunkRes
 
     caveat_of = _caveats(expert, done)
     vac_cols: dict[str, list] = {k: [] for k in ("host_id", "formula", "n_atoms", "site", "element", "wyckoff",
-                                                 "multiplicity", "defect")}
-    means, stds = [], []
+                                                 "multiplicity", "defect", *TRUST_FLOAT_COLUMNS, "in_domain")}
+    statistics = [ensemble_statistics(h.members) for h in done]
+    means, stds = [m for m, _ in statistics], [s for _, s in statistics]
+    t0 = time.perf_counter()
+    try:
+        trusted = _trust_rows(expert, done, means)
+    except Exception as exc:  # noqa: BLE001 - the predictions stand; the trust columns stay null
+        trusted = None
+        for h in done:
+            fail(h.record, "trust", exc)
+    trust_seconds = time.perf_counter() - t0
     host_rows: dict[str, list] = {name: [] for name in schemas(ensemble)[1].names}
-    for h in done:
-        mean, std = ensemble_statistics(h.members)
+    for index, h in enumerate(done):
+        mean = means[index]
         formula = h.structure.composition.reduced_formula
         n = len(h.kept)
         sites = [s for s, _ in h.kept]
@@ -284,9 +348,17 @@ def screen_hosts(expert, hosts, batch_size: int = SCREEN_BATCH_SIZE) -> ChunkRes
         vac_cols["wyckoff"] += [info.wyckoff for _, info in h.kept]
         vac_cols["multiplicity"] += [info.multiplicity for _, info in h.kept]
         vac_cols["defect"] += [_defect(e) for e in elements]
-        means.append(mean)
-        stds.append(std)
         k = int(np.argmin(mean))
+        if trusted is not None:
+            lo, hi, domain, inside, reasons = trusted[index]
+            for name, values in zip((*TRUST_FLOAT_COLUMNS, "in_domain"), (lo, hi, domain, inside)):
+                vac_cols[name] += values.tolist()
+            host_trust = {"min_dH_lo_eV": float(lo[k]), "min_dH_hi_eV": float(hi[k]), "max_domain": float(domain.max()),
+                          "in_domain": bool(inside.all()), "domain_reasons": _host_reasons(reasons)}
+        else:
+            for name in (*TRUST_FLOAT_COLUMNS, "in_domain"):
+                vac_cols[name] += [None] * n
+            host_trust = dict.fromkeys(("min_dH_lo_eV", "min_dH_hi_eV", "max_domain", "in_domain", "domain_reasons"))
         by_element: dict[str, float] = {}
         for e, m in zip(elements, mean):
             by_element[e] = min(by_element.get(e, np.inf), float(m))
@@ -295,7 +367,7 @@ def screen_hosts(expert, hosts, batch_size: int = SCREEN_BATCH_SIZE) -> ChunkRes
             "n_primitive": len(h.sym.primitive), "space_group": h.sym.space_group,
             "space_group_number": h.sym.space_group_number, "n_vacancies": n, "min_dH_eV": float(mean[k]),
             "min_defect": _defect(elements[k]), "min_site": sites[k], "min_wyckoff": h.kept[k][1].wyckoff,
-            "min_dH_by_element": list(by_element.items()), "caveats": caveat_of.get(id(h), ""),
+            "min_dH_by_element": list(by_element.items()), **host_trust, "caveats": caveat_of.get(id(h), ""),
             "time_s": h.seconds + predict_seconds * n / max(n_vac, 1), "expert": ref,
         }
         for name, values in host_rows.items():
@@ -314,7 +386,7 @@ def screen_hosts(expert, hosts, batch_size: int = SCREEN_BATCH_SIZE) -> ChunkRes
                             for name, values in zip(error_schema.names[:-1], columns)} | {
                                "expert": pa.array([ref] * len(errors), type=pa.string())}, schema=error_schema)
     stats = {"pid": os.getpid(), "host": socket.gethostname(), "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0,
-             "seconds": time.perf_counter() - start, "predict_seconds": predict_seconds,
+             "seconds": time.perf_counter() - start, "predict_seconds": predict_seconds, "trust_seconds": trust_seconds,
              **{f"{k}_seconds": v for k, v in stage_seconds.items()}, "hosts": len(hosts),
              "hosts_done": len(done), "vacancies": n_vac}
     return ChunkResult(vacancies, host_table, error_table, stats)
@@ -338,6 +410,17 @@ def _caveats(expert, hosts) -> dict[int, str]:
         if notes:
             out[id(h)] = "; ".join(message for _, message in notes)
     return out
+
+
+def _host_reasons(reasons) -> str:
+    """The distinct out-of-domain reasons of a host's vacancies, in order, joined by "; "."""
+    parts: list[str] = []
+    for reason in reasons:
+        for part in filter(None, reason.split("; ")):
+            kind = part.split(" (")[0]
+            if kind not in [p.split(" (")[0] for p in parts]:
+                parts.append(part)
+    return "; ".join(parts)
 
 
 def _defect(element: str) -> str:

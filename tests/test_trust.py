@@ -371,3 +371,34 @@ def test_cli_known_needs_a_trust_record_and_dataset_offset_needs_known(trusted, 
     assert_one_line_error(rc, capsys.readouterr().err, "--known needs an expert with a trust record")
     rc = main(["predict", "--expert", EXPERT, "--structure", str(tmp_path / "a.cif"), "--site", "0", "--dataset-offset"])
     assert_one_line_error(rc, capsys.readouterr().err, "--dataset-offset needs --known")
+
+
+def test_screen_tables_carry_the_trust_columns_of_predict(trusted) -> None:
+    """``adex screen`` rows (vacancies and hosts) have the interval and domain ``predict``
+    gives for the same vacancies; an expert without a trust record leaves them null."""
+    pytest.importorskip("pyarrow")
+    from adex.expert.loading import load_expert
+    from adex.expert.screen_inputs import HostInput
+    from adex.expert.screen_worker import screen_hosts
+
+    expert, entry, _, registry, _ = trusted
+    hosts = [HostInput(name, name, "cif", structure.to(fmt="cif"))
+             for name, structure in (("SrTiO3", perovskite()), ("BaMnO3", perovskite("Ba", "Mn", 3.9)),
+                                     ("SrTiN3", Structure(Lattice.cubic(3.9), ["Sr", "Ti", "N", "N", "N"],
+                                                          perovskite().frac_coords)))]
+    result = screen_hosts(load_expert(entry.ref, registry), hosts)
+    vacancies, summary = result.vacancies.to_pandas(), result.hosts.to_pandas().set_index("host_id")
+    assert len(vacancies) == 9 and vacancies["dH_lo_eV"].notna().all()
+    for name, structure in (("SrTiO3", perovskite()), ("BaMnO3", perovskite("Ba", "Mn", 3.9))):
+        rows = vacancies[vacancies["host_id"] == name]
+        direct = expert.predict(structure, sites=rows["site"].tolist())
+        for column in ("dH_pred_eV", "dH_lo_eV", "dH_hi_eV", "domain"):
+            np.testing.assert_allclose(rows[column].to_numpy(), direct[column].to_numpy(), atol=1e-5)
+        assert rows["in_domain"].tolist() == direct["in_domain"].tolist()
+        lowest = rows.loc[rows["dH_pred_eV"].idxmin()]
+        assert summary.loc[name, "min_dH_lo_eV"] == pytest.approx(lowest["dH_lo_eV"])
+        assert summary.loc[name, "in_domain"] == bool(rows["in_domain"].all())
+    assert not summary.loc["SrTiN3", "in_domain"]
+    assert "N absent from training" in summary.loc["SrTiN3", "domain_reasons"]
+    plain = screen_hosts(load_expert(EXPERT, registry), hosts[:1])
+    assert plain.vacancies.to_pandas()["dH_lo_eV"].isna().all() and plain.hosts.to_pandas()["in_domain"].isna().all()
