@@ -20,14 +20,20 @@ come from ``benchmarks/steps.py``.
 Outputs (``--out``, default ``$ADEX_HOME/benchmarks``, ``$ADEX_HOME/benchmarks/quick`` with ``--quick``; the
 committed ones in ``benchmarks/results`` came from ``--out benchmarks/results``):
 ``benchmarks.json`` (every number with its unit, machine, torch version, threads, commit,
-load average), ``benchmarks.md`` (tables with the reference column and adex/reference
-ratios), ``scaling_supercell.png``, ``scaling_vacancies.png`` and the logs of every child
-process in ``logs/`` (written there when the run ends). ``--only`` reruns some groups and merges them into the existing JSON
-(each entry carries its own date).
+load average, and the reference's raw numbers), ``benchmarks.md`` (tables with the reference column and
+adex/reference ratios), ``scaling_supercell.png``, ``scaling_vacancies.png`` and the logs of every child
+process in ``logs/`` (written there when the run ends; the reference's own logs and its
+``reference.json`` in ``logs/reference/``). ``--only`` reruns some groups and merges them into the existing JSON
+(each entry carries its own date; a merged group measured beside an older reference run gets no ratios).
 
-Reference (issue 6): the published dGNN code on this kind of machine (2 cores, 1 torch
-thread), same 1,481 vacancies, 4.5 Å cutoff, 12 neighbours, 2 convolutions of width 8,
-batch 256.
+Reference: the published dGNN code (Witman et al. 2023, ``mwitman1/cgcnndefect``), timed IN THE SAME RUN
+on the same machine: before the adex measurements the suite runs ``run.sh PYTHON OUTDIR`` of
+``--reference-dir`` (default: env ``ADEX_REFERENCE``, else ``<repo>/../shared/reference/dgnn``) with
+``THREADS=--threads`` and reads its ``reference.json``; every reference column, ratio and
+reference line of the figures comes from that file (this machine's speed varies 2x from day to
+day, so numbers from another run are never used). ``--reference-json FILE`` reuses a
+``reference.json`` written the same day (recorded as reused); ``--no-reference`` leaves the
+reference columns empty. If ``run.sh`` fails the suite stops with a one-line error.
 """
 from __future__ import annotations
 
@@ -35,6 +41,7 @@ import argparse
 import csv
 import datetime as dt
 import json
+import math
 import os
 import platform
 import shutil
@@ -42,36 +49,49 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 STEPS_PY = HERE / "steps.py"
 GROUPS = ("featurize", "train", "predict", "scaling")
 
-REFERENCE = {
-    "graph_ms_per_structure": 39.5,
-    "graphs_per_s": 25.0,
-    "graph_cif_parse_share": 0.60,
-    "graph_neighbour_share": 0.31,
-    "epoch_s": 1.92,
-    "predict_vacancies_per_s": 27.0,
-    "model_only_vacancies_per_s": 630.0,
-    "peak_memory_GB": 0.9,
-    "epochs_1000_min": 36.0,
-    "setup": "published dGNN code, 2 cores, 1 torch thread, 1,481 Witman vacancies, 4.5 Å cutoff, "
-             "12 neighbours, 2 convolutions of width 8, batch 256 (numbers from GitHub issue 6)",
+DEFAULT_REFERENCE_DIR = REPO.parent / "shared" / "reference" / "dgnn"
+REFERENCE_SETUP = ("published dGNN code (Witman et al. 2023, mwitman1/cgcnndefect Paper1 985a248) run unchanged by "
+                   "`run.sh` with the paper's flags: 1,481 Witman structures, 4.5 Å cutoff, 12 neighbours, 2 convolutions "
+                   "of width 8, batch 256, 1 torch thread per process")
+# reference.json (written by run.sh): the keys the report uses, with their units and meaning
+REFERENCE_KEYS = {
+    "featurize_structures_per_s": ("structures/s", ("featurization of the 1,481 structures (ASE CIF read, 4.5 Å "
+                                                    "neighbours, 12 nbrs, G2 edges, .locals/.globals): featurize rows")),
+    "featurize_ms_per_structure": ("ms", "the same per structure: 1,000-epoch estimate (graphs once)"),
+    "train_epoch_s_median": ("s", "median epoch (train + validation, epochs 2..N) on fold 1.00k0: epoch rows"),
+    "train_epoch_cpu_s_median": ("s", "CPU time of that epoch"),
+    "train_peak_rss_mb": ("MB", "peak RSS of the training process: training memory row"),
+    "predict_n": ("vacancies", "held-out vacancies predicted (hold_1.00k0)"),
+    "predict_cold_vacancies_per_s": ("vacancies/s", ("featurize + forward of those, process start-up and checkpoint "
+                                                     "load excluded: `adex predict` rows")),
+    "predict_forward_only_vacancies_per_s": ("vacancies/s", "forward only on cached graphs: model-only rows"),
+    "predict_process_wall_s": ("s", "the whole prediction process"),
+    "predict_end_to_end_vacancies_per_s": ("vacancies/s", "predict_n / the whole process (start-up included)"),
+    "predict_peak_rss_mb": ("MB", "peak RSS of the prediction process: memory of the `adex predict` rows"),
 }
 
+
+class ReferenceFailed(RuntimeError):
+    """The reference could not be measured (or a reused reference.json is unusable): one line."""
+
+
 SIZES = {
-    "full": dict(mp=5000, pristine=1481, witman=None, adv_limit=5000, adv_epochs=2, exp_epochs=3, exp_split="1.00k0",
-                 exp_limit=None, predict=1481, hosts=100, calls=10, model=None, profile=200, sc_n=30,
-                 sc_d=[8.0, 12.0, 16.0, 20.0], vac_model=[100, 1000, 10000], vac_e2e=[100, 1000, 10000]),
-    "quick": dict(mp=300, pristine=200, witman=100, adv_limit=300, adv_epochs=1, exp_epochs=1, exp_split=None,
-                  exp_limit=100, predict=200, hosts=8, calls=2, model=100, profile=40, sc_n=6,
-                  sc_d=[8.0, 12.0, 16.0, 20.0], vac_model=[100, 300, 1000], vac_e2e=[50, 200]),
+    "full": {"mp": 5000, "pristine": 1481, "witman": None, "adv_limit": 5000, "adv_epochs": 2, "exp_epochs": 3,
+             "exp_split": "1.00k0", "exp_limit": None, "predict": 1481, "hosts": 100, "calls": 10, "model": None,
+             "profile": 200, "sc_n": 30, "sc_d": [8.0, 12.0, 16.0, 20.0], "vac_model": [100, 1000, 10000],
+             "vac_e2e": [100, 1000, 10000]},
+    "quick": {"mp": 300, "pristine": 200, "witman": 100, "adv_limit": 300, "adv_epochs": 1, "exp_epochs": 1,
+              "exp_split": None, "exp_limit": 100, "predict": 200, "hosts": 8, "calls": 2, "model": 100, "profile": 40,
+              "sc_n": 6, "sc_d": [8.0, 12.0, 16.0, 20.0], "vac_model": [100, 300, 1000], "vac_e2e": [50, 200]},
 }
 
 
@@ -80,8 +100,8 @@ SIZES = {
 
 def _sh(cmd: list[str]) -> str:
     try:
-        return subprocess.run(cmd, capture_output=True, text=True, timeout=30, cwd=REPO).stdout.strip()
-    except Exception:
+        return subprocess.run(cmd, check=False, capture_output=True, text=True, timeout=30, cwd=REPO).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
         return ""
 
 
@@ -131,7 +151,7 @@ def tree_rss_bytes(root: int) -> int:
 def machine_info(threads: int) -> dict:
     probe = subprocess.run(
         [sys.executable, "-c", "import torch, json; print(json.dumps([torch.__version__, torch.get_num_threads()]))"],
-        capture_output=True, text=True, env=child_env(threads, None))
+        check=False, capture_output=True, text=True, env=child_env(threads, None))
     torch_version, torch_threads = json.loads(probe.stdout) if probe.returncode == 0 else ("unknown", None)
     mem_kb = 0
     try:
@@ -166,6 +186,133 @@ def child_env(threads: int, home: Path | None, progress: bool = False) -> dict:
     else:
         env["ADEX_NO_PROGRESS"] = "1"
     return env
+
+
+# --------------------------------------------------------------------------- the reference, measured in this run
+
+
+def reference_dir(arg: str | None) -> Path:
+    """``--reference-dir``, else env ``ADEX_REFERENCE``, else ``<repo>/../shared/reference/dgnn``."""
+    chosen = arg or os.environ.get("ADEX_REFERENCE")
+    return Path(chosen).expanduser().resolve() if chosen else DEFAULT_REFERENCE_DIR.resolve()
+
+
+def read_reference_numbers(path: Path) -> dict:
+    """The raw numbers of a ``reference.json`` written by ``run.sh``; ReferenceFailed if unusable."""
+    try:
+        numbers = json.loads(Path(path).read_text())
+    except (OSError, ValueError) as exc:
+        raise ReferenceFailed(f"cannot read {path}: {exc}") from None
+    if not isinstance(numbers, dict):
+        raise ReferenceFailed(f"{path} is not a JSON object")
+    bad = [k for k in REFERENCE_KEYS if not isinstance(numbers.get(k), (int, float)) or isinstance(numbers.get(k), bool)
+           or not numbers[k] > 0]
+    if bad:
+        raise ReferenceFailed(f"{path} lacks positive numbers for {', '.join(bad)}")
+    return numbers
+
+
+def _utc(ts: float | None = None) -> dt.datetime:
+    return dt.datetime.fromtimestamp(time.time() if ts is None else ts, dt.timezone.utc)
+
+
+def run_reference(ref_dir: Path, work: Path, log: Path, threads: int, python: str | None = None) -> dict:
+    """Run ``ref_dir/run.sh PYTHON work`` now (``THREADS=threads``) and return what it measured
+    with when, how (command, wall and CPU time) and under which load; ReferenceFailed (one line)
+    if it cannot run, fails or writes no usable ``reference.json``."""
+    script = ref_dir / "run.sh"
+    if not script.is_file():
+        raise ReferenceFailed(f"no {script} (pass --reference-dir DIR, set ADEX_REFERENCE, or run with --no-reference)")
+    python = python or sys.executable
+    work.mkdir(parents=True, exist_ok=True)
+    cmd = ["bash", str(script), python, str(work)]
+    env = {**os.environ, "THREADS": str(threads)}
+    epochs = env.get("EPOCHS")
+    started, load_before = _utc(), [round(x, 2) for x in os.getloadavg()]
+    busy0, _ = busy_jiffies()
+    start = time.perf_counter()
+    with open(log, "w") as handle:
+        handle.write("$ THREADS=" + str(threads) + (f" EPOCHS={epochs}" if epochs else "") + " " + " ".join(cmd) + "\n")
+        handle.flush()
+        try:
+            proc = subprocess.Popen(cmd, stdout=handle, stderr=subprocess.STDOUT, env=env, cwd=work)
+        except OSError as exc:
+            raise ReferenceFailed(f"cannot start {script}: {exc}") from None
+        _, status, usage = os.wait4(proc.pid, 0)
+    wall = time.perf_counter() - start
+    busy1, _ = busy_jiffies()
+    code = os.waitstatus_to_exitcode(status)
+    cpu = usage.ru_utime + usage.ru_stime
+    if code != 0:
+        raise ReferenceFailed(f"reference run failed: {script} exited with code {code} after {wall:.0f} s "
+                              f"({_last_line(log) or 'no output'}); log {log}")
+    numbers = read_reference_numbers(work / "reference.json")
+    others = max((busy1 - busy0) / os.sysconf("SC_CLK_TCK") - cpu, 0.0) / wall if wall > 0 else 0.0
+    return {"source": "run", "command": ("THREADS=" + str(threads) + (f" EPOCHS={epochs}" if epochs else "") + " "
+                                         + " ".join(cmd)),
+            "timestamp": started.strftime("%Y-%m-%d %H:%M:%S UTC"), "loadavg_before": load_before,
+            "loadavg_after": [round(x, 2) for x in os.getloadavg()], "wall_s": round(wall, 1), "cpu_s": round(cpu, 1),
+            "peak_rss_MB": round(usage.ru_maxrss / 1024, 1), "other_processes_cores": round(others, 2),
+            "threads": threads, "setup": REFERENCE_SETUP, "numbers": numbers}
+
+
+def reuse_reference(path: Path, threads: int, today: dt.datetime) -> dict:
+    """A ``reference.json`` measured earlier the same (UTC) day, recorded as reused. The
+    timestamp, command and load come from ``reference_run.json`` beside it (what this suite
+    writes) when there is one, else the file's modification time stands in."""
+    path = Path(path).expanduser().resolve()
+    numbers = read_reference_numbers(path)
+    meta = {}
+    sidecar = path.with_name("reference_run.json")
+    if sidecar.is_file():
+        try:
+            meta = {k: v for k, v in json.loads(sidecar.read_text()).items() if k != "numbers"}
+        except ValueError:
+            meta = {}
+    written = _utc(path.stat().st_mtime)
+    stamp = meta.get("timestamp") or written.strftime("%Y-%m-%d %H:%M:%S UTC")
+    if stamp[:10] != today.strftime("%Y-%m-%d"):
+        raise ReferenceFailed(f"{path} was measured on {stamp[:10]}, not today ({today:%Y-%m-%d}); this machine's speed "
+                              "varies between days: drop --reference-json to rerun run.sh")
+    if int(numbers.get("threads", threads)) != threads:
+        raise ReferenceFailed(f"{path} was measured with {numbers.get('threads')} thread(s), this run uses {threads}")
+    return {"command": "(not recorded)", "loadavg_before": None, "loadavg_after": None, **meta,
+            "source": "reused", "reused_file": str(path), "timestamp": stamp, "threads": threads,
+            "setup": REFERENCE_SETUP, "numbers": numbers}
+
+
+def no_reference(why: str) -> dict:
+    return {"source": "none", "note": why, "timestamp": None, "numbers": None}
+
+
+def reference_values(reference: dict | None) -> dict | None:
+    """What the report compares against, computed from the raw numbers of ``reference.json``."""
+    n = (reference or {}).get("numbers")
+    if not n:
+        return None
+    return {
+        "graphs_per_s": n["featurize_structures_per_s"],
+        "epoch_s": n["train_epoch_s_median"],
+        "epoch_cpu_s": n["train_epoch_cpu_s_median"],
+        # like adex's estimate: 1000 epochs + the 1,481 graphs once
+        "epochs_1000_min": round((1000 * n["train_epoch_s_median"] + 1481 * n["featurize_ms_per_structure"] / 1000) / 60, 1),
+        "train_peak_GB": round(n["train_peak_rss_mb"] / 1024, 2),
+        "predict_vacancies_per_s": n["predict_cold_vacancies_per_s"],
+        "predict_process_vacancies_per_s": round(n["predict_end_to_end_vacancies_per_s"], 1),
+        "predict_n": int(n["predict_n"]),
+        "predict_peak_MB": n["predict_peak_rss_mb"],
+        "model_only_vacancies_per_s": n["predict_forward_only_vacancies_per_s"],
+    }
+
+
+def group_reference(results: dict, group: str) -> dict | None:
+    """The reference values for ``group``'s rows: only if that group was measured in the run
+    that measured (or reused) this reference, else None (no ratios across runs)."""
+    ref = results.get("meta", {}).get("reference")
+    values = reference_values(ref)
+    if values is None or (results.get(group) or {}).get("reference_timestamp") != ref.get("timestamp"):
+        return None
+    return values
 
 
 # --------------------------------------------------------------------------- running children
@@ -205,7 +352,7 @@ class Context:
         self._n_children += 1
         log = self.logs / f"{self._n_children:02d}-{label.replace(' ', '_').replace('/', '_')}.log"
         env = child_env(self.args.threads, self.home(home), progress)
-        busy0, total0 = busy_jiffies()
+        busy0, _ = busy_jiffies()
         start = time.perf_counter()
         with open(log, "w") as handle:
             handle.write("$ " + " ".join(cmd) + f"\n# ADEX_HOME={env['ADEX_HOME']} OMP_NUM_THREADS={env['OMP_NUM_THREADS']}\n")
@@ -223,7 +370,7 @@ class Context:
                 self.progress.update(self.task, info=f"{label}: {now - start:5.0f} s  {_last_line(log)}"[:110])
             time.sleep(0.05)
         wall = time.perf_counter() - start
-        busy1, total1 = busy_jiffies()
+        busy1, _ = busy_jiffies()
         proc.returncode = os.waitstatus_to_exitcode(status)
         cpu = usage.ru_utime + usage.ru_stime
         tick = os.sysconf("SC_CLK_TCK")
@@ -528,7 +675,7 @@ def _fmt(value, digits: int = 3) -> str:
     if value is None:
         return "–"
     if isinstance(value, float):
-        if value != value:
+        if math.isnan(value):
             return "–"
         if abs(value) >= 100:
             return f"{value:,.0f}"
@@ -541,7 +688,7 @@ def _fmt(value, digits: int = 3) -> str:
 
 
 def _ratio(adex: float | None, ref: float | None, higher_is_better: bool) -> str:
-    if adex is None or ref is None or not adex or adex != adex:
+    if adex is None or ref is None or not adex or math.isnan(adex):
         return ""
     r = adex / ref
     better = r > 1 if higher_is_better else r < 1
@@ -549,17 +696,16 @@ def _ratio(adex: float | None, ref: float | None, higher_is_better: bool) -> str
     return f"{r:.2f} ({factor:.1f}× {'faster' if better else 'slower'})" if abs(r - 1) > 0.005 else "1.00"
 
 
-def _mem_ratio(mb: float | None) -> str:
-    if not mb:
+def _mem_ratio(mb: float | None, ref_mb: float | None) -> str:
+    if not mb or not ref_mb:
         return ""
-    r = mb / 1024 / REFERENCE["peak_memory_GB"]
+    r = mb / ref_mb
     return f"{r:.2f} ({'less' if r < 1 else 'more'})"
 
 
 def summary_rows(results: dict) -> list[dict]:
     """One row per headline number: what, n, wall, CPU, result (unit), peak RSS, reference, adex/ref."""
     rows = []
-    R = REFERENCE
 
     def add(group, what, n, proc, value, unit, ref=None, ratio="", rss=None, note=""):
         rows.append({"group": group, "what": what, "n": n, "wall_s": proc.get("wall_s") if proc else None,
@@ -569,6 +715,8 @@ def summary_rows(results: dict) -> list[dict]:
 
     f = results.get("featurize", {})
     if f:
+        R = group_reference(results, "featurize") or {}
+        graphs = R.get("graphs_per_s")
         for key, label in (("mp_cold", "MP pristine graphs, cold (8 Å, 1 process)"), ("mp_cached", "MP pristine graphs, from cache")):
             r = f[key]
             add("featurize", label, r["n_structures"], {"wall_s": r["seconds"], "cpu_s": r["cpu_seconds"]},
@@ -578,8 +726,8 @@ def summary_rows(results: dict) -> list[dict]:
         p = r["parse_plus_graph_4.5A"]
         add("featurize", "Witman host graphs (CIF as given, 4.5 Å, 12 nbrs), no cache", r["n_structures"],
             {"wall_s": p["seconds"], "cpu_s": round(r["stage_cpu_s"]["cif_parse"] + r["stage_cpu_s"]["graph_4.5A"], 2)},
-            p["structures_per_s"], "structures/s", R["graphs_per_s"], _ratio(p["structures_per_s"], R["graphs_per_s"], True),
-            rss=r["process"]["peak_rss_MB"], note=f"{100 * p['cif_parse_share']:.0f} % CIF parsing (ref. 60 %); adex caches no host graphs")
+            p["structures_per_s"], "structures/s", graphs, _ratio(p["structures_per_s"], graphs, True),
+            rss=r["process"]["peak_rss_MB"], note=f"{100 * p['cif_parse_share']:.0f} % CIF parsing; adex caches no host graphs")
         for key, label in (("witman_cold_1w", "Witman supercell graphs (pristine+defected, 5 Å, 8 Å images), cold, 1 process"),
                            ("witman_cold_2w", "Witman supercell graphs, cold, 2 worker processes"),
                            ("witman_cached", "Witman supercell graphs, from cache")):
@@ -588,13 +736,14 @@ def summary_rows(results: dict) -> list[dict]:
             # CPU of the load itself: the parent's share plus that of its worker processes (reaped children)
             workers_cpu = max(r["process"]["cpu_s"] - r["process_inner_cpu_s"], 0.0) if r["workers"] > 1 else 0.0
             add("featurize", label, r["n_vacancies"], {"wall_s": r["seconds"], "cpu_s": round(r["cpu_seconds_parent"] + workers_cpu, 2)},
-                r["vacancies_per_s"], "vacancies/s", R["graphs_per_s"],
-                _ratio(r["vacancies_per_s"], R["graphs_per_s"], True) + (" (ref. is never cached)" if cached else ""),
+                r["vacancies_per_s"], "vacancies/s", graphs,
+                _ratio(r["vacancies_per_s"], graphs, True) + (" (ref. is never cached)" if cached and graphs else ""),
                 rss=r["process"]["peak_rss_MB"],
                 note=f"{r['mean_nodes']:.0f} nodes per graph; includes oxidation states" + ("" if key != "witman_cold_2w" else
                      f"; tree RSS {r['process']['peak_tree_rss_MB_sampled']:.0f} MB"))
     t = results.get("train", {})
     if t:
+        R = group_reference(results, "train") or {}
         r = t["advisor_eform"]
         add("train", f"advisor eform (MP subset {r['limit']:,}, {r['n_train']:,} train), per epoch", r["epochs"], r["process"],
             r["seconds_per_epoch"], "s/epoch", rss=r["process"]["peak_rss_MB"],
@@ -611,54 +760,60 @@ def summary_rows(results: dict) -> list[dict]:
                 note += f"; advisor features once: {r['advisor_seconds']} s"
             if key == "expert_reference_size":
                 note += f"; cold 4.5 Å graphs (2 workers) {r['featurize_seconds']} s"
-            ref = R["epoch_s"] if key in ("expert_reference_size", "expert_advised") else None
+            ref = R.get("epoch_s") if key in ("expert_reference_size", "expert_advised") else None
+            if ref:
+                note += f"; ref. epoch CPU {R['epoch_cpu_s']} s"
             add("train", f"{label}, per epoch", r["epochs"], r["process"], r["seconds_per_epoch"], "s/epoch", ref,
                 _ratio(r["seconds_per_epoch"], ref, False) if ref else "", note=note)
         r = t["expert_reference_size"]
         minutes = round((1000 * r["seconds_per_epoch"] + r["featurize_seconds"]) / 60, 1)
         add("train", "1,000 epochs at reference size (estimate: 1000 × s/epoch + graphs once)", 1000, None, minutes, "min",
-            R["epochs_1000_min"], _ratio(minutes, R["epochs_1000_min"], False))
+            R.get("epochs_1000_min"), _ratio(minutes, R.get("epochs_1000_min"), False),
+            note="ref.: 1000 × its median epoch + its 1,481 graphs once" if R else "")
         peak = max(t[k]["process"]["peak_rss_MB"] for k in ("expert_scratch", "expert_advised", "expert_reference_size"))
-        add("train", "peak memory of the expert trainings", None, None, round(peak / 1024, 2), "GB", R["peak_memory_GB"],
-            _mem_ratio(peak), rss=peak)
+        add("train", "peak memory of the expert trainings", None, None, round(peak / 1024, 2), "GB", R.get("train_peak_GB"),
+            _mem_ratio(peak, (R.get("train_peak_GB") or 0) * 1024), rss=peak,
+            note="ref.: peak RSS of its training process" if R else "")
     p = results.get("predict", {})
     if p:
+        R = group_reference(results, "predict") or {}
+        pred, ref_mb = R.get("predict_vacancies_per_s"), R.get("predict_peak_MB")
         r = p["input"]
         add("predict", "`adex predict --input`, Witman vacancies (everything from a cold start)", r["n_vacancies"], r["process"],
-            r["vacancies_per_s"], "vacancies/s", R["predict_vacancies_per_s"],
-            _ratio(r["vacancies_per_s"], R["predict_vacancies_per_s"], True),
-            note=f"{r['vacancies_per_cpu_s']} per CPU s; MAE vs DFT {r['mae_vs_dft_eV']} eV (in-sample); "
-                 f"memory vs ref. {_mem_ratio(r['process']['peak_rss_MB'])}")
+            r["vacancies_per_s"], "vacancies/s", pred, _ratio(r["vacancies_per_s"], pred, True),
+            note=f"{r['vacancies_per_cpu_s']} per CPU s; MAE vs DFT {r['mae_vs_dft_eV']} eV (in-sample)"
+                 + (f"; ref. rate without its start-up (whole ref. process: {R['predict_process_vacancies_per_s']}/s "
+                    f"for {R['predict_n']}); memory vs ref. ({R['predict_n']} vacancies) "
+                    f"{_mem_ratio(r['process']['peak_rss_MB'], ref_mb)}" if R else ""))
         r = p.get("input_workers2")
         if r:
             add("predict", "the same with `--workers 2` (2 processes)", r["n_vacancies"], r["process"], r["vacancies_per_s"],
-                "vacancies/s", R["predict_vacancies_per_s"], _ratio(r["vacancies_per_s"], R["predict_vacancies_per_s"], True),
-                note=f"{r['vacancies_per_cpu_s']} per CPU s; memory vs ref. {_mem_ratio(r['process']['peak_rss_MB'])}")
+                "vacancies/s", pred, _ratio(r["vacancies_per_s"], pred, True),
+                note=f"{r['vacancies_per_cpu_s']} per CPU s"
+                     + (f"; memory vs ref. {_mem_ratio(r['process']['peak_rss_MB'], ref_mb)}" if R else ""))
         for key in ("input_cache_cold", "input_cache_warm"):
             r = p.get(key)
             if r:
                 add("predict", f"the same with `--workers 2 --cache`, {r['label']}", r["n_vacancies"], r["process"],
-                    r["vacancies_per_s"], "vacancies/s", R["predict_vacancies_per_s"],
-                    _ratio(r["vacancies_per_s"], R["predict_vacancies_per_s"], True),
+                    r["vacancies_per_s"], "vacancies/s", pred, _ratio(r["vacancies_per_s"], pred, True),
                     note=f"{r['vacancies_per_cpu_s']} per CPU s")
         r = p["all_sites_table"]
         add("predict", f"all distinct sites of {r['n_hosts']} hosts, one `--input` table", r["n_vacancies"], r["process"],
-            r["vacancies_per_s"], "vacancies/s", R["predict_vacancies_per_s"],
-            _ratio(r["vacancies_per_s"], R["predict_vacancies_per_s"], True))
+            r["vacancies_per_s"], "vacancies/s", pred, _ratio(r["vacancies_per_s"], pred, True))
         r = p["all_sites_calls"]
         add("predict", f"`--all-sites`, {r['n_calls']} separate calls (one host each)", r["n_vacancies"], r, r["vacancies_per_s"],
             "vacancies/s", rss=r["peak_rss_MB"],
             note=f"{r['seconds_per_call']} s per call, of which ~{r['overhead_per_call_s']} s start-up (imports, registry)")
         for key, label in (("model_only", "model only, shipped expert (pruned graphs + advisor features in memory), batch 32"),
                            ("model_only_batch256", "model only, batch 256"),
-                           ("model_only_reference_size", "model only, expert of the reference's size (4.5 Å, width 8, "
-                                                         "no advisors, untrained), batch 256")):
+                           ("model_only_reference_size", ("model only, expert of the reference's size (4.5 Å, width 8, "
+                                                          "no advisors, untrained), batch 256"))):
             r = p.get(key)
             if not r:
                 continue
             add("predict", label, r["n_vacancies"], {"wall_s": r["model_seconds"], "cpu_s": r["model_cpu_seconds"]},
-                r["model_vacancies_per_s"], "vacancies/s", R["model_only_vacancies_per_s"],
-                _ratio(r["model_vacancies_per_s"], R["model_only_vacancies_per_s"], True), rss=r["process"]["peak_rss_MB"],
+                r["model_vacancies_per_s"], "vacancies/s", R.get("model_only_vacancies_per_s"),
+                _ratio(r["model_vacancies_per_s"], R.get("model_only_vacancies_per_s"), True), rss=r["process"]["peak_rss_MB"],
                 note=f"{r['mean_nodes_pruned']:.0f} nodes per pruned graph; "
                      + ("time does not depend on the weights" if key == "model_only_reference_size" else f"expert {r.get('expert', '?')}"))
         r = p["model_only"]
@@ -669,23 +824,52 @@ def summary_rows(results: dict) -> list[dict]:
     return rows
 
 
+def reference_markdown(results: dict) -> list[str]:
+    """The report's paragraph on the reference: when and how it was measured, under which
+    load, its raw numbers, and which groups' ratios divide by them."""
+    ref = results.get("meta", {}).get("reference") or no_reference("no reference recorded in these results")
+    if not ref.get("numbers"):
+        return [f"Reference: none ({ref.get('note', 'not measured')}): the reference and ratio columns are empty.", ""]
+    load = (f"load average before / after it {ref.get('loadavg_before')} / {ref.get('loadavg_after')}"
+            if ref.get("loadavg_before") is not None else "load average not recorded")
+    if ref["source"] == "run":
+        how = (f"measured in this run, at {ref['timestamp']} before the adex measurements, by `{ref['command']}` "
+               f"({ref['wall_s']} s wall, {ref['cpu_s']} s CPU, peak RSS {_fmt(ref.get('peak_rss_MB'))} MB; {load}; "
+               f"other processes used {ref.get('other_processes_cores')} cores meanwhile)")
+    else:
+        how = (f"reused with `--reference-json {ref['reused_file']}`, measured the same day at {ref['timestamp']} "
+               f"by `{ref.get('command')}` ({load}), not rerun in this run")
+    stale = [f"{g} ({(results.get(g) or {}).get('date', '?')})" for g in GROUPS
+             if g in results and group_reference(results, g) is None]
+    lines = [f"Reference: {ref.get('setup', REFERENCE_SETUP)}; {how}. Every reference number and ratio below comes from "
+             "this reference run's `reference.json`, on the same machine the same day as the adex numbers (this "
+             "machine's speed varies up to 2× between days); no number is carried over from another day."
+             + (f" Groups merged from an earlier run have no ratios: {', '.join(stale)}." if stale else ""),
+             "", "| reference.json | value | unit | used for |", "|---|---|---|---|"]
+    for key, value in ref["numbers"].items():
+        unit, use = REFERENCE_KEYS.get(key, ("", ""))
+        lines.append(f"| {key} | {_fmt(round(value, 3) if isinstance(value, float) else value)} | {unit} | {use} |")
+    return lines + [""]
+
+
 def markdown(results: dict) -> str:
     meta = results.get("meta", {})
     m = meta.get("machine", {})
     lines = [
         "# adex benchmarks",
         "",
-        f"Produced by `python benchmarks/run_all.py{' --quick' if meta.get('quick') else ''}` on {meta.get('date', '?')} "
-        f"in {meta.get('duration_min', '?')} min (children: {meta.get('children_cpu_s_total', '?')} s CPU in "
-        f"{meta.get('children_wall_s_total', '?')} s wall): {m.get('cpu_count')} × {m.get('cpu_model')} ({m.get('machine')}, "
-        f"{m.get('memory_GB')} GB), Python {m.get('python')}, torch {m.get('torch')}, {m.get('threads')} thread(s) "
-        f"(OMP_NUM_THREADS and torch; torch reports {m.get('torch_threads_in_child')} in a child), commit "
-        f"`{str(m.get('git_commit', ''))[:10]}`{' (uncommitted changes)' if m.get('git_dirty') else ''}.",
-        f"Load average before / after: {meta.get('loadavg_start')} / {meta.get('loadavg_end')} "
-        f"(other processes used {meta.get('other_processes_cores_mean', '?')} of {m.get('cpu_count')} cores on average "
-        "during the measurements: wall times are pessimistic, CPU times are the steadier figure).",
+        (f"Produced by `python benchmarks/run_all.py{' --quick' if meta.get('quick') else ''}` on {meta.get('date', '?')} "
+         f"in {meta.get('duration_min', '?')} min (children: {meta.get('children_cpu_s_total', '?')} s CPU in "
+         f"{meta.get('children_wall_s_total', '?')} s wall): {m.get('cpu_count')} × {m.get('cpu_model')} ({m.get('machine')}, "
+         f"{m.get('memory_GB')} GB), Python {m.get('python')}, torch {m.get('torch')}, {m.get('threads')} thread(s) "
+         f"(OMP_NUM_THREADS and torch; torch reports {m.get('torch_threads_in_child')} in a child), commit "
+         f"`{str(m.get('git_commit', ''))[:10]}`{' (uncommitted changes)' if m.get('git_dirty') else ''}."),
+        (f"Load average before / after: {meta.get('loadavg_start')} / {meta.get('loadavg_end')} "
+         f"(other processes used {meta.get('other_processes_cores_mean', '?')} of {m.get('cpu_count')} cores on average "
+         "during the measurements: wall times are pessimistic, CPU times are the steadier figure)."),
         "",
-        f"Reference: {REFERENCE['setup']}. Ratio = adex / reference in the row's unit."
+        *reference_markdown(results),
+        "Ratio = adex / reference in the row's unit."
         + (f" Prediction rows use the default expert `{results['predict']['expert']}`."
            if results.get("predict", {}).get("expert") else ""),
         "",
@@ -698,9 +882,9 @@ def markdown(results: dict) -> str:
                      f"{'' if r['reference'] is None else _fmt(r['reference']) + ' ' + r['unit']} | {r['ratio']} | {r['note']} |")
     prof = results.get("predict", {}).get("profile")
     if prof:
-        lines += ["", f"Where prediction time goes (`benchmarks/steps.py profile`: the CLI's library calls on the first "
-                      f"{prof['n_vacancies']} Witman vacancies, one host file each; process start-up and imports "
-                      f"{prof['python_and_imports_s']} s come on top):", "",
+        lines += ["", (f"Where prediction time goes (`benchmarks/steps.py profile`: the CLI's library calls on the first "
+                       f"{prof['n_vacancies']} Witman vacancies, one host file each; process start-up and imports "
+                       f"{prof['python_and_imports_s']} s come on top):"), "",
                   "| stage | ms per vacancy (wall) | ms per vacancy (CPU) | share | process peak RSS after the stage (MB) |",
                   "|---|---|---|---|---|"]
         n = prof["n_vacancies"]
@@ -710,11 +894,11 @@ def markdown(results: dict) -> str:
                          f"{prof['stage_cpu_s'][stage] * 1000 / n:.2f} | {100 * share:.1f} % | {_fmt(rss.get(stage))} |")
     sc = results.get("scaling", {})
     if sc.get("supercell"):
-        lines += ["", f"Scaling with the supercell size ({sc['supercell'][0]['n_vacancies']} vacancies spread over the "
-                      "Witman set, shipped expert trained at 8 Å; figure `scaling_supercell.png`):", "",
-                  "| min. image distance (Å) | nodes per graph (full / pruned) | edges (full / pruned) | featurize ms/vac "
-                  "(wall / CPU) | advisors ms/vac | expert ms/vac (pruned / full graph) | peak RSS (MB) | mean abs. change of "
-                  "dH vs first (eV) |", "|---|---|---|---|---|---|---|---|"]
+        lines += ["", (f"Scaling with the supercell size ({sc['supercell'][0]['n_vacancies']} vacancies spread over the "
+                       "Witman set, shipped expert trained at 8 Å; figure `scaling_supercell.png`):"), "",
+                  ("| min. image distance (Å) | nodes per graph (full / pruned) | edges (full / pruned) | featurize ms/vac "
+                   "(wall / CPU) | advisors ms/vac | expert ms/vac (pruned / full graph) | peak RSS (MB) | mean abs. change of "
+                   "dH vs first (eV) |"), "|---|---|---|---|---|---|---|---|"]
         for r in sc["supercell"]:
             lines.append(f"| {r['min_image_distance_A']:g} | {r['mean_nodes_full']:.0f} / {r['mean_nodes_pruned']:.0f} | "
                          f"{r['mean_edges_full']:.0f} / {r['mean_edges_pruned']:.0f} | {r['featurize_ms_per_vacancy']:.0f} / "
@@ -722,12 +906,12 @@ def markdown(results: dict) -> str:
                          f"{r['model_pruned_ms_per_vacancy']:.1f} / {r['model_full_ms_per_vacancy']:.1f} | "
                          f"{r['process']['peak_rss_MB']:.0f} | {r['mean_abs_change_vs_first_eV']:.4f} |")
     if sc.get("vacancies_model") or sc.get("vacancies_e2e"):
-        lines += ["", "Scaling with the number of vacancies (figure `scaling_vacancies.png`; end to end = `adex predict "
-                      "--input` in a fresh process on distinct host files (hosts copied beyond 1,481; the 1,481 row is the "
-                      "prediction group's run); model only = the shipped expert on cached graphs replicated, advisor "
-                      "features precomputed, batch 32; its peak RSS includes the 1,481 cached graphs it replicates from):", "",
-                  "| vacancies | end to end: wall (s) | CPU (s) | vacancies/s | peak RSS (MB) | model only: s | vacancies/s | "
-                  "peak RSS (MB) |", "|---|---|---|---|---|---|---|---|"]
+        lines += ["", ("Scaling with the number of vacancies (figure `scaling_vacancies.png`; end to end = `adex predict "
+                       "--input` in a fresh process on distinct host files (hosts copied beyond 1,481; the 1,481 row is the "
+                       "prediction group's run); model only = the shipped expert on cached graphs replicated, advisor "
+                       "features precomputed, batch 32; its peak RSS includes the 1,481 cached graphs it replicates from):"), "",
+                  ("| vacancies | end to end: wall (s) | CPU (s) | vacancies/s | peak RSS (MB) | model only: s | vacancies/s | "
+                   "peak RSS (MB) |"), "|---|---|---|---|---|---|---|---|"]
         e2e = {r["n_vacancies"]: r for r in _e2e_points(results)}
         mod = {r["n_vacancies"]: r for r in sc.get("vacancies_model", [])}
         for n in sorted(set(e2e) | set(mod)):
@@ -792,6 +976,11 @@ def figures(results: dict, out: Path) -> list[str]:
         plt.close(fig)
         made.append("scaling_supercell.png")
     e2e, mod = _e2e_points(results), sc.get("vacancies_model") or []
+    # reference lines only beside points measured in the reference's run (scaling, and predict's 1,481 row)
+    plotted = [g for g in ("scaling", "predict") if g in results and (g == "predict" or e2e or mod)]
+    ref = group_reference(results, plotted[0]) if plotted else None
+    if any(group_reference(results, g) is None for g in plotted):
+        ref = None
     if e2e or mod:
         fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
         ax = axes[0]
@@ -803,8 +992,12 @@ def figures(results: dict, out: Path) -> list[str]:
             n = [r["n_vacancies"] for r in mod]
             ax.plot(n, [r["model_seconds"] for r in mod], "s-", label="expert only (cached graphs, advisor features given)")
         nn = sorted({r["n_vacancies"] for r in e2e + mod})
-        ax.plot(nn, [x / REFERENCE["predict_vacancies_per_s"] for x in nn], "k:", label="reference, 27/s with featurization")
-        ax.plot(nn, [x / REFERENCE["model_only_vacancies_per_s"] for x in nn], "k-.", label="reference, 630/s model only")
+        if ref:
+            rate, fwd = ref["predict_vacancies_per_s"], ref["model_only_vacancies_per_s"]
+            ax.plot(nn, [x / rate for x in nn], "k:", label=f"reference, {rate:.0f}/s featurize + forward (same run)")
+            ax.plot(nn, [x / fwd for x in nn], "k-.", label=f"reference, {fwd:.0f}/s model only (same run)")
+        else:
+            ax.plot([], [], " ", label="no reference in this run")
         ax.set_xscale("log")
         ax.set_yscale("log")
         ax.set_xlabel("vacancies")
@@ -816,7 +1009,9 @@ def figures(results: dict, out: Path) -> list[str]:
             ax.plot([r["n_vacancies"] for r in e2e], [r["process"]["peak_rss_MB"] for r in e2e], "o-", label="adex predict --input")
         if mod:
             ax.plot([r["n_vacancies"] for r in mod], [r["process"]["peak_rss_MB"] for r in mod], "s-", label="expert only")
-        ax.axhline(REFERENCE["peak_memory_GB"] * 1024, color="k", ls=":", label="reference peak (< 0.9 GB)")
+        if ref:
+            ax.axhline(ref["predict_peak_MB"], color="k", ls=":",
+                       label=f"reference predict peak ({ref['predict_n']} vacancies, same run)")
         ax.set_xscale("log")
         ax.set_xlabel("vacancies")
         ax.set_ylabel("peak RSS (MB)")
@@ -849,6 +1044,36 @@ def _other_cores(results: dict) -> float | None:
 # --------------------------------------------------------------------------- main
 
 
+def obtain_reference(args: argparse.Namespace, tmp: Path, logs: Path, today: dt.datetime, console) -> dict:
+    """The reference for this run: run.sh now (default), a reused same-day reference.json, or
+    none (``--no-reference``). Its own logs and reference.json go to ``logs/reference/``."""
+    if args.no_reference:
+        console.print("[yellow]reference: not measured (--no-reference); the reference columns stay empty")
+        return no_reference("--no-reference")
+    if args.reference_json:
+        ref = reuse_reference(Path(args.reference_json), args.threads, today)
+        console.print(f"reference: reusing {ref['reused_file']} (measured {ref['timestamp']})")
+    else:
+        ref_dir = reference_dir(args.reference_dir)
+        work = tmp / "reference"
+        console.print(f"reference: {ref_dir / 'run.sh'} (~2 min) ...")
+        with console.status("reference: timing the published dGNN code"):
+            ref = run_reference(ref_dir, work, logs / "00-reference_run.sh.log", args.threads)
+        keep = logs / "reference"
+        keep.mkdir(exist_ok=True)
+        for f in sorted(work.glob("*.log")) + [work / "reference.json"]:
+            shutil.copyfile(f, keep / f.name)
+        (keep / "reference_run.json").write_text(json.dumps(ref, indent=1, ensure_ascii=False) + "\n")
+        ref["logs"] = "logs/reference"
+    n = ref["numbers"]
+    console.print(f"  [green]✓[/] reference: featurize {n['featurize_structures_per_s']}/s, epoch {n['train_epoch_s_median']} s, "
+                  f"predict {n['predict_cold_vacancies_per_s']}/s (forward only {n['predict_forward_only_vacancies_per_s']}/s)"
+                  + (f"; {ref['wall_s']} s, load {ref['loadavg_before']} -> {ref['loadavg_after']}" if "wall_s" in ref else ""))
+    return ref
+
+
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", default=os.environ.get("ADEX_DATA", "../shared/data"))
@@ -859,6 +1084,13 @@ def main(argv: list[str] | None = None) -> int:
                         help="the largest vacancy-scaling run is capped to finish within this")
     parser.add_argument("--out", default=None, help="results folder (default $ADEX_HOME/benchmarks[/quick])")
     parser.add_argument("--keep-temp", action="store_true", help="keep the temporary ADEX_HOMEs, tables and runs")
+    parser.add_argument("--reference-dir", default=None,
+                        help="folder of the reference's run.sh, run at the start of every run (default: env ADEX_REFERENCE, "
+                             "else <repo>/../shared/reference/dgnn)")
+    how = parser.add_mutually_exclusive_group()
+    how.add_argument("--reference-json", default=None, metavar="FILE",
+                     help="reuse a reference.json measured the same day instead of running run.sh (recorded as reused)")
+    how.add_argument("--no-reference", action="store_true", help="do not measure the reference: no reference columns")
     args = parser.parse_args(argv)
     args.data = str(Path(args.data).expanduser().resolve())
     groups = [g.strip() for g in args.only.split(",") if g.strip()]
@@ -873,7 +1105,14 @@ def main(argv: list[str] | None = None) -> int:
     out.mkdir(parents=True, exist_ok=True)
 
     from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        SpinnerColumn,
+        TextColumn,
+        TimeElapsedColumn,
+    )
 
     console = Console(stderr=True)
     previous = {}
@@ -885,7 +1124,7 @@ def main(argv: list[str] | None = None) -> int:
     load_start = [round(x, 2) for x in os.getloadavg()]
     meta = {"date": started_at.strftime("%Y-%m-%d %H:%M UTC"), "quick": args.quick, "groups": groups,
             "machine": machine_info(args.threads), "loadavg_start": load_start, "sizes": sizes,
-            "reference": REFERENCE, "command": "python benchmarks/run_all.py " + " ".join(argv if argv is not None else sys.argv[1:])}
+            "command": "python benchmarks/run_all.py " + " ".join(argv if argv is not None else sys.argv[1:])}
     console.print(f"[bold]adex benchmarks[/] ({'quick' if args.quick else 'full'}; {', '.join(groups)}) on "
                   f"{meta['machine']['cpu_count']} × {meta['machine']['cpu_model']}, torch {meta['machine']['torch']}, "
                   f"{args.threads} thread(s); load average {load_start}")
@@ -894,12 +1133,20 @@ def main(argv: list[str] | None = None) -> int:
     logs.mkdir()
     results = {k: v for k, v in previous.items() if k in GROUPS and k not in groups}
     t0 = time.perf_counter()
+    try:
+        meta["reference"] = obtain_reference(args, tmp, logs, started_at, console)
+    except ReferenceFailed as exc:
+        print(f"run_all: {exc}", file=sys.stderr)
+        if not any(logs.iterdir()):
+            shutil.rmtree(tmp, ignore_errors=True)
+        return 2
+    meta["reference_s"] = round(time.perf_counter() - t0, 1)
     status, ctx = 0, None
     try:
         with Progress(SpinnerColumn(), TextColumn("[bold]{task.description}"), BarColumn(bar_width=20), MofNCompleteColumn(),
                       TimeElapsedColumn(), TextColumn("{task.fields[info]}"), console=console) as progress:
             task = progress.add_task("benchmarks", total=len(groups), info="")
-            ctx = Context(args, sizes, tmp, logs, progress, task, console, t0)
+            ctx = Context(args, sizes, tmp, logs, progress, task, console, time.perf_counter())  # budget: adex only
             original_child = ctx.child
 
             def child_with_report(label, cmd, home, progress_env=False):
@@ -915,6 +1162,7 @@ def main(argv: list[str] | None = None) -> int:
                 try:
                     results[group] = RUNNERS[group](ctx)
                     results[group]["date"] = meta["date"]
+                    results[group]["reference_timestamp"] = meta["reference"]["timestamp"]
                 except StepFailed as exc:
                     console.print(f"[red]✗ {group}: {exc}")
                     status = 1
