@@ -554,3 +554,43 @@ def test_witman_equivalent_sites_in_different_files(witman, featurizer):
         host = read_structure(root / "structures" / f"{vid}.cif")
         graphs.append(build_vacancy_graph(build_vacancy(host, 0), featurizer))
     assert_same_graph(*graphs)
+
+
+@pytest.mark.parametrize("group, species, coords, lattice", [
+    ("Fm-3m", ["Mg", "O"], [[0, 0, 0], [0.5, 0.5, 0.5]], (4.21, 4.21, 4.21, 90, 90, 90)),
+    ("Im-3m", ["Fe"], [[0, 0, 0]], (2.87, 2.87, 2.87, 90, 90, 90)),
+    ("R-3m", ["Li", "Co", "O"], [[0, 0, 0.5], [0, 0, 0], [0, 0, 0.26]], (2.82, 2.82, 14.05, 90, 90, 120)),
+    ("Cmcm", ["La", "Ga"], [[0, 0.36, 0.25], [0, 0.07, 0.25]], (4.57, 11.6, 4.25, 90, 90, 90)),
+    ("Amm2", ["Ba", "Ti", "O"], [[0, 0, 0], [0.5, 0, 0.51], [0, 0, 0.49]], (3.99, 5.67, 5.69, 90, 90, 90)),
+    ("P4/mmm", ["Sr", "Ti", "O"], [[0, 0, 0], [0.5, 0.5, 0.5], [0.5, 0.5, 0]], (3.9, 3.9, 4.1, 90, 90, 90)),
+])
+def test_primitive_from_the_dataset_is_spglibs_standardized_primitive(group, species, coords, lattice) -> None:
+    """The primitive cell built from the symmetry dataset (one spglib search per cell instead
+    of two) is the one spglib.standardize_cell returns, atom for atom."""
+    import spglib
+    from pymatgen.core import Lattice
+
+    from adex.supercell import symmetry
+
+    structure = Structure.from_spacegroup(group, Lattice.from_parameters(*lattice), species, coords)
+    cell = (structure.lattice.matrix, structure.frac_coords, np.array([s.specie.Z for s in structure]))
+    dataset = spglib.get_symmetry_dataset(cell, symprec=0.01)
+    assert str(dataset.international)[0] == group[0]
+    lattice_d, positions_d, types_d = symmetry._primitive_from_dataset(dataset)
+    lattice_s, positions_s, types_s = spglib.standardize_cell(cell, to_primitive=True, no_idealize=False, symprec=0.01)
+    np.testing.assert_allclose(lattice_d, lattice_s, atol=1e-12)
+    delta = (positions_d - np.floor(positions_d)) - (positions_s - np.floor(positions_s))
+    np.testing.assert_allclose(delta - np.round(delta), 0.0, atol=1e-12)
+    assert types_d.tolist() == list(types_s)
+
+
+def test_analysis_falls_back_to_spglibs_standardization(monkeypatch) -> None:
+    """Without a derived primitive cell (an unknown centering) the analysis is unchanged."""
+    from adex.supercell import symmetry
+
+    structure = Structure.from_spacegroup("Fm-3m", Lattice.cubic(4.21), ["Mg", "O"], [[0, 0, 0], [0.5, 0.5, 0.5]])
+    expected = symmetry._analyze_sorted_cell(symmetry._cell(structure, 0.01), 0.01)
+    monkeypatch.setattr(symmetry, "_primitive_from_dataset", lambda dataset: None)
+    fallback = symmetry._analyze_sorted_cell(symmetry._cell(structure, 0.01), 0.01)
+    np.testing.assert_allclose(fallback.primitive.lattice.matrix, expected.primitive.lattice.matrix, atol=1e-12)
+    assert fallback.wyckoff == expected.wyckoff and fallback.space_group == expected.space_group
