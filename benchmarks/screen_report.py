@@ -61,11 +61,15 @@ def main() -> int:
     else:  # a screen stopped before it could write its summary: totals from the partitions
         summary = partial_summary(screen, manifest, args.peak_rss_mb)
     summary.setdefault("status", manifest.get("status", "finished"))
-    hosts = ds.dataset(screen / "hosts", format="parquet").to_table(
-        columns=["host_id", "formula", "n_atoms", "n_primitive", "n_vacancies", "min_dH_eV", "time_s"]).to_pandas()
+    host_data = ds.dataset(screen / "hosts", format="parquet")
+    trusted = "in_domain" in host_data.schema.names  # screen format 2: trust columns
+    hosts = host_data.to_table(columns=["host_id", "formula", "n_atoms", "n_primitive", "n_vacancies", "min_dH_eV",
+                                        "time_s"] + (["in_domain"] if trusted else [])).to_pandas()
     vac = ds.dataset(screen / "vacancies", format="parquet").to_table(
-        columns=["host_id", "element", "dH_pred_eV"]).to_pandas()
+        columns=["host_id", "element", "dH_pred_eV"] + (["dH_lo_eV", "dH_hi_eV", "in_domain"] if trusted else [])).to_pandas()
     o_min = vac[vac.element == "O"].groupby("host_id").dH_pred_eV.min()
+    trusted = trusted and hosts["in_domain"].notna().any()  # null: an expert without a trust record
+    inside = set(hosts.host_id[hosts.in_domain.fillna(False).astype(bool)]) if trusted else set()
 
     import matplotlib
 
@@ -73,7 +77,12 @@ def main() -> int:
     import matplotlib.pyplot as plt
 
     fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.2))
-    left.hist(o_min.values, bins=80, color="tab:red", alpha=0.8)
+    bins = np.linspace(*(np.percentile(o_min.values, [0.1, 99.9]) if len(o_min) else (0, 1)), 80)
+    left.hist(o_min.values, bins=bins, color="tab:red", alpha=0.8, label="all hosts with O")
+    if trusted:
+        left.hist(o_min[o_min.index.isin(inside)].values, bins=bins, color="tab:blue", alpha=0.9,
+                  label="hosts in the applicability domain")
+        left.legend(fontsize=8)
     left.set_xlabel("lowest O-vacancy dH per host (eV)")
     left.set_ylabel("hosts")
     left.set_title(f"{len(o_min):,} hosts with O, {summary['expert']}", fontsize=9)
@@ -124,10 +133,35 @@ def main() -> int:
               "", "## Time per host by size (one worker; featurization plus its share of the chunk's prediction)", "",
               "| atoms | hosts | vacancies | median ms/host |", "|---|---:|---:|---:|"]
     lines += [f"| {b} | {int(r.hosts):,} | {int(r.vacancies):,} | {r.ms_median:.0f} |" for b, r in per_size.iterrows()]
+    if trusted:
+        o_in = o_min[o_min.index.isin(inside)]
+        q_in = np.percentile(o_in.values, [5, 25, 50, 75, 95]) if len(o_in) else [np.nan] * 5
+        width = (vac.dH_hi_eV - vac.dH_lo_eV).to_numpy()
+        vac_in = vac.in_domain.fillna(False).astype(bool).to_numpy()
+        lines += ["", "## Trust (the expert's calibrated 90 % intervals and applicability domain)", "",
+                  f"{len(inside):,} of {len(hosts):,} predicted hosts are in the domain (every vacancy in domain); "
+                  f"{int(vac_in.sum()):,} of {len(vac):,} vacancies. Median 90 % interval width {np.nanmedian(width):.2f} eV"
+                  + (f" (in domain {np.nanmedian(width[vac_in]):.2f} eV)." if vac_in.any() else ".")
+                  + (f" In-domain hosts with O: {len(o_in):,}, lowest O-vacancy dH percentiles 5/25/50/75/95: "
+                     + ", ".join(f"{v:.2f}" for v in q_in) + " eV." if len(o_in) else "")]
+    time_s = hosts.time_s.to_numpy()
+    lines += ["", "## Cost per host (for projections: docs/screening.md)", "",
+              f"Summed per-host time (one worker each) {time_s.sum():,.0f} s for {len(hosts):,} hosts: mean "
+              f"{1000 * time_s.mean():.0f} ms per host, {1000 * time_s.sum() / max(len(vac), 1):.1f} ms per vacancy "
+              f"({len(vac) / max(len(hosts), 1):.2f} distinct vacancies per host); the slowest 1 % of hosts take "
+              f"{100 * np.sort(time_s)[-max(len(time_s) // 100, 1):].sum() / max(time_s.sum(), 1e-9):.0f} % of it; "
+              f"slowest host {time_s.max():.1f} s."]
     lines += ["", "![screen](screen.png)", ""]
     (out / "screen_summary.md").write_text("\n".join(lines))
     keep = {k: summary[k] for k in summary if k != "out"}
     keep["o_vacancy_min_dH_percentiles_eV"] = dict(zip(["p5", "p25", "p50", "p75", "p95"], map(float, q)))
+    keep["host_seconds_sum"] = float(time_s.sum())
+    keep["ms_per_host_mean"] = float(1000 * time_s.mean()) if len(time_s) else None
+    keep["ms_per_vacancy_mean"] = float(1000 * time_s.sum() / max(len(vac), 1))
+    keep["vacancies_per_host"] = float(len(vac) / max(len(hosts), 1))
+    if trusted:
+        keep["hosts_in_domain"] = len(inside)
+        keep["vacancies_in_domain"] = int(vac.in_domain.fillna(False).astype(bool).sum())
     (out / "screen_summary.json").write_text(json.dumps(keep, indent=2) + "\n")
     print(f"-> {out}")
     return 0
