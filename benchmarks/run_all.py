@@ -64,9 +64,12 @@ REFERENCE_SETUP = ("published dGNN code (Witman et al. 2023, mwitman1/cgcnndefec
                    "of width 8, batch 256, 1 torch thread per process")
 # reference.json (written by run.sh): the keys the report uses, with their units and meaning
 REFERENCE_KEYS = {
+    "epochs": ("epochs", "training epochs run.sh ran (EPOCHS; the paper trains 1,000)"),
+    "threads": ("threads", "OMP/MKL threads of the reference's processes (THREADS = --threads)"),
     "featurize_structures_per_s": ("structures/s", ("featurization of the 1,481 structures (ASE CIF read, 4.5 Å "
                                                     "neighbours, 12 nbrs, G2 edges, .locals/.globals): featurize rows")),
     "featurize_ms_per_structure": ("ms", "the same per structure: 1,000-epoch estimate (graphs once)"),
+    "featurize_cpu_s_1481": ("s", "CPU time of that featurization"),
     "train_epoch_s_median": ("s", "median epoch (train + validation, epochs 2..N) on fold 1.00k0: epoch rows"),
     "train_epoch_cpu_s_median": ("s", "CPU time of that epoch"),
     "train_peak_rss_mb": ("MB", "peak RSS of the training process: training memory row"),
