@@ -9,6 +9,7 @@ import importlib.util
 import json
 import os
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -205,13 +206,16 @@ def _fake_data(tmp_path: Path) -> Path:
     return data
 
 
-def test_main_stops_with_one_line_when_run_sh_fails(run_all, tmp_path, capsys):
+def test_main_stops_with_one_line_when_run_sh_fails(run_all, tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))  # the run keeps its temp folder for the log
     out = tmp_path / "out"
     code = run_all.main(["--data", str(_fake_data(tmp_path)), "--only", ",", "--out", str(out),
                          "--reference-dir", str(fake_reference_dir(tmp_path, exit_code=1))])
     assert code == 2
     err = [line for line in capsys.readouterr().err.splitlines() if line.startswith("run_all:")]
     assert len(err) == 1 and "exited with code 1" in err[0]
+    log = Path(err[0].rsplit("; log ", 1)[1])
+    assert log.is_file() and log.is_relative_to(tmp_path)
     assert not (out / "benchmarks.json").exists() and not (out / "benchmarks.md").exists()
 
 
