@@ -1,5 +1,9 @@
 """Prediction with a registered expert: load it with its exact advisors, featurize
-hosts once, predict any number of vacancies in batches."""
+hosts once, predict any number of vacancies in batches.
+
+:func:`predict_sites` predicts many host files chunk by chunk in this process;
+:func:`adex.expert.screening.predict_sites_dask` hands the same chunks to Dask workers
+(``adex predict --workers N``), which run the same steps."""
 from __future__ import annotations
 
 import warnings
@@ -247,18 +251,12 @@ def predict_packed(expert: LoadedExpert, packed: PackedVacancies, batch_size: in
 
 
 # --------------------------------------------------------------------------- many hosts
-_WORKER_EXPERT: LoadedExpert | None = None  # the expert a forked worker process predicts with
-
-
-def _init_worker(threads: int) -> None:
-    torch.set_num_threads(threads)
-
-
-def _predict_chunk(expert: LoadedExpert | None, chunk: list[tuple[str, list[int]]], batch_size: int, cache: bool = False):
+def predict_chunk(expert: LoadedExpert, chunk: list[tuple[str, list[int]]], batch_size: int = DEFAULT_BATCH_SIZE,
+                  cache: bool = False):
     """Read, featurize (:func:`featurize_files`, with ``cache`` :func:`cached_files`) and
-    predict one chunk of files: ``[(path, sites, members [M, S], caveats)]``, caveats the
-    file's :func:`input_warnings` messages joined by ``"; "`` ("" if none)."""
-    expert = expert or _WORKER_EXPERT
+    predict one chunk of files in this process: ``[(path, sites, members [M, S], caveats)]``,
+    caveats the file's :func:`input_warnings` messages joined by ``"; "`` ("" if none).
+    The Dask task :func:`adex.expert.screen_worker.predict_files_chunk` returns the same."""
     parts = cached_files(expert, chunk) if cache else featurize_files(expert, chunk)
     members = predict_packed_members(expert, PackedVacancies.concatenate(parts), batch_size, cache=cache)
     bounds = np.cumsum([0, *(len(sites) for _, sites in chunk)])
@@ -302,15 +300,18 @@ def predict_sites(
     cache: bool = False,
     caveats: dict[str, str] | None = None,
 ) -> dict[tuple[str, int], np.ndarray]:
-    """Vacancy formation enthalpies for many host files.
+    """Vacancy formation enthalpies for many host files, in this process.
+
+    Consecutive hosts are grouped into chunks of about ``chunk_vacancies`` sites (default
+    :data:`CHUNK_VACANCIES`; a host is never split); each chunk is read, featurized and
+    predicted (:func:`predict_chunk`) before the next, so memory stays bounded by the
+    chunk, not the input. In parallel, on Dask: :func:`adex.expert.screening.predict_sites_dask`
+    (same arguments and result; what ``adex predict --workers N`` runs for N > 1).
 
     Args:
         jobs: ``(structure path, [site, ...])`` per host (0-based atom indices).
-        workers: processes; each reads, featurizes and predicts whole chunks of hosts
-            (``chunk_vacancies`` sites, default ``CHUNK_VACANCIES``), so memory stays
-            bounded by the chunk, not the input.
-            Workers are forked from this process (the loaded expert is shared, not
-            reloaded) and run 1 torch thread each.
+        workers: must be 1 (kept for callers that pass it; processes are
+            :func:`~adex.expert.screening.predict_sites_dask`'s business).
         on_progress: called with the number of vacancies finished, after each chunk.
         cache: keep featurized vacancies in the content-addressed cache
             (:func:`cached_files`); a second run over the same files skips featurization.
@@ -319,40 +320,16 @@ def predict_sites(
             of predictions can carry them (the warnings are also emitted as usual).
 
     Returns:
-        ``{(path, site): member predictions float64 [M]}`` (eV; M = 1 for a single expert).
+        ``{(path, site): member predictions float64 [M]}`` (eV; M = 1 for a single expert),
+        in the order of ``jobs``.
 
     Raises:
         AdexError (e.g. StructureError) of the first failing host, with its file named.
     """
-    import multiprocessing
-    from concurrent.futures import ProcessPoolExecutor
-
-    global _WORKER_EXPERT
-    chunks = host_chunks(jobs, chunk_vacancies or CHUNK_VACANCIES)
+    if int(workers) != 1:
+        raise ValueError(f"predict_sites runs in this process (workers=1, not {workers}); "
+                         "for more processes use adex.expert.screening.predict_sites_dask")
     out: dict[tuple[str, int], np.ndarray] = {}
-
-    def collect(result) -> None:
-        collect_chunk(result, out, caveats, on_progress)
-
-    workers = max(1, min(int(workers), len(chunks)))
-    if workers == 1 or "fork" not in multiprocessing.get_all_start_methods():
-        for chunk in chunks:
-            collect(_predict_chunk(expert, chunk, batch_size, cache))
-        return out
-    # The first host is predicted here, before forking: the modules, tables and lazily
-    # built models its featurization and prediction need are then loaded once, in this
-    # process, and inherited by the workers instead of loaded again in each of them.
-    collect(_predict_chunk(expert, chunks[0][:1], batch_size, cache))
-    chunks = [chunks[0][1:], *chunks[1:]] if len(chunks[0]) > 1 else chunks[1:]
-    if not chunks:
-        return out
-    _WORKER_EXPERT = expert
-    try:
-        with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork"),
-                                 initializer=_init_worker, initargs=(1,)) as pool:
-            futures = [pool.submit(_predict_chunk, None, chunk, batch_size, cache) for chunk in chunks]
-            for future in futures:
-                collect(future.result())
-    finally:
-        _WORKER_EXPERT = None
+    for chunk in host_chunks(jobs, chunk_vacancies or CHUNK_VACANCIES):
+        collect_chunk(predict_chunk(expert, chunk, batch_size, cache), out, caveats, on_progress)
     return out

@@ -47,13 +47,15 @@ TABLES = ("hosts", "errors", "vacancies")  # written in this order: vacancies/ m
 INSTALL_HINT = "pip install 'adex[screen]'"
 
 
-def require_screen_extras() -> None:
-    """Raise :class:`MissingExtraError` (one line) unless dask.distributed and pyarrow import."""
-    for module, package in (("distributed", "dask[distributed]"), ("pyarrow", "pyarrow")):
+def require_screen_extras(purpose: str = "screening", parquet: bool = True) -> None:
+    """Raise :class:`MissingExtraError` (one line, naming ``purpose`` and the extra to
+    install) unless dask.distributed and, with ``parquet``, pyarrow import."""
+    needed = (("distributed", "dask[distributed]"), ("pyarrow", "pyarrow"))
+    for module, package in needed if parquet else needed[:1]:
         try:
             __import__(module)
         except ImportError:
-            raise MissingExtraError(f"screening needs {package}, which is not installed: {INSTALL_HINT}") from None
+            raise MissingExtraError(f"{purpose} needs {package}, which is not installed: {INSTALL_HINT}") from None
 
 
 def resolve_expert(ref: str | None, registry=None, registry_root: str | None = None) -> tuple[ExpertSpec, object, str | None]:
@@ -451,8 +453,10 @@ def predict_sites_dask(
     caveats: dict[str, str] | None = None,
     registry: str | None = None,
 ):
-    """:func:`adex.expert.predict.predict_sites` on Dask (the engine of ``adex screen``), for
-    ``adex predict --input --workers N``: same arguments and result.
+    """:func:`adex.expert.predict.predict_sites` on Dask (the engine of ``adex screen``): the
+    engine of ``adex predict --input --workers N`` (N > 1) and ``--scheduler``; same
+    arguments and result (the same numbers: each chunk is read, featurized and predicted
+    as in :func:`adex.expert.predict.predict_chunk`).
 
     Args:
         expert: a :class:`~adex.expert.loading.LoadedExpert` (workers load the same
@@ -461,32 +465,45 @@ def predict_sites_dask(
         jobs: ``(structure path, [site, ...])`` per host file; the paths must be readable
             by the workers (always true on a LocalCluster; on a remote cluster, a shared
             file system).
-        workers: LocalCluster processes (default: the cores); ignored with ``scheduler``.
+        workers: LocalCluster processes (default: the cores; never more than the chunks),
+            one torch thread each; ignored with ``scheduler``. Without ``scheduler``, jobs
+            that make a single chunk are predicted in this process
+            (:func:`~adex.expert.predict.predict_chunk`): a cluster could only slow them down.
         on_progress: called with the number of vacancies finished, after each chunk.
         cache: as :func:`~adex.expert.predict.predict_sites` (each worker reads and fills
             ``$ADEX_HOME/cache``).
-        caveats: if given, filled with ``{path: caveats}``.
+        caveats: if given, filled with ``{path: caveats}``. The caveats of each file are
+            also emitted here, in the driver, as one
+            :class:`~adex.expert.predict.InputWarning` per file (the workers' own warnings
+            are not shown).
 
     Returns:
-        ``{(path, site): member predictions float64 [M]}`` (eV).
+        ``{(path, site): member predictions float64 [M]}`` (eV), in the order of ``jobs``
+        (as :func:`~adex.expert.predict.predict_sites`), whatever order the chunks finish in.
 
     Raises:
         MissingExtraError: dask.distributed missing. AdexError of the first failing chunk.
     """
-    require_screen_extras()
-    from adex.expert.predict import CHUNK_VACANCIES, collect_chunk, host_chunks
-    from adex.expert.screen_dask import ScreenWorkerPlugin, screen_client, worker_threads
+    require_screen_extras("parallel prediction on Dask", parquet=False)
+    import warnings
+
+    from adex.expert.predict import CHUNK_VACANCIES, InputWarning, collect_chunk, host_chunks, predict_chunk
+    from adex.expert.screen_dask import ScreenWorkerPlugin, default_workers, screen_client, worker_threads
     from adex.expert.screen_worker import predict_files_chunk
 
     if isinstance(expert, str):
-        spec, _, _ = resolve_expert(expert, registry_root=registry)
+        spec, expert, _ = resolve_expert(expert, registry_root=registry)
     else:
         spec = ExpertSpec(expert.entry.ref, registry, expert_identity(expert))
     chunks = host_chunks(jobs, chunk_vacancies or CHUNK_VACANCIES)
     out: dict = {}
     if not chunks:
         return out
-    with screen_client(scheduler, workers if not scheduler else None, None, ScreenWorkerPlugin(spec)) as client:
+    if not scheduler and len(chunks) == 1:
+        collect_chunk(predict_chunk(expert, chunks[0], batch_size, cache), out, caveats, on_progress)
+        return out
+    workers = None if scheduler else min(workers or default_workers(), len(chunks))
+    with screen_client(scheduler, workers, None, ScreenWorkerPlugin(spec)) as client:
         from distributed import as_completed
 
         limit = 2 * worker_threads(client) + 2
@@ -504,6 +521,9 @@ def predict_sites_dask(
         for future in queue:
             result = future.result()  # an AdexError of the chunk is raised here, naming the file
             future.release()
+            for path, _, _, notes in result:  # the workers' warnings stay on the workers
+                if notes:
+                    warnings.warn(f"{Path(path).name}: {notes}", InputWarning, stacklevel=2)
             collect_chunk(result, out, caveats, on_progress)
             top_up()
-    return out
+    return {key: out[key] for key in dict.fromkeys((path, site) for path, sites in jobs for site in sites)}

@@ -263,22 +263,87 @@ def test_table_values_equal_single_site_values(capsys, ctx, hosts, tmp_path) -> 
     assert abs(single[0] - single[2]) > 1e-3  # O and Fe of FeO differ: the comparison means something
 
 
-def test_table_with_worker_processes_and_small_chunks_equals_one_process(capsys, ctx, hosts, tmp_path, monkeypatch) -> None:
-    """--workers 2 with hosts spread over several chunks gives the same rows as one process."""
-    rows = [["../hosts/srtio3.cif", "0", "a"], ["../hosts/feo.cif", "3", "b"], ["../hosts/srtio3.cif", "2", "c"],
-            ["../hosts/feo.cif", "1", "d"], ["../hosts/srtio3.cif", "1", "e"]]
+@pytest.fixture()
+def dask_calls(monkeypatch: pytest.MonkeyPatch) -> list:
+    """One host per chunk (so a few rows make several chunks and --workers 2 starts a
+    Dask LocalCluster), and the calls of the Dask engine recorded."""
+    pytest.importorskip("distributed")
+    import adex.expert.screening
+
+    calls = []
+    engine = adex.expert.screening.predict_sites_dask
+
+    def spy(*args, **kwargs):
+        calls.append(kwargs)
+        return engine(*args, **kwargs)
+
+    monkeypatch.setattr(adex.expert.predict, "CHUNK_VACANCIES", 1)
+    monkeypatch.setattr(adex.expert.screening, "predict_sites_dask", spy)
+    return calls
+
+
+def test_table_with_dask_workers_equals_one_process(capsys, ctx, hosts, tmp_path, dask_calls) -> None:
+    """--workers 2 (a Dask LocalCluster, the engine of adex screen) writes the same output
+    as --workers 1 (in this process): rows, order, numbers and the warnings column."""
+    rows = [["../hosts/srtio3.cif", "0", "a"], ["../hosts/feo.cif", "3", "b"], ["../hosts/mgo.cif", "1", "c"],
+            ["../hosts/srtio3.cif", "2", "d"], ["../hosts/feo.cif", "1", "e"], ["../hosts/srtio3.cif", "1", "f"]]
     table = write_table(tmp_path, hosts, rows)
-    rc, one, err = predict(capsys, ctx, "--input", str(table))
+    rc, one, err = predict(capsys, ctx, "--input", str(table), "--batch-size", "1")
     assert rc == 0, err
-    monkeypatch.setattr(adex.expert.predict, "CHUNK_VACANCIES", 1)  # one host per chunk: 2 chunks, 2 processes
+    assert dask_calls == []  # --workers 1: in this process
     chunks = adex.expert.predict.host_chunks([("a", [0, 1]), ("b", [3]), ("c", [0])], 2)
     assert chunks == [[("a", [0, 1])], [("b", [3]), ("c", [0])]]  # hosts are never split
     rc, two, err = predict(capsys, ctx, "--input", str(table), "--workers", "2", "--batch-size", "1")
     assert rc == 0, err
-    a, b = read_csv(one), read_csv(two)
-    assert [r["note"] for r in b] == ["a", "b", "c", "d", "e"]
-    np.testing.assert_allclose([float(r["dH_pred_eV"]) for r in a], [float(r["dH_pred_eV"]) for r in b], atol=1e-5)
-    np.testing.assert_allclose([float(r["dH_pred_eV"]) for r in b], ctx.srtio3[[0]].tolist() + [ctx.feo[3], ctx.srtio3[2], ctx.feo[1], ctx.srtio3[1]], atol=1e-4)
+    assert len(dask_calls) == 1 and dask_calls[0]["workers"] == 2  # 3 hosts, 3 chunks, 2 worker processes
+    assert two == one  # the same CSV, byte for byte
+    got = read_csv(two)
+    assert [r["note"] for r in got] == ["a", "b", "c", "d", "e", "f"]
+    np.testing.assert_allclose([float(r["dH_pred_eV"]) for r in got if r["note"] != "c"],
+                               [ctx.srtio3[0], ctx.feo[3], ctx.srtio3[2], ctx.feo[1], ctx.srtio3[1]], atol=1e-4)
+    assert [bool(r["warnings"]) for r in got] == [False, False, True, False, False, False]
+    assert "never seen" in got[2]["warnings"]
+    assert "warning: mgo.cif: element(s) Mg never seen" in err  # the workers' caveats, shown by the driver
+
+
+def test_dask_engine_gives_the_numbers_of_one_process(ctx, hosts, dask_calls) -> None:
+    """predict_sites_dask (several chunks, 2 workers) returns what predict_sites returns in
+    this process: same keys in the same order, same numbers (1e-6), every vacancy reported
+    to on_progress (once per chunk), the same caveats, shown as warnings by the driver."""
+    from adex.expert.predict import InputWarning, predict_sites
+    from adex.expert.screening import predict_sites_dask
+
+    jobs = [(str(hosts / "srtio3.cif"), [0, 1, 2]), (str(hosts / "mgo.cif"), [0, 1]), (str(hosts / "feo.cif"), [0, 1, 3])]
+    progress_one, progress_two, caveats_one, caveats_two = [], [], {}, {}
+    with pytest.warns(InputWarning, match="mgo.cif"):
+        one = predict_sites(ctx.loaded, jobs, on_progress=progress_one.append, caveats=caveats_one)
+    with pytest.warns(InputWarning, match="mgo.cif"):
+        two = predict_sites_dask(ctx.loaded, jobs, workers=2, on_progress=progress_two.append, caveats=caveats_two,
+                                 registry=str(ctx.root))
+    assert list(two) == list(one) == [(path, site) for path, sites in jobs for site in sites]
+    for key in one:
+        np.testing.assert_allclose(two[key], one[key], rtol=0, atol=1e-6)
+    assert sum(progress_two) == sum(progress_one) == 8 and len(progress_two) == 3  # one call per chunk
+    assert caveats_two == caveats_one and "never seen" in caveats_one[str(hosts / "mgo.cif")]
+    with pytest.raises(ValueError, match="predict_sites_dask"):
+        predict_sites(ctx.loaded, jobs, workers=2)  # no process pool of its own any more
+
+
+def test_workers_without_dask_is_a_one_line_error(capsys, ctx, hosts, tmp_path, monkeypatch) -> None:
+    """--workers 2 needs the screen extra (named, one line); --workers 1 imports no Dask."""
+    import sys
+
+    table = write_table(tmp_path, hosts, [["../hosts/srtio3.cif", "0", "a"], ["../hosts/feo.cif", "3", "b"]])
+    monkeypatch.setitem(sys.modules, "distributed", None)  # as if not installed
+    rc, out, err = predict(capsys, ctx, "--input", str(table), "--workers", "2")
+    assert_one_line_error(rc, err, "--workers 2", "dask[distributed]", "pip install 'adex[screen]'")
+    rc, out, err = predict(capsys, ctx, "--input", str(table), "--scheduler", "tcp://127.0.0.1:1")
+    assert_one_line_error(rc, err, "--scheduler", "pip install 'adex[screen]'")
+    rc, out, err = predict(capsys, ctx, "--input", str(table), "--workers", "1")
+    assert rc == 0, err
+    assert [r["note"] for r in read_csv(out)] == ["a", "b"]
+    rc, out, err = predict(capsys, ctx, "--structure", str(hosts / "srtio3.cif"), "--site", "0", "--scheduler", "tcp://x:1")
+    assert_one_line_error(rc, err, "--scheduler", "--input")
 
 
 def test_cached_featurization_is_reused_and_content_addressed(capsys, ctx, hosts, tmp_path, monkeypatch, spies) -> None:
@@ -321,10 +386,11 @@ def test_cached_featurization_is_reused_and_content_addressed(capsys, ctx, hosts
     np.testing.assert_allclose(float(read_csv(edited)[0]["dH_pred_eV"]), ctx.feo[0], atol=1e-4)
 
 
-def test_bad_host_in_a_worker_is_a_one_line_error(capsys, ctx, hosts, tmp_path) -> None:
+def test_bad_host_in_a_worker_is_a_one_line_error(capsys, ctx, hosts, tmp_path, dask_calls) -> None:
     table = write_table(tmp_path, hosts, [["../hosts/srtio3.cif", "0", "a"], ["../hosts/feo.cif", "99", "b"]])
     rc, out, err = predict(capsys, ctx, "--input", str(table), "--workers", "2")
-    assert_one_line_error(rc, err, "99")
+    assert_one_line_error(rc, err, "feo.cif", "99")  # raised in a Dask worker, reported by the driver
+    assert len(dask_calls) == 1
     rc, out, err = predict(capsys, ctx, "--input", str(table), "--workers", "0")
     assert_one_line_error(rc, err, "--workers")
 

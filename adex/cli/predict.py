@@ -6,7 +6,10 @@
 * a table: ``--input table.csv`` (columns ``structure``, ``site``; paths relative to the
   table's folder; other columns carried through) -> ``--output`` CSV with ``dH_pred_eV``
   and ``warnings`` (or ``--format json``). Each host is read and featurized once; hosts
-  are processed in chunks (bounded memory), by ``--workers N`` processes in parallel.
+  are processed in chunks (bounded memory). ``--workers N`` (N > 1) predicts the chunks
+  on a Dask ``LocalCluster`` of N processes, the engine of ``adex screen`` (``--scheduler
+  tcp://HOST:8786``: on a running cluster's workers); needs ``pip install 'adex[screen]'``.
+  The numbers and the rows' order do not depend on it.
   A table that already has an output column (``dH_pred_eV``, ``dH_std_eV``,
   ``warnings``: an earlier run's output?), repeats a column name, or is the ``--output``
   file is refused: adex never overwrites a column or file of yours.
@@ -55,8 +58,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--format", choices=("table", "csv", "json"), help="output format (default: table on a terminal, else csv)")
     p.add_argument("--batch-size", type=int, default=32, help="vacancies per forward pass (default 32)")
     p.add_argument("--workers", type=int, default=1,
-                   help="--input: worker processes, each reading, featurizing and predicting whole chunks of hosts "
-                        "(default 1)")
+                   help="--input: processes, each reading, featurizing and predicting whole chunks of hosts; above 1 "
+                        "on a Dask LocalCluster (pip install 'adex[screen]'); default 1: this process, no Dask")
+    p.add_argument("--scheduler", help="--input: address of a running Dask scheduler, e.g. tcp://HOST:8786 "
+                                       "(default: a LocalCluster on this machine when --workers > 1)")
     p.add_argument("--cache", action="store_true",
                    help="--input: keep featurized vacancies in $ADEX_HOME/cache/predict (content-addressed: file bytes, "
                         "sites, featurizer and supercell settings); a rerun over the same files skips featurization")
@@ -148,7 +153,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
         warnings.simplefilter("always", InputWarning)
         warnings.simplefilter("always", ShadowWarning)
         warnings.showwarning = lambda message, category, *a, **k: print(f"warning: {message}", file=sys.stderr)
-        lazy = bool(args.input and args.cache)  # a warm cache may not need the advisors at all
+        # a warm cache may not need the advisors at all, nor the driver of Dask workers (which load their own)
+        lazy = bool(args.input and (args.cache or args.workers > 1 or args.scheduler))
         if args.expert:
             expert = load_expert(args.expert, open_registry_from(args), lazy_advisors=lazy)
         else:
@@ -190,6 +196,14 @@ def _check_options(args: argparse.Namespace) -> None:
         raise AdexError(f"--batch-size must be >= 1, not {args.batch_size}")
     if args.workers < 1:
         raise AdexError(f"--workers must be >= 1, not {args.workers}")
+    if args.scheduler and not args.input:
+        raise AdexError("--scheduler is for --input tables (one --structure is predicted in this process)")
+    if args.input and (args.workers > 1 or args.scheduler):
+        from adex.expert.screening import require_screen_extras
+
+        require_screen_extras("--scheduler" if args.scheduler else f"--workers {args.workers}", parquet=False)
+        if args.scheduler and args.workers > 1:
+            print("note: --workers is for the LocalCluster; the cluster at --scheduler has its own workers", file=sys.stderr)
     if args.structure and Path(args.structure).is_dir():
         raise StructureError(f"{args.structure}: is a folder, not a structure file")
     if args.input:
@@ -227,9 +241,10 @@ def _trust_columns(args, expert, trust, predictions: dict) -> tuple[list[str], d
         return [], {}
     from adex.expert.trust import read_known, table_trust
 
+    # the few --known vacancies absent from the table are predicted in this process (as the trust
+    # inputs of every host are computed): a second Dask cluster would cost more than they do
     values, lines = table_trust(expert, trust, predictions, read_known(args.known) if args.known else None,
-                                args.dataset_offset or False, cache=args.cache, batch_size=args.batch_size,
-                                workers=args.workers)
+                                args.dataset_offset or False, cache=args.cache, batch_size=args.batch_size)
     for line in lines:
         print(f"warning: {line}", file=sys.stderr)
     present = {column for row in values.values() for column in row}
@@ -335,7 +350,6 @@ def _predict_table(args, expert, con, trust=None) -> int:
     import numpy as np
 
     from adex.errors import AdexError, StructureError
-    from adex.expert.predict import predict_sites
     from adex.progress import progress_bar
 
     table_path = Path(args.input)
@@ -362,11 +376,21 @@ def _predict_table(args, expert, con, trust=None) -> int:
         by_host.setdefault(str(path), []).append(site)
     jobs = [(path, sorted(set(sites))) for path, sites in by_host.items()]
     caveats: dict[str, str] = {}
+    engine = (f"Dask at {args.scheduler}" if args.scheduler
+              else f"{args.workers} workers" if args.workers > 1 else "1 process")
     with progress_bar() as progress:
-        task = progress.add_task(f"vacancies ({args.workers} worker{'s' if args.workers > 1 else ''})",
-                                 total=sum(len(s) for _, s in jobs))
-        predictions = predict_sites(expert, jobs, args.batch_size, args.workers,
-                                    on_progress=lambda n: progress.advance(task, n), cache=args.cache, caveats=caveats)
+        task = progress.add_task(f"vacancies ({engine})", total=sum(len(s) for _, s in jobs))
+        options = {"on_progress": lambda n: progress.advance(task, n), "cache": args.cache, "caveats": caveats}
+        if args.workers > 1 or args.scheduler:  # the Dask engine of adex screen; workers load the expert themselves
+            from adex.expert.screening import predict_sites_dask
+
+            registry = str(Path(args.registry).expanduser().resolve()) if args.registry else None
+            predictions = predict_sites_dask(expert, jobs, args.batch_size, workers=args.workers, scheduler=args.scheduler,
+                                             registry=registry, **options)
+        else:  # this process, no Dask
+            from adex.expert.predict import predict_sites
+
+            predictions = predict_sites(expert, jobs, args.batch_size, **options)
     order = list(predictions)
     value_columns, values = _value_columns(np.stack([predictions[k] for k in order], axis=1))
     lookup = dict(zip(order, values))
