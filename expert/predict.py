@@ -252,16 +252,24 @@ def predict_packed(expert: LoadedExpert, packed: PackedVacancies, batch_size: in
 
 # --------------------------------------------------------------------------- many hosts
 def predict_chunk(expert: LoadedExpert, chunk: list[tuple[str, list[int]]], batch_size: int = DEFAULT_BATCH_SIZE,
-                  cache: bool = False):
+                  cache: bool = False, domain: bool = False):
     """Read, featurize (:func:`featurize_files`, with ``cache`` :func:`cached_files`) and
-    predict one chunk of files in this process: ``[(path, sites, members [M, S], caveats)]``,
-    caveats the file's :func:`input_warnings` messages joined by ``"; "`` ("" if none).
-    The Dask task :func:`adex.expert.screen_worker.predict_files_chunk` returns the same."""
+    predict one chunk of files in this process: ``[(path, sites, members [M, S], caveats,
+    domain inputs)]``, caveats the file's :func:`input_warnings` messages joined by ``"; "``
+    ("" if none); with ``domain`` the :class:`~adex.expert.domain.DomainInputs` of the file's
+    vacancies (what the trust columns need, taken while the advisors' embeddings are in
+    memory), else None. The Dask task :func:`adex.expert.screen_worker.predict_files_chunk`
+    returns the same."""
     parts = cached_files(expert, chunk) if cache else featurize_files(expert, chunk)
     members = predict_packed_members(expert, PackedVacancies.concatenate(parts), batch_size, cache=cache)
+    inputs = [None] * len(parts)
+    if domain:
+        from adex.expert.domain import domain_inputs
+
+        inputs = [domain_inputs(expert, part, cache) for part in parts]
     bounds = np.cumsum([0, *(len(sites) for _, sites in chunk)])
-    return [(path, sites, members[:, a:b], "; ".join(message for _, message in input_warnings(expert, part)))
-            for (path, sites), a, b, part in zip(chunk, bounds[:-1], bounds[1:], parts)]
+    return [(path, sites, members[:, a:b], "; ".join(message for _, message in input_warnings(expert, part)), inputs_k)
+            for (path, sites), a, b, part, inputs_k in zip(chunk, bounds[:-1], bounds[1:], parts, inputs)]
 
 
 def host_chunks(jobs: list[tuple[str, list[int]]], chunk_vacancies: int = CHUNK_VACANCIES) -> list[list[tuple[str, list[int]]]]:
@@ -277,17 +285,20 @@ def host_chunks(jobs: list[tuple[str, list[int]]], chunk_vacancies: int = CHUNK_
     return chunks + ([current] if current else [])
 
 
-def collect_chunk(result, out: dict, caveats: dict | None = None, on_progress=None) -> None:
-    """Store one predicted chunk ``[(path, sites, members [M, S], caveats)]`` into ``out``
-    (``{(path, site): members [M]}``) and ``caveats`` (``{path: text}``, if given), then
-    report its vacancies to ``on_progress``; shared by every engine that predicts chunks."""
-    for path, sites, members, notes in result:
+def collect_chunk(result, out: dict, caveats: dict | None = None, on_progress=None, domains: dict | None = None) -> None:
+    """Store one predicted chunk (:func:`predict_chunk`'s list) into ``out``
+    (``{(path, site): members [M]}``), ``caveats`` (``{path: text}``) and ``domains``
+    (``{path: (sites, DomainInputs)}``), those if given, then report its vacancies to
+    ``on_progress``; shared by every engine that predicts chunks."""
+    for path, sites, members, notes, inputs in result:
         for k, site in enumerate(sites):
             out[(path, site)] = members[:, k]
         if caveats is not None:
             caveats[path] = notes
+        if domains is not None and inputs is not None:
+            domains[path] = (tuple(sites), inputs)
     if on_progress is not None:
-        on_progress(sum(len(sites) for _, sites, _, _ in result))
+        on_progress(sum(len(row[1]) for row in result))
 
 
 def predict_sites(
@@ -299,6 +310,7 @@ def predict_sites(
     chunk_vacancies: int | None = None,
     cache: bool = False,
     caveats: dict[str, str] | None = None,
+    domains: dict | None = None,
 ) -> dict[tuple[str, int], np.ndarray]:
     """Vacancy formation enthalpies for many host files, in this process.
 
@@ -318,6 +330,10 @@ def predict_sites(
         caveats: if given, filled with ``{path: caveats}``: the :func:`input_warnings`
             messages of each host file joined by ``"; "`` ("" if none), so that a table
             of predictions can carry them (the warnings are also emitted as usual).
+        domains: if given, filled with ``{path: (sites, DomainInputs)}`` of each host file
+            (:func:`adex.expert.domain.domain_inputs`), for
+            :func:`adex.expert.trust.table_trust` to add the trust columns without reading
+            and featurizing the files again.
 
     Returns:
         ``{(path, site): member predictions float64 [M]}`` (eV; M = 1 for a single expert),
@@ -331,5 +347,6 @@ def predict_sites(
                          "for more processes use adex.expert.screening.predict_sites_dask")
     out: dict[tuple[str, int], np.ndarray] = {}
     for chunk in host_chunks(jobs, chunk_vacancies or CHUNK_VACANCIES):
-        collect_chunk(predict_chunk(expert, chunk, batch_size, cache), out, caveats, on_progress)
+        collect_chunk(predict_chunk(expert, chunk, batch_size, cache, domains is not None), out, caveats, on_progress,
+                      domains)
     return out

@@ -437,29 +437,19 @@ def run_chunk(spec: ExpertSpec, hosts, batch_size: int = SCREEN_BATCH_SIZE) -> C
         return screen_hosts(worker_expert(spec), hosts, batch_size)
 
 
-def predict_files_chunk(spec: ExpertSpec, chunk, batch_size: int = SCREEN_BATCH_SIZE, cache: bool = False):
-    """The Dask task of :func:`adex.expert.screening.predict_sites_dask`: read, featurize
-    and predict one chunk of ``(structure path, [site, ...])`` files with this worker's
-    cached expert: ``[(path, sites, members [M, S], caveats)]`` (caveats: the file's input
-    warnings joined by "; "). Errors are raised (the caller names the failing file)."""
+def predict_files_chunk(spec: ExpertSpec, chunk, batch_size: int = SCREEN_BATCH_SIZE, cache: bool = False,
+                        domain: bool = False):
+    """The Dask task of :func:`adex.expert.screening.predict_sites_dask`:
+    :func:`adex.expert.predict.predict_chunk` of one chunk of ``(structure path, [site, ...])``
+    files with this worker's cached expert (library warnings silenced: the driver shows the
+    caveats it returns). Errors are raised (the caller names the failing file)."""
     import warnings
 
     import torch
 
-    from adex.expert.data import PackedVacancies
-    from adex.expert.predict import cached_files, featurize_files, predict_packed_members
+    from adex.expert.predict import predict_chunk
 
     expert = worker_expert(spec)
-    with warnings.catch_warnings():
+    with warnings.catch_warnings(), torch.inference_mode():
         warnings.simplefilter("ignore")
-        parts = cached_files(expert, chunk) if cache else featurize_files(expert, chunk)
-        with torch.inference_mode():
-            members = predict_packed_members(expert, PackedVacancies.concatenate(parts), batch_size, cache=cache)
-    try:
-        from adex.expert.predict import input_warnings
-    except ImportError:  # pragma: no cover - an older predict module
-        input_warnings = None
-    bounds = np.cumsum([0, *(len(sites) for _, sites in chunk)])
-    return [(path, sites, members[:, a:b],
-             "; ".join(m for _, m in input_warnings(expert, part)) if input_warnings else "")
-            for (path, sites), a, b, part in zip(chunk, bounds[:-1], bounds[1:], parts)]
+        return predict_chunk(expert, chunk, batch_size, cache, domain)

@@ -452,6 +452,7 @@ def predict_sites_dask(
     cache: bool = False,
     caveats: dict[str, str] | None = None,
     registry: str | None = None,
+    domains: dict | None = None,
 ):
     """:func:`adex.expert.predict.predict_sites` on Dask (the engine of ``adex screen``): the
     engine of ``adex predict --input --workers N`` (N > 1) and ``--scheduler``; same
@@ -472,6 +473,7 @@ def predict_sites_dask(
         on_progress: called with the number of vacancies finished, after each chunk.
         cache: as :func:`~adex.expert.predict.predict_sites` (each worker reads and fills
             ``$ADEX_HOME/cache``).
+        domains: as :func:`~adex.expert.predict.predict_sites` (the workers compute them).
         caveats: if given, filled with ``{path: caveats}``. The caveats of each file are
             also emitted here, in the driver, as one
             :class:`~adex.expert.predict.InputWarning` per file (the workers' own warnings
@@ -500,7 +502,8 @@ def predict_sites_dask(
     if not chunks:
         return out
     if not scheduler and len(chunks) == 1:
-        collect_chunk(predict_chunk(expert, chunks[0], batch_size, cache), out, caveats, on_progress)
+        collect_chunk(predict_chunk(expert, chunks[0], batch_size, cache, domains is not None), out, caveats, on_progress,
+                      domains)
         return out
     workers = None if scheduler else min(workers or default_workers(), len(chunks))
     with screen_client(scheduler, workers, None, ScreenWorkerPlugin(spec)) as client:
@@ -515,15 +518,16 @@ def predict_sites_dask(
                 chunk = next(pending, None)
                 if chunk is None:
                     return
-                queue.add(client.submit(predict_files_chunk, spec, chunk, batch_size, cache, pure=False))
+                queue.add(client.submit(predict_files_chunk, spec, chunk, batch_size, cache, domains is not None,
+                                        pure=False))
 
         top_up()
         for future in queue:
             result = future.result()  # an AdexError of the chunk is raised here, naming the file
             future.release()
-            for path, _, _, notes in result:  # the workers' warnings stay on the workers
+            for path, _, _, notes, _ in result:  # the workers' warnings stay on the workers
                 if notes:
                     warnings.warn(f"{Path(path).name}: {notes}", InputWarning, stacklevel=2)
-            collect_chunk(result, out, caveats, on_progress)
+            collect_chunk(result, out, caveats, on_progress, domains)
             top_up()
     return {key: out[key] for key in dict.fromkeys((path, site) for path, sites in jobs for site in sites)}

@@ -188,15 +188,26 @@ def domain_warnings(hosts, reasons, in_domain) -> list[str]:
             "vacancies; their intervals are wider" for host in order if rows[host][0]]
 
 
-def trust_for_files(loaded, jobs: list[tuple[str, list[int]]], cache: bool = False) -> DomainInputs:
-    """:class:`DomainInputs` of ``(structure path, [site, ...])`` jobs in order (what
-    ``adex predict --input`` predicted): the files are read and featurized again (the
-    advisors' host embeddings come from the in-memory memo prediction filled, or from the
-    disk cache with ``cache``)."""
+def file_domain_inputs(loaded, jobs: list[tuple[str, list[int]]], cache: bool = False) -> list[DomainInputs]:
+    """:class:`DomainInputs` of each ``(structure path, [site, ...])`` job, in order: the
+    files are read and featurized again (the advisors' host embeddings come from the
+    in-memory memo prediction filled, or from the disk cache with ``cache``). Prediction
+    can hand them over instead (``domains`` of :func:`adex.expert.predict.predict_sites`)."""
     from adex.expert.predict import cached_files, featurize_files
 
+    if not jobs:
+        return []
     parts = cached_files(loaded, jobs) if cache else featurize_files(loaded, jobs)
-    return DomainInputs.concatenate([domain_inputs(loaded, part, cache) for part in parts])
+    return [domain_inputs(loaded, part, cache) for part in parts]
+
+
+def _jobs_domain_inputs(loaded, jobs: list[tuple[str, list[int]]], domains: dict | None, cache: bool) -> DomainInputs:
+    """The domain inputs of ``jobs`` in order: those prediction computed (``domains``:
+    ``{path: (sites, DomainInputs)}``, used where the sites match) and the rest computed here."""
+    domains = domains or {}
+    missing = [(path, sites) for path, sites in jobs if path not in domains or tuple(domains[path][0]) != tuple(sites)]
+    computed = dict(zip((path for path, _ in missing), file_domain_inputs(loaded, missing, cache)))
+    return DomainInputs.concatenate([computed[path] if path in computed else domains[path][1] for path, _ in jobs])
 
 
 def read_known(path: str | Path) -> list[tuple[str, int, float]]:
@@ -236,15 +247,18 @@ def read_known(path: str | Path) -> list[tuple[str, int, float]]:
 
 def table_trust(loaded, trust: TrustModel, predictions: dict, known: list[tuple[str, int, float]] | None = None,
                 dataset_offset: bool | float = False, cache: bool = False, batch_size: int = 32,
-                workers: int = 1) -> tuple[dict, list[str]]:
+                domains: dict | None = None) -> tuple[dict, list[str]]:
     """The trust columns of ``adex predict --input`` (and ``--known``).
 
     Args:
         predictions: ``{(structure path, site): member predictions [M]}`` as
             :func:`adex.expert.predict.predict_sites` returns them.
         known: :func:`read_known` rows; vacancies not in ``predictions`` are predicted here.
-        dataset_offset, cache, batch_size, workers: as for :func:`apply_trust` and
+        dataset_offset, cache, batch_size: as for :func:`apply_trust` and
             :func:`adex.expert.predict.predict_sites`.
+        domains: ``{path: (sites, DomainInputs)}`` from the prediction
+            (:func:`adex.expert.predict.predict_sites`' ``domains``); files without them
+            are read and featurized again here.
 
     Returns:
         ``({(path, site): {column: value}}, warning lines)``: the columns ``dH_pred_eV``
@@ -264,14 +278,14 @@ def table_trust(loaded, trust: TrustModel, predictions: dict, known: list[tuple[
             missing.setdefault(path, []).append(site)
     members = dict(predictions)
     if missing:
-        members.update(predict_sites(loaded, [(p, sorted(set(s))) for p, s in missing.items()], batch_size, workers,
+        members.update(predict_sites(loaded, [(p, sorted(set(s))) for p, s in missing.items()], batch_size,
                                      cache=cache))
     keys = list(members)
     jobs: dict[str, list[int]] = {}
     for path, site in keys:
         jobs.setdefault(path, []).append(site)
     order = [(path, site) for path, sites in jobs.items() for site in sites]
-    inputs = trust_for_files(loaded, list(jobs.items()), cache)
+    inputs = _jobs_domain_inputs(loaded, list(jobs.items()), domains, cache)
     row_of = {key: k for k, key in enumerate(order)}
     mean = np.array([float(np.mean(members[key])) for key in order])
     targets = [row_of[key] for key in predictions]

@@ -402,3 +402,44 @@ def test_screen_tables_carry_the_trust_columns_of_predict(trusted) -> None:
     assert "N absent from training" in summary.loc["SrTiN3", "domain_reasons"]
     plain = screen_hosts(load_expert(EXPERT, registry), hosts[:1])
     assert plain.vacancies.to_pandas()["dH_lo_eV"].isna().all() and plain.hosts.to_pandas()["in_domain"].isna().all()
+
+
+@pytest.mark.parametrize("engine", ["process", "dask"])
+def test_trust_columns_reuse_the_predictions_domain_inputs(trusted, tmp_path, monkeypatch, engine) -> None:
+    """``adex predict --input`` (1 process or Dask workers) hands the trust columns the
+    domain inputs its prediction computed: no file is read or featurized a second time, and
+    the columns equal those computed from the files."""
+    from adex.expert import trust as trust_module
+    from adex.expert.predict import predict_sites
+    from adex.expert.trust import table_trust
+
+    expert, _, _, registry, _ = trusted
+    loaded, trust = expert._loaded, expert.trust
+    jobs = []
+    for name, structure in (("a.cif", perovskite()), ("mn.cif", perovskite("Ba", "Mn", 3.9)),
+                            ("hf.cif", perovskite("Sr", "Hf", 4.09))):
+        structure.to(filename=str(tmp_path / name))
+        jobs.append((str((tmp_path / name).resolve()), [0, 1, 2]))
+    domains: dict = {}
+    if engine == "dask":
+        pytest.importorskip("distributed")
+        from adex.expert.screening import predict_sites_dask
+
+        predictions = predict_sites_dask(loaded, jobs, workers=2, chunk_vacancies=3, domains=domains,
+                                         registry=str(registry.root))
+    else:
+        predictions = predict_sites(loaded, jobs, chunk_vacancies=3, domains=domains)
+    assert sorted(domains) == sorted(path for path, _ in jobs)
+    from_files, _ = table_trust(loaded, trust, predictions)
+
+    def no_second_featurization(loaded, jobs, cache=False):
+        assert not jobs, f"featurized again: {jobs}"
+        return []
+
+    monkeypatch.setattr(trust_module, "file_domain_inputs", no_second_featurization)
+    handed_over, lines = table_trust(loaded, trust, predictions, domains=domains)
+    assert len(lines) == 1 and lines[0].startswith("hf.cif")
+    for key in predictions:
+        for column in ("dH_pred_eV", "dH_lo_eV", "dH_hi_eV", "domain"):
+            assert handed_over[key][column] == pytest.approx(from_files[key][column], abs=1e-6)
+        assert handed_over[key]["in_domain"] == from_files[key]["in_domain"]

@@ -233,7 +233,7 @@ def _same_file(a: Path, b: Path) -> bool:
         return False
 
 
-def _trust_columns(args, expert, trust, predictions: dict) -> tuple[list[str], dict]:
+def _trust_columns(args, expert, trust, predictions: dict, domains: dict | None = None) -> tuple[list[str], dict]:
     """The trust columns of ``predictions`` (``{(path, site): members [M]}``) and their
     values per key; prints one ``warning:`` line per out-of-domain host. Nothing without
     a trust record."""
@@ -244,7 +244,8 @@ def _trust_columns(args, expert, trust, predictions: dict) -> tuple[list[str], d
     # the few --known vacancies absent from the table are predicted in this process (as the trust
     # inputs of every host are computed): a second Dask cluster would cost more than they do
     values, lines = table_trust(expert, trust, predictions, read_known(args.known) if args.known else None,
-                                args.dataset_offset or False, cache=args.cache, batch_size=args.batch_size)
+                                args.dataset_offset or False, cache=args.cache, batch_size=args.batch_size,
+                                domains=domains)
     for line in lines:
         print(f"warning: {line}", file=sys.stderr)
     present = {column for row in values.values() for column in row}
@@ -380,7 +381,9 @@ def _predict_table(args, expert, con, trust=None) -> int:
               else f"{args.workers} workers" if args.workers > 1 else "1 process")
     with progress_bar() as progress:
         task = progress.add_task(f"vacancies ({engine})", total=sum(len(s) for _, s in jobs))
-        options = {"on_progress": lambda n: progress.advance(task, n), "cache": args.cache, "caveats": caveats}
+        domains: dict | None = {} if trust is not None else None  # the trust columns' inputs, from the prediction
+        options = {"on_progress": lambda n: progress.advance(task, n), "cache": args.cache, "caveats": caveats,
+                   "domains": domains}
         if args.workers > 1 or args.scheduler:  # the Dask engine of adex screen; workers load the expert themselves
             from adex.expert.screening import predict_sites_dask
 
@@ -394,7 +397,7 @@ def _predict_table(args, expert, con, trust=None) -> int:
     order = list(predictions)
     value_columns, values = _value_columns(np.stack([predictions[k] for k in order], axis=1))
     lookup = dict(zip(order, values))
-    trust_columns, trusted = _trust_columns(args, expert, trust, predictions)
+    trust_columns, trusted = _trust_columns(args, expert, trust, predictions, domains)
     out_rows = [{**row, **lookup[key], **trusted.get(key, {}), WARNINGS_COLUMN: caveats.get(key[0], "")}
                 for row, key in zip(rows, keys)]
     _emit(out_rows, columns + value_columns + trust_columns + [WARNINGS_COLUMN], args, expert.entry.ref)
