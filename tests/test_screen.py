@@ -282,3 +282,14 @@ def test_predict_sites_dask_equals_predict_sites(mp_folder: Path) -> None:
     for key in expected:
         np.testing.assert_allclose(got[key], expected[key], rtol=0, atol=1e-6)
     assert set(caveats) == {path for path, _ in jobs}
+
+
+def test_workers_keep_freed_memory_on_glibc() -> None:
+    """Dask's nanny sets MALLOC_TRIM_THRESHOLD_=65536 in every worker, which made torch 1.7x
+    slower there; the worker plugin raises glibc's thresholds back (a no-op elsewhere)."""
+    import platform
+
+    pytest.importorskip("distributed")
+    from adex.expert.screen_dask import keep_freed_memory
+
+    assert keep_freed_memory() is (platform.system() == "Linux" and platform.libc_ver()[0] == "glibc")
