@@ -305,7 +305,6 @@ def predict_sites(
     expert: LoadedExpert,
     jobs: list[tuple[str, list[int]]],
     batch_size: int = DEFAULT_BATCH_SIZE,
-    workers: int = 1,
     on_progress=None,
     chunk_vacancies: int | None = None,
     cache: bool = False,
@@ -318,12 +317,11 @@ def predict_sites(
     :data:`CHUNK_VACANCIES`; a host is never split); each chunk is read, featurized and
     predicted (:func:`predict_chunk`) before the next, so memory stays bounded by the
     chunk, not the input. In parallel, on Dask: :func:`adex.expert.screening.predict_sites_dask`
-    (same arguments and result; what ``adex predict --workers N`` runs for N > 1).
+    (the same result, plus ``workers`` and ``scheduler``; what ``adex predict --workers N``
+    runs for N > 1).
 
     Args:
         jobs: ``(structure path, [site, ...])`` per host (0-based atom indices).
-        workers: must be 1 (kept for callers that pass it; processes are
-            :func:`~adex.expert.screening.predict_sites_dask`'s business).
         on_progress: called with the number of vacancies finished, after each chunk.
         cache: keep featurized vacancies in the content-addressed cache
             (:func:`cached_files`); a second run over the same files skips featurization.
@@ -342,9 +340,6 @@ def predict_sites(
     Raises:
         AdexError (e.g. StructureError) of the first failing host, with its file named.
     """
-    if int(workers) != 1:
-        raise ValueError(f"predict_sites runs in this process (workers=1, not {workers}); "
-                         "for more processes use adex.expert.screening.predict_sites_dask")
     out: dict[tuple[str, int], np.ndarray] = {}
     for chunk in host_chunks(jobs, chunk_vacancies or CHUNK_VACANCIES):
         collect_chunk(predict_chunk(expert, chunk, batch_size, cache, domains is not None), out, caveats, on_progress,

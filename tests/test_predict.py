@@ -325,8 +325,6 @@ def test_dask_engine_gives_the_numbers_of_one_process(ctx, hosts, dask_calls) ->
         np.testing.assert_allclose(two[key], one[key], rtol=0, atol=1e-6)
     assert sum(progress_two) == sum(progress_one) == 8 and len(progress_two) == 3  # one call per chunk
     assert caveats_two == caveats_one and "never seen" in caveats_one[str(hosts / "mgo.cif")]
-    with pytest.raises(ValueError, match="predict_sites_dask"):
-        predict_sites(ctx.loaded, jobs, workers=2)  # no process pool of its own any more
 
 
 def test_workers_without_dask_is_a_one_line_error(capsys, ctx, hosts, tmp_path, monkeypatch) -> None:
