@@ -212,9 +212,17 @@ def test_killed_worker_loses_and_duplicates_nothing(reference, mp_folder: Path, 
 
 def test_sigint_resumes_without_recomputing(reference, mp_folder: Path, tmp_path: Path) -> None:
     """Ctrl-C stops ``adex screen`` between partitions; the rerun skips the written ones
-    (their files are untouched) and completes the screen."""
+    (their files are untouched) and completes the screen. The input is 20 copies of the
+    small hosts (a few seconds of work), so that the interrupt lands mid-screen."""
+    copies = 20
+    hosts = tmp_path / "hosts"
+    hosts.mkdir()
+    for k in range(copies):
+        for path in mp_folder.iterdir():
+            (hosts / f"c{k:02d}-{path.name}").write_bytes(path.read_bytes())
+    n_tasks = copies * (N_HOSTS + 1)
     out = tmp_path / "screen"
-    cmd = [sys.executable, "-m", "adex", "screen", str(mp_folder), "--out", str(out), "--expert", CORE,
+    cmd = [sys.executable, "-m", "adex", "screen", str(hosts), "--out", str(out), "--expert", CORE,
            "--workers", "1", "--hosts-per-task", "1"]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 120
@@ -229,7 +237,7 @@ def test_sigint_resumes_without_recomputing(reference, mp_folder: Path, tmp_path
     partial = json.loads((out / "summary.json").read_text())  # the totals so far
     assert partial["status"] == "interrupted"
     done = sorted((out / "vacancies").glob("part-*.parquet"))
-    assert 3 <= len(done) < N_HOSTS + 1, "the screen finished before the interrupt"
+    assert 3 <= len(done) < n_tasks, "the screen finished before the interrupt"
     mtimes = {p: p.stat().st_mtime_ns for p in done}
 
     rerun = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
@@ -237,11 +245,15 @@ def test_sigint_resumes_without_recomputing(reference, mp_folder: Path, tmp_path
     assert partial["vacancies"] == sum(len(_read(p)) for p in done)
     summary = json.loads((out / "summary.json").read_text())
     assert summary["status"] == "finished"
-    assert summary["tasks_skipped"] >= len(done) and summary["tasks"] == N_HOSTS + 1
+    assert summary["tasks_skipped"] >= len(done) and summary["tasks"] == n_tasks
     assert {p: p.stat().st_mtime_ns for p in done} == mtimes  # not recomputed
     got, ref = _vacancies(out), _vacancies(reference[0])
-    assert not got.duplicated(["host_id", "site"]).any() and len(got) == len(ref)
-    np.testing.assert_allclose(got.dH_pred_eV, ref.dH_pred_eV, atol=1e-5)
+    assert not got.duplicated(["host_id", "site"]).any() and len(got) == copies * len(ref)
+    for k in (0, copies - 1):  # a copy written before the interrupt and one after
+        copy = got[got.host_id.str.startswith(f"c{k:02d}-")].assign(host_id=lambda t: t.host_id.str[4:])
+        copy = copy.sort_values(["host_id", "site"]).reset_index(drop=True)
+        assert list(copy.host_id) == list(ref.host_id) and list(copy.site) == list(ref.site)
+        np.testing.assert_allclose(copy.dH_pred_eV, ref.dH_pred_eV, atol=1e-5)
 
 
 def test_cli_errors_are_one_line(tmp_path: Path) -> None:
