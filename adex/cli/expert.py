@@ -1,4 +1,4 @@
-"""``adex expert train``, ``adex expert ensemble`` and ``adex cv``."""
+"""``adex expert train``, ``adex expert ensemble``, ``adex expert adapt`` and ``adex cv``."""
 from __future__ import annotations
 
 import argparse
@@ -27,6 +27,25 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     c.add_argument("--tag", action="append", default=[], help="extra registry alias for the new version")
     c.add_argument("--registry", help="user registry root (default: $ADEX_HOME/registry)")
     c.set_defaults(func=cmd_ensemble)
+
+    a = sub.add_parser("adapt", help="fine-tune an expert's output head on a few DFT labels; register a new version",
+                       description="e.g. `adex expert adapt builtin::expert/vacancy:4 --data labelled.csv`: "
+                                   "labelled.csv has the columns structure, site, dH_eV (paths relative to its folder, "
+                                   "the format of `adex predict --known`); only the output head of each member is "
+                                   "trained (full-batch Adam, the rest frozen, no dropout); the new version's card "
+                                   "names the parent, the data's sha256, the settings and the MAE on the labels "
+                                   "before / after")
+    a.add_argument("ref", help="expert reference to adapt (resolved to its exact version)")
+    a.add_argument("--data", required=True, help="labelled vacancies: CSV with structure, site, dH_eV")
+    a.add_argument("--epochs", type=int, default=50, help="full-batch optimisation steps (default 50; 0 = the parent)")
+    a.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate of the head (default 1e-3)")
+    a.add_argument("--seed", type=int, default=0, help="torch seed (member k gets SEED+k; default 0)")
+    a.add_argument("--name", help="registry name of the new version (default: <parent name>-adapted)")
+    a.add_argument("--out", help="folder for metrics.json, labels.csv, registered.json (default: $ADEX_HOME/runs/adapt-<name>-<time>)")
+    a.add_argument("--overwrite", action="store_true", help="write into an existing non-empty --out folder")
+    a.add_argument("--tag", action="append", default=[], help="extra registry alias for the new version")
+    a.add_argument("--registry", help="user registry root (default: $ADEX_HOME/registry)")
+    a.set_defaults(func=cmd_adapt)
 
 
 def add_expert_options(p: argparse.ArgumentParser) -> None:
@@ -209,6 +228,43 @@ def cmd_ensemble(args: argparse.Namespace) -> int:
     entry = compose_ensemble(args.refs, open_registry_from(args), args.name, tuple(args.tag))
     console().print(f"registered: {entry.ref}  ({entry.card['metrics']['ensemble_size']} members; "
                     f"parents: {', '.join(entry.parents)})")
+    return 0
+
+
+def cmd_adapt(args: argparse.Namespace) -> int:
+    from adex.cli.common import check_out_folder
+    from adex.expert.adapt import adapt_expert, register_adapted
+    from adex.expert.loading import load_expert
+    from adex.expert.trust import read_known
+    from adex.fileio import atomic_write_json, atomic_write_text
+    from adex.paths import check_writable_folder, new_run_dir, runs_dir
+    from adex.progress import console
+
+    check_out_folder(args)
+    if not args.out:
+        check_writable_folder(runs_dir(), "the runs folder")
+    rows = read_known(args.data)
+    registry = open_registry_from(args)
+    loaded = load_expert(args.ref, registry)
+    name = args.name or f"{loaded.entry.name}-adapted"  # never shadows the built-in parent's name
+    registry.check_writable("expert", name)
+    model, metrics = adapt_expert(loaded, rows, args.epochs, args.lr, args.seed)
+    run_dir = new_run_dir(f"adapt-{name}", args.out)
+    settings = {"epochs": args.epochs, "lr": args.lr, "seed": args.seed, "trained": "output head of each member",
+                "optimizer": "Adam, full batch", "loss": "mse on the normalised target", "dropout": "off (eval mode)"}
+    entry = register_adapted(loaded, model, metrics, registry, args.data, settings, name, tuple(args.tag), run_dir)
+    atomic_write_json(run_dir / "metrics.json", {"ref": entry.ref, "parent": loaded.entry.ref, **entry.card["adapted"]})
+    atomic_write_json(run_dir / "registered.json", {"ref": entry.ref})
+    atomic_write_text(run_dir / "labels.csv", "structure,site,dH_eV\n" + "".join(f"{p},{s},{v!r}\n" for p, s, v in rows))
+    con = console()
+    b, a = metrics["before"], metrics["after"]
+    con.print(f"{loaded.entry.ref} adapted on {metrics['n_labels']} label(s): MAE on the labels {b['mae_eV']:.3f} eV before, "
+              f"{a['mae_eV']:.3f} eV after (fitted labels: a training error)")
+    if "trust" in entry.card:
+        con.print("trust record carried over unchanged (its intervals were calibrated for the parent)")
+    con.print(f"run folder: {run_dir}")
+    con.print(f"registered: {entry.ref}  (parents: {', '.join(entry.parents)}; data sha256 "
+              f"{entry.card['adapted']['data']['sha256'][:12]}...)")
     return 0
 
 
