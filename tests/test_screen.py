@@ -224,7 +224,11 @@ def test_sigint_resumes_without_recomputing(reference, mp_folder: Path, tmp_path
     out = tmp_path / "screen"
     cmd = [sys.executable, "-m", "adex", "screen", str(hosts), "--out", str(out), "--expert", CORE,
            "--workers", "1", "--hosts-per-task", "1"]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    # SIGINT back to its default in the child: a test run started in the background by a
+    # non-interactive shell (nohup ... &) inherits SIGINT ignored, and Python then never
+    # raises KeyboardInterrupt
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.time() + 120
     while time.time() < deadline and len(list((out / "vacancies").glob("part-*.parquet"))) < 3:
         if proc.poll() is not None:
