@@ -10,9 +10,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from pymatgen.core import Lattice, Structure
 
 from conftest import SHIPPED_STORE, assert_one_line_error
+from test_trust import perovskite
 
 EXPERT = "builtin::expert/vacancy:4"
 pytestmark = pytest.mark.filterwarnings("ignore:.*carries no trust record")
@@ -21,11 +21,6 @@ pytestmark = pytest.mark.filterwarnings("ignore:.*carries no trust record")
 @pytest.fixture(autouse=True)
 def _shipped_store(monkeypatch) -> None:
     monkeypatch.setenv("ADEX_BUILTIN_REGISTRY", str(SHIPPED_STORE))
-
-
-def perovskite(a: str = "Sr", b: str = "Ti", lattice: float = 3.905) -> Structure:
-    return Structure(Lattice.cubic(lattice), [a, b, "O", "O", "O"],
-                     [[0, 0, 0], [0.5, 0.5, 0.5], [0.5, 0.5, 0], [0.5, 0, 0.5], [0, 0.5, 0.5]])
 
 
 @pytest.fixture
