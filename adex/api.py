@@ -111,12 +111,9 @@ class VacancyExpert:
         """The expert's trust model (:class:`adex.expert.trust.TrustModel`: intervals,
         applicability domain, host-offset prior), or None if it carries none."""
         if not self._trust_read:
-            from adex.expert.trust import load_trust
+            from adex.expert.trust import expert_trust
 
-            trust = load_trust(self._loaded.entry)
-            if trust is not None:
-                trust.check_advisors(self._loaded)
-            self._trust, self._trust_read = trust, True
+            self._trust, self._trust_read = expert_trust(self._loaded), True
         return self._trust
 
     def use_trust(self, trust) -> None:

@@ -76,7 +76,6 @@ not regression models and are refused (skipped by ``--all``).
 from __future__ import annotations
 
 import argparse
-import hashlib
 import os
 import pickle
 import re
@@ -86,6 +85,7 @@ from pathlib import Path
 import torch
 
 from adex.errors import RegistryError
+from adex.fileio import sha256_file
 
 ORIGIN = {
     "repository": "https://github.com/txie-93/cgcnn",
@@ -411,14 +411,6 @@ def build_advisor(checkpoint: dict, target: str, unit: str, source: str = "check
 # --------------------------------------------------------------------------- import
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 @dataclass
 class PreparedImport:
     """Everything :meth:`Registry.register` needs for one checkpoint (nothing written yet)."""
@@ -472,7 +464,7 @@ def prepare_import(
         "note": NOTE,
         "source": {
             "file": path.name,
-            "sha256": _sha256(path),
+            "sha256": sha256_file(path),
             "bytes": path.stat().st_size,
             "origin": dict(ORIGIN),
             "reference": REFERENCE,

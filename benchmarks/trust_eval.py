@@ -378,7 +378,8 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     from adex.datasets import dataset_root
     from adex.expert.loading import load_expert
-    from adex.expert.trust import build_trust, heldout_residuals, sha256_of
+    from adex.expert.trust import build_trust, heldout_residuals
+    from adex.fileio import sha256_file
     from adex.registry import Registry
 
     out_dir = Path(args.out)
@@ -399,7 +400,7 @@ def main(argv=None) -> int:
               "folds": sorted(residuals["fold"].unique().tolist()), "n": int(len(residuals)),
               "n_hosts": int(residuals["host"].nunique()),
               "file": "benchmarks/results/experiments/heldout_predictions.csv.gz",
-              "file_sha256": sha256_of(summaries / "heldout_predictions.csv.gz"),
+              "file_sha256": sha256_file(summaries / "heldout_predictions.csv.gz"),
               "recipe": "advisors bandgap, eform, chgnet; augment.min_image_distances=[10]; single model, seed 0 per fold"}
     trust, cv = build_trust(loaded, residuals, inputs, everything, nominal=args.nominal, source=source)
     table = cv.table

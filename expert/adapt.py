@@ -26,6 +26,7 @@ import numpy as np
 import torch
 
 from adex.errors import ConfigError, DataError
+from adex.fileio import sha256_file
 
 #: Full-batch optimisation steps by default.
 DEFAULT_EPOCHS = 50
@@ -164,12 +165,6 @@ def adapt_expert(loaded, rows: list[tuple[str, int, float]], epochs: int = DEFAU
     return model, metrics
 
 
-def file_sha256(path: str | Path) -> str:
-    import hashlib
-
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
-
-
 #: Card fields the registry writes itself (never copied from the parent).
 _REGISTRY_FIELDS = ("kind", "name", "version", "created", "files", "parents", "primary_metric", "package_versions",
                     "card_sha256", "exported_from")
@@ -194,7 +189,7 @@ def register_adapted(loaded, model, metrics: dict, registry, data: str | Path, s
     files = model_files(model)
     card = {key: value for key, value in entry.card.items() if key not in _REGISTRY_FIELDS}
     card["description"] = f"{entry.ref} adapted to {metrics['n_labels']} DFT label(s) of {data.name} (head fine-tuned)"
-    card[CARD_KEY] = {"parent": entry.ref, "data": {"file": str(data), "sha256": file_sha256(data),
+    card[CARD_KEY] = {"parent": entry.ref, "data": {"file": str(data), "sha256": sha256_file(Path(data)),
                                                    "n_labels": metrics["n_labels"], "n_files": metrics["n_files"]},
                       "settings": dict(settings), "metrics": metrics, "parent_metrics": entry.card.get("metrics"),
                       **({"run_dir": str(run_dir)} if run_dir is not None else {})}

@@ -85,21 +85,19 @@ def worker_trust(expert):
     read once per loaded expert and checked against its advisors."""
     key = id(expert)
     if key not in _TRUST:
-        from adex.expert.trust import load_trust
+        from adex.expert.trust import expert_trust
 
-        trust = load_trust(expert.entry)
-        if trust is not None:
-            trust.check_advisors(expert)
         _TRUST.clear()
-        _TRUST[key] = trust
+        _TRUST[key] = expert_trust(expert)
     return _TRUST[key]
 
 
 def _trust_rows(expert, hosts, means: list) -> list | None:
     """Per host of ``hosts`` (each with ``packed`` and ``kept``), the trust columns of its
     vacancies (:func:`adex.expert.trust.apply_trust`): ``[(lo, hi, domain, in_domain,
-    reasons)]`` arrays per host, or None for an expert without a trust record. The advisors'
-    site embeddings come from the memo the prediction just filled."""
+    reasons)]``, arrays per vacancy and the host's out-of-domain reasons as one text
+    (:func:`adex.expert.trust.host_reasons`); None for an expert without a trust record.
+    The advisors' site embeddings come from the memo the prediction just filled."""
     trust = worker_trust(expert)
     if trust is None or not hosts:
         return None
@@ -107,13 +105,13 @@ def _trust_rows(expert, hosts, means: list) -> list | None:
 
     from adex.expert.data import PackedVacancies
     from adex.expert.domain import domain_inputs
-    from adex.expert.trust import apply_trust
+    from adex.expert.trust import apply_trust, host_reasons
 
     inputs = domain_inputs(expert, PackedVacancies.concatenate([p for h in hosts for p in h.packed]))
     frame, reasons = apply_trust(pd.DataFrame({"dH_pred_eV": np.concatenate(means)}), trust, inputs)
     columns = [frame[c].to_numpy() for c in ("dH_lo_eV", "dH_hi_eV", "domain", "in_domain")]
     bounds = np.cumsum([0] + [len(h.kept) for h in hosts])
-    return [(*(c[a:b] for c in columns), reasons[a:b]) for a, b in zip(bounds[:-1], bounds[1:])]
+    return [(*(c[a:b] for c in columns), host_reasons(reasons[a:b])) for a, b in zip(bounds[:-1], bounds[1:])]
 
 
 # --------------------------------------------------------------------------- errors
@@ -354,7 +352,7 @@ def screen_hosts(expert, hosts, batch_size: int = SCREEN_BATCH_SIZE) -> ChunkRes
             for name, values in zip((*TRUST_FLOAT_COLUMNS, "in_domain"), (lo, hi, domain, inside)):
                 vac_cols[name] += values.tolist()
             host_trust = {"min_dH_lo_eV": float(lo[k]), "min_dH_hi_eV": float(hi[k]), "max_domain": float(domain.max()),
-                          "in_domain": bool(inside.all()), "domain_reasons": _host_reasons(reasons)}
+                          "in_domain": bool(inside.all()), "domain_reasons": reasons}
         else:
             for name in (*TRUST_FLOAT_COLUMNS, "in_domain"):
                 vac_cols[name] += [None] * n
@@ -410,17 +408,6 @@ def _caveats(expert, hosts) -> dict[int, str]:
         if notes:
             out[id(h)] = "; ".join(message for _, message in notes)
     return out
-
-
-def _host_reasons(reasons) -> str:
-    """The distinct out-of-domain reasons of a host's vacancies, in order, joined by "; "."""
-    parts: list[str] = []
-    for reason in reasons:
-        for part in filter(None, reason.split("; ")):
-            kind = part.split(" (")[0]
-            if kind not in [p.split(" (")[0] for p in parts]:
-                parts.append(part)
-    return "; ".join(parts)
 
 
 def _defect(element: str) -> str:

@@ -25,7 +25,6 @@ embeddings. :func:`load_trust` reads it back (None for a model without one).
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 from dataclasses import dataclass
@@ -125,6 +124,15 @@ def load_trust(entry) -> TrustModel | None:
     return TrustModel.from_record(record, unpack_arrays(entry.read_file(ARRAYS_FILE), require_checksum=True))
 
 
+def expert_trust(loaded) -> TrustModel | None:
+    """The trust model of a loaded expert (:func:`load_trust` of its entry), checked
+    against the advisors it was loaded with; None if it carries none."""
+    trust = load_trust(loaded.entry)
+    if trust is not None:
+        trust.check_advisors(loaded)
+    return trust
+
+
 # ---------------------------------------------------------------------- applying
 def known_labels(inputs: DomainInputs, predicted: np.ndarray, dft: np.ndarray) -> dict:
     """Labels for :func:`apply_trust` from the labelled vacancies' domain inputs, their
@@ -169,23 +177,32 @@ def apply_trust(frame, trust: TrustModel, inputs: DomainInputs, known: dict | No
     return out, result.reasons
 
 
+def host_reasons(reasons) -> str:
+    """The distinct out-of-domain reasons of one host's vacancies ("" for those in domain),
+    one per kind (the text before " ("), in order of first appearance, joined by "; "."""
+    parts: list[str] = []
+    kinds: list[str] = []
+    for reason in reasons:
+        for part in filter(None, reason.split("; ")):
+            kind = part.split(" (")[0]
+            if kind not in kinds:
+                kinds.append(kind)
+                parts.append(part)
+    return "; ".join(parts)
+
+
 def domain_warnings(hosts, reasons, in_domain) -> list[str]:
     """One line per out-of-domain host (in order of first appearance): ``<host>: out of
     the applicability domain (<reasons>): N of M vacancies; wider intervals``."""
-    order, rows = [], {}
+    rows: dict = {}  # host -> [out-of-domain count, count, reasons of those out of domain]
     for host, reason, inside in zip(hosts, reasons, in_domain):
-        if host not in rows:
-            order.append(host)
-            rows[host] = [0, 0, []]
-        rows[host][1] += 1
+        row = rows.setdefault(host, [0, 0, []])
+        row[1] += 1
         if not inside:
-            rows[host][0] += 1
-            for part in reason.split("; "):
-                kind = part.split(" (")[0]
-                if part and kind not in [p.split(" (")[0] for p in rows[host][2]]:
-                    rows[host][2].append(part)
-    return [f"{host}: out of the applicability domain ({'; '.join(rows[host][2])}): {rows[host][0]} of {rows[host][1]} "
-            "vacancies; their intervals are wider" for host in order if rows[host][0]]
+            row[0] += 1
+            row[2].append(reason)
+    return [f"{host}: out of the applicability domain ({host_reasons(row[2])}): {row[0]} of {row[1]} "
+            "vacancies; their intervals are wider" for host, row in rows.items() if row[0]]
 
 
 def file_domain_inputs(loaded, jobs: list[tuple[str, list[int]]], cache: bool = False) -> list[DomainInputs]:
@@ -384,14 +401,6 @@ def build_trust(loaded, residuals, inputs: DomainInputs, reference: DomainInputs
                                   "(more accurate, so the intervals should be conservative for it)"})
     table = residuals.assign(domain=distance, novel=novel, half_width=half, is_metal=is_metal)
     return trust, CrossValidated(table, report)
-
-
-def sha256_of(path: str | Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def register_trusted(ref: str, registry, trust: TrustModel, name: str | None = None, aliases: tuple[str, ...] = ()):

@@ -170,12 +170,10 @@ def cmd_predict(args: argparse.Namespace) -> int:
         n_members = len(as_members(expert.model))
         con.print(f"expert: {expert.entry.ref}" + (f" ({n_members}-member ensemble)" if n_members > 1 else "")
                   + (f" (advisors: {', '.join(e.ref for e, _ in expert.advisors)})" if expert.advisors else ""), soft_wrap=True)
-        from adex.expert.trust import load_trust
+        from adex.expert.trust import expert_trust
 
-        trust = load_trust(expert.entry)
-        if trust is not None:
-            trust.check_advisors(expert)
-        elif args.known:
+        trust = expert_trust(expert)
+        if trust is None and args.known:
             raise AdexError(f"--known needs an expert with a trust record (docs/trust.md); {expert.entry.ref} has none")
         if args.structure:
             return _predict_structure(args, expert, con, trust)
