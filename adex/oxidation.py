@@ -189,10 +189,7 @@ def _bond_valence_tables() -> tuple[dict, frozenset, dict]:
 
     raw_params, icsd = _bond_valence_data()
     params = {symbol: (float(v["r"]), float(v["c"])) for symbol, v in raw_params.items()}
-    priors = {}
-    for name, value in icsd["occurrence"].items():
-        species = Species.from_str(name)
-        priors[(species.symbol, species.oxi_state)] = value
+    priors = _occurrence_priors()
     states: dict[str, list] = {}
     for name, data in icsd["bvsum"].items():
         species = Species.from_str(name)
