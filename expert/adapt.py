@@ -44,8 +44,7 @@ def labelled_inputs(loaded, rows: list[tuple[str, int, float]]):
     per kind the members add, and the labels (float64 eV)."""
     from adex.expert.advisor_features import cached_advisor_features
     from adex.expert.data import PackedVacancies, VacancyDataset
-    from adex.expert.ensemble import potential_kinds
-    from adex.expert.predict import featurize_files
+    from adex.expert.predict import featurize_files, potential_energies
 
     jobs: dict[str, list[int]] = {}
     where = []
@@ -59,24 +58,9 @@ def labelled_inputs(loaded, rows: list[tuple[str, int, float]]):
     order = [int(start[path]) + k for path, k in where]
     packed = packed.subset(order)
     features = [cached_advisor_features(entry, model, packed, persistent=False) for entry, model in loaded.advisors]
-    energies = {}
-    kinds = potential_kinds(loaded.model)
-    if kinds:
-        from adex.expert.potential import potential_advisor, vacancy_energies
-        from adex.supercell import SupercellSettings
-
-        potential = potential_advisor(loaded.advisors)
-        settings = SupercellSettings.from_dict(loaded.model.supercell)
-        energies = {kind: vacancy_energies(*potential, packed, settings, relaxation=kind[0], relaxation_steps=kind[1])
-                    for kind in kinds}
+    energies = potential_energies(loaded, packed)
     dataset = VacancyDataset(loaded.model.prepare(packed), features)
     return packed, dataset, energies, np.array([value for _, _, value in rows], dtype=np.float64)
-
-
-def _member_batch(batch, member, energies: dict):
-    if member.potential_kind is None:
-        return batch
-    return dataclasses.replace(batch, potential_delta=torch.from_numpy(energies[member.potential_kind].astype(np.float32)))
 
 
 def _head_output(member, embedded: torch.Tensor, batch) -> torch.Tensor:
@@ -138,7 +122,7 @@ def adapt_expert(loaded, rows: list[tuple[str, int, float]], epochs: int = DEFAU
         ConfigError: epochs < 0, lr not a positive number.
     """
     from adex.expert.ensemble import ExpertEnsemble, as_members
-    from adex.expert.predict import predict_packed_members
+    from adex.expert.predict import member_batch, predict_packed_members
 
     if epochs < 0:
         raise ConfigError(f"--epochs must be >= 0, not {epochs}")
@@ -151,7 +135,7 @@ def adapt_expert(loaded, rows: list[tuple[str, int, float]], epochs: int = DEFAU
     batch = dataset.batch(np.arange(len(dataset)))
     members, losses = [], []
     for k, member in enumerate(as_members(loaded.model)):
-        adapted, loss = adapt_member(member, _member_batch(batch, member, energies), targets, epochs, lr, seed + k)
+        adapted, loss = adapt_member(member, member_batch(batch, member, energies), targets, epochs, lr, seed + k)
         members.append(adapted)
         losses.append(loss)
     model = ExpertEnsemble(members) if isinstance(loaded.model, ExpertEnsemble) else members[0]

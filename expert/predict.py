@@ -211,6 +211,35 @@ def cached_files(expert: LoadedExpert, files: list[tuple[str, list[int]]]) -> li
     return parts
 
 
+def potential_energies(expert: LoadedExpert, packed: PackedVacancies, cache: bool = False) -> dict:
+    """The potential's vacancy energies (eV) [B] of every vacancy of ``packed``, once per kind
+    the members add: ``{(relaxation, relaxation_steps): energies}`` ({} when no member
+    reads a potential; ``Expert.potential_kind``)."""
+    from adex.expert.ensemble import potential_kinds
+
+    kinds = potential_kinds(expert.model)
+    if not kinds:
+        return {}
+    from adex.expert.potential import potential_advisor, vacancy_energies
+    from adex.supercell import SupercellSettings
+
+    potential = potential_advisor(expert.advisors)
+    settings = SupercellSettings.from_dict(expert.model.supercell)
+    return {kind: vacancy_energies(*potential, packed, settings, use_cache=cache, relaxation=kind[0],
+                                   relaxation_steps=kind[1]) for kind in kinds}
+
+
+def member_batch(batch, member, energies: dict, rows: np.ndarray | None = None):
+    """``batch`` as ``member`` reads it: with the potential's energies of its kind (rows
+    ``rows`` of :func:`potential_energies`' arrays, all of them if None) as
+    ``potential_delta`` when it reads one, else unchanged."""
+    if member.potential_kind is None:
+        return batch
+    delta = energies[member.potential_kind]
+    delta = delta if rows is None else delta[rows]
+    return replace(batch, potential_delta=torch.from_numpy(delta.astype(np.float32)))
+
+
 @torch.no_grad()
 def predict_packed_members(expert: LoadedExpert, packed: PackedVacancies, batch_size: int = DEFAULT_BATCH_SIZE,
                            cache: bool = False) -> np.ndarray:
@@ -218,30 +247,19 @@ def predict_packed_members(expert: LoadedExpert, packed: PackedVacancies, batch_
     for a single expert). Featurization and advisors run once for all members; the
     advisors' host embeddings go through :func:`cached_advisor_features` (in memory, and
     with ``cache`` on disk too); the potential's vacancy energies run once per kind the
-    members add (unrelaxed, relaxed: ``Expert.potential_kind``)."""
-    from adex.expert.ensemble import as_members, potential_kinds
+    members add (:func:`potential_energies`)."""
+    from adex.expert.ensemble import as_members
 
     features = [cached_advisor_features(entry, model, packed, persistent=cache) for entry, model in expert.advisors]
     members = as_members(expert.model)
-    energies = {}  # (relaxation, relaxation_steps) -> the potential's vacancy energies (eV) [B]
-    kinds = potential_kinds(expert.model)
-    if kinds:
-        from adex.expert.potential import potential_advisor, vacancy_energies
-        from adex.supercell import SupercellSettings
-
-        potential = potential_advisor(expert.advisors)
-        settings = SupercellSettings.from_dict(expert.model.supercell)
-        energies = {kind: vacancy_energies(*potential, packed, settings, use_cache=cache, relaxation=kind[0],
-                                           relaxation_steps=kind[1]) for kind in kinds}
+    energies = potential_energies(expert, packed, cache)
     dataset = VacancyDataset(expert.model.prepare(packed), features)
     out = [[] for _ in members]
     for start in range(0, len(dataset), batch_size):
         idx = np.arange(start, min(start + batch_size, len(dataset)))
         batch = dataset.batch(idx)
         for k, member in enumerate(members):
-            member_batch = batch if member.potential_kind is None else replace(
-                batch, potential_delta=torch.from_numpy(energies[member.potential_kind][idx].astype(np.float32)))
-            out[k].append(member.predict(member_batch).double().numpy())
+            out[k].append(member.predict(member_batch(batch, member, energies, idx)).double().numpy())
     return np.stack([np.concatenate(parts) if parts else np.zeros(0) for parts in out])
 
 
