@@ -49,6 +49,8 @@ def host_properties(root: Path) -> dict[str, tuple[float, float]]:
 
 def offsets_table(run: Path, props: dict[str, tuple[float, float]]) -> dict:
     """The statistics above for one run folder."""
+    from adex.studies.cv import host_offsets
+
     with open(run / "predictions.csv", newline="") as fh:
         rows = list(csv.DictReader(fh))
     hosts = np.array([r["host"] for r in rows])
@@ -57,8 +59,7 @@ def offsets_table(run: Path, props: dict[str, tuple[float, float]]) -> dict:
 
     def group_means(keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(mean signed error of each row's group [n], group index of each row [n])."""
-        _, inverse = np.unique(keys, return_inverse=True)
-        means = np.bincount(inverse, weights=err) / np.bincount(inverse)
+        means, inverse = host_offsets(err, keys)
         return means[inverse], inverse
 
     host_offset, inverse = group_means(hosts)
@@ -71,8 +72,8 @@ def offsets_table(run: Path, props: dict[str, tuple[float, float]]) -> dict:
               "top10_hosts_share": np.sort(summed)[::-1][:10].sum() / summed.sum()}
     for label, mask in (("O", is_oxygen), ("metal", ~is_oxygen)):
         keys = hosts[mask]
-        names, inv = np.unique(keys, return_inverse=True)
-        offset = np.bincount(inv, weights=err[mask]) / np.bincount(inv)
+        names = np.unique(keys)
+        offset, _ = host_offsets(err[mask], keys)
         known = np.array([name in props for name in names])
         gap = np.array([props[n][0] for n in names[known]])
         hf = np.array([props[n][1] for n in names[known]])

@@ -145,6 +145,28 @@ def fold_errors(pred: np.ndarray, target: np.ndarray, elements: np.ndarray) -> d
             "mae_metal": float(err[~is_o].mean()) if (~is_o).any() else float("nan")}
 
 
+def host_offsets(signed_error: np.ndarray, groups: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Mean signed error per group (a host compound, or a host and vacancy class): the
+    offset one constant per group would remove.
+
+    ``signed_error`` float [n] eV (prediction - DFT), ``groups`` [n] any hashable labels.
+    Returns (offsets [g] eV, in the order of ``np.unique(groups)``; group index of each row [n]).
+    """
+    _, inverse = np.unique(np.asarray(groups), return_inverse=True)
+    inverse = inverse.reshape(-1)
+    err = np.asarray(signed_error, dtype=float)
+    return np.bincount(inverse, weights=err) / np.bincount(inverse), inverse
+
+
+def host_offset_std(signed_error: np.ndarray, hosts: np.ndarray) -> float:
+    """Population standard deviation (ddof=0) over hosts of the per-host mean signed error
+    (eV): how much of the error is a per-compound level. NaN without predictions."""
+    if len(signed_error) == 0:
+        return float("nan")
+    offsets, _ = host_offsets(signed_error, hosts)
+    return float(offsets.std())
+
+
 def write_table(path: Path, rows: list[dict]) -> None:
     if not rows:
         atomic_write_text(path, "")
