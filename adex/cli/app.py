@@ -30,6 +30,7 @@ SUBCOMMAND_MODULES = (
     "adex.cli.screen",
     "adex.cli.search",
     "adex.cli.baseline",
+    "adex.cli.evaluate",
 )
 
 
