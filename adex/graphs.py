@@ -12,6 +12,14 @@ potentials do. A count cut is discontinuous: displacing atoms by 0.01 Å can swa
 atoms of a nearly degenerate shell are kept, and embeddings jump. A radius graph with an
 envelope changes continuously with the positions (tested).
 
+With ``shell_width > 0`` the count cut itself becomes smooth (a *soft k-NN* graph): every
+neighbour within ``d_k + tie_tolerance`` (``d_k`` the distance of the k-th nearest) weighs
+1 as before, those up to ``shell_width`` further weigh a smooth step falling from 1 to 0
+(:func:`adex.nn.neighbor_shell_weights`), the rest are not kept. ``d_k`` is a continuous
+function of the positions, so the weights are too. On a crystal whose next shell lies
+more than ``tie_tolerance + shell_width`` beyond ``d_k`` the graph and its weights equal
+the hard count graph exactly, so models trained on count graphs keep their meaning.
+
 Conventions (shapes in brackets):
 
 * ``edge_index``: LongTensor [2, n_edges]; row 0 = receiving (centre) atom ``i``,
@@ -58,6 +66,10 @@ class FeaturizerSettings:
         tie_tolerance: distances within this of the last kept neighbour count as ties and
             are kept too, Å. A negative value keeps exactly ``max_neighbors`` (CGCNN's rule,
             used for imported CGCNN checkpoints).
+        shell_width: 0 for a hard count cut; > 0 (Å) for a soft k-NN graph: neighbours
+            beyond ``d_k + tie_tolerance`` are kept up to ``shell_width`` further, their
+            messages weighted by a smooth step from 1 to 0 (embeddings continuous in the
+            positions; identical to the hard graph when no neighbour lies in that band).
     """
 
     cutoff: float = 8.0
@@ -66,12 +78,18 @@ class FeaturizerSettings:
     gaussian_width: float = 0.2
     element_embedding: str = "cgcnn92"
     tie_tolerance: float = 1e-3
+    shell_width: float = 0.0
 
     def __post_init__(self) -> None:
         if self.cutoff <= 0 or self.gaussian_step <= 0 or self.gaussian_width <= 0:
             raise ConfigError("featurizer: cutoff, gaussian_step and gaussian_width must be > 0")
         if self.max_neighbors is not None and (isinstance(self.max_neighbors, bool) or self.max_neighbors < 1):
             raise ConfigError("featurizer: max_neighbors must be >= 1, or null for a radius graph")
+        if isinstance(self.shell_width, bool) or not self.shell_width >= 0:
+            raise ConfigError(f"featurizer: shell_width must be >= 0 Å, got {self.shell_width!r}")
+        if self.shell_width > 0 and (self.max_neighbors is None or self.tie_tolerance < 0):
+            raise ConfigError("featurizer: shell_width > 0 smooths a count cut: it needs max_neighbors >= 1 "
+                              "and tie_tolerance >= 0")
         if self.element_embedding not in ELEMENT_EMBEDDINGS:
             raise ConfigError(
                 f"featurizer: unknown element_embedding {self.element_embedding!r} "
@@ -84,12 +102,25 @@ class FeaturizerSettings:
         return self.max_neighbors is None
 
     @property
+    def soft_neighbors(self) -> bool:
+        """Whether graphs are soft k-NN graphs (count cut smoothed over ``shell_width``)."""
+        return self.shell_width > 0
+
+    @property
+    def selection_tolerance(self) -> float:
+        """How far beyond the k-th distance neighbours are kept, Å (ties plus the soft shell)."""
+        return self.tie_tolerance + self.shell_width
+
+    @property
     def n_gaussians(self) -> int:
         """Number of Gaussian basis functions (centres 0, step, ..., cutoff)."""
         return int(round(self.cutoff / self.gaussian_step)) + 1
 
     def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
+        data = dataclasses.asdict(self)
+        if not self.shell_width:  # hard count cut: the settings (and fingerprints) of older models
+            del data["shell_width"]
+        return data
 
     @classmethod
     def from_dict(cls, data: dict) -> "FeaturizerSettings":
@@ -259,7 +290,7 @@ class Featurizer:
         self.check_elements(atomic_numbers, source)
         s = self.settings
         center, neighbor, image, distance = structure.get_neighbor_list(r=s.cutoff, exclude_self=True)
-        keep = select_nearest(center, distance, s.max_neighbors, s.tie_tolerance)
+        keep = select_nearest(center, distance, s.max_neighbors, s.selection_tolerance)
         center, neighbor = center[keep], neighbor[keep]
         has_neighbor = np.zeros(len(structure), dtype=bool)
         has_neighbor[center] = True

@@ -53,6 +53,62 @@ def cutoff_envelope(distance: torch.Tensor, cutoff: float, p: int = ENVELOPE_EXP
     return torch.where(x < 1.0, u, torch.zeros_like(u))
 
 
+#: Edges at most this long (Å) are correspondence edges between twin nodes (the expert's
+#: pristine <-> defected links, at 0 Å), not bonds: a soft k-NN graph gives them weight 1.
+TWIN_DISTANCE = 1e-6
+
+
+def neighbor_shell_weights(
+    receiver: torch.Tensor, distance: torch.Tensor, max_neighbors: int, tie_tolerance: float, shell_width: float
+) -> torch.Tensor:
+    """Message weights of a soft k-NN graph: [n_edges] receivers and distances (Å) -> [n_edges] in [0, 1].
+
+    Per receiver ``i`` with ``d_k`` its ``max_neighbors``-th smallest bond distance:
+    ``w = 1`` for ``d <= d_k + tie_tolerance``, then ``1 - S(x)`` with
+    ``x = (d - d_k - tie_tolerance) / shell_width`` and the quintic smooth step
+    ``S(x) = 10x^3 - 15x^4 + 6x^5`` (0 and 1 with zero first and second derivatives at
+    ``x = 0, 1``), 0 beyond. ``d_k`` is continuous in the positions, so the weights are.
+    A receiver with fewer than ``max_neighbors`` bonds weighs all of them 1. Edges of at
+    most :data:`TWIN_DISTANCE` (correspondence edges) weigh 1 and do not count as bonds.
+    Every receiver's bonds up to ``d_k + tie_tolerance + shell_width`` must be in the edge
+    list (:func:`adex.graphs.select_nearest` keeps exactly those).
+    """
+    n_edges = distance.shape[0]
+    if n_edges == 0:
+        return distance.new_ones(0)
+    bond = distance > TWIN_DISTANCE
+    inf = torch.tensor(float("inf"), dtype=distance.dtype, device=distance.device)
+    bond_distance = torch.where(bond, distance, inf)
+    # order edges by (receiver, distance): stable sort by distance, then by receiver
+    order = torch.argsort(bond_distance, stable=True)
+    order = order.index_select(0, torch.argsort(receiver.index_select(0, order), stable=True))
+    sorted_receiver = receiver.index_select(0, order)
+    n_nodes = int(receiver.max()) + 1
+    counts = torch.bincount(sorted_receiver, minlength=n_nodes)
+    starts = torch.cumsum(counts, 0) - counts
+    rank = torch.arange(n_edges, device=distance.device) - starts.index_select(0, sorted_receiver)
+    within = rank < max_neighbors
+    kth = torch.full((n_nodes,), -inf.item(), dtype=distance.dtype, device=distance.device)
+    kth = kth.scatter_reduce(0, sorted_receiver[within], bond_distance.index_select(0, order)[within], reduce="amax")
+    x = ((distance - kth.index_select(0, receiver) - tie_tolerance) / shell_width).clamp(0.0, 1.0)
+    x = torch.nan_to_num(x, nan=0.0)  # receivers with fewer than k bonds: d_k = inf
+    weight = 1.0 - x * x * x * (10.0 - 15.0 * x + 6.0 * x * x)
+    return torch.where(bond, weight, torch.ones_like(weight))
+
+
+def edge_weights(settings: FeaturizerSettings, edge_index: torch.Tensor, edge_distance: torch.Tensor) -> torch.Tensor | None:
+    """Per-message weights [n_edges] the featurizer settings call for, or None (hard count
+    graph): the cutoff envelope of a radius graph (:func:`cutoff_envelope`; 1 at 0 Å, so
+    correspondence edges weigh 1) or the soft k-NN weights (:func:`neighbor_shell_weights`).
+    """
+    if settings.smooth:
+        return cutoff_envelope(edge_distance, settings.cutoff)
+    if settings.soft_neighbors:
+        return neighbor_shell_weights(edge_index[0], edge_distance, settings.max_neighbors,
+                                      settings.tie_tolerance, settings.shell_width)
+    return None
+
+
 class ElementEmbedding(nn.Module):
     """Atomic numbers [n_atoms] -> learned features [n_atoms, width].
 
@@ -182,7 +238,7 @@ class Backbone(nn.Module):
         """Per-atom embeddings after all convolutions: [n_atoms, F]."""
         x = self.embedding(batch.atomic_numbers)
         edge_attr = self.gaussian(batch.edge_distance)
-        weight = cutoff_envelope(batch.edge_distance, self.featurizer.cutoff) if self.featurizer.smooth else None
+        weight = edge_weights(self.featurizer, batch.edge_index, batch.edge_distance)
         for conv in self.convs:
             x = conv(x, batch.edge_index, edge_attr, edge_weight=weight)
         return x

@@ -32,7 +32,7 @@ import torch
 from torch import nn
 
 from adex.graphs import FeaturizerSettings
-from adex.nn import CGCNNConv, ElementEmbedding, GaussianExpansion, MLPHead, Normalizer, cutoff_envelope
+from adex.nn import CGCNNConv, ElementEmbedding, GaussianExpansion, MLPHead, Normalizer, edge_weights
 from adex.scatter import scatter_max, scatter_mean, scatter_softmax, scatter_sum
 
 ExpertPooling = Literal["vacancy", "neighborhood", "attention", "mean", "max", "random"]
@@ -248,8 +248,8 @@ class Expert(nn.Module):
         """
         x = self.node_features(batch)
         edge_attr = self.gaussian(batch.edge_distance)
-        # radius graphs: messages weighted by a smooth cutoff envelope (twin edges, at 0 Å, weigh 1)
-        weight = cutoff_envelope(batch.edge_distance, self.featurizer_settings.cutoff) if self.featurizer_settings.smooth else None
+        # radius or soft k-NN graphs: messages weighted smoothly (twin edges, at 0 Å, weigh 1)
+        weight = edge_weights(self.featurizer_settings, batch.edge_index, batch.edge_distance)
         hops = batch.node_hops if self.receptive_hops is not None else None
         if hops is not None and batch.hops_from != self.hops_origin and batch.hops_from != "hood":
             # hops from the hood bound those from the vacancy, never the other way round

@@ -188,7 +188,7 @@ def _host_key(primitive: "Structure", settings, numbers: np.ndarray | None = Non
         numbers.tobytes(),
         np.ascontiguousarray(primitive.frac_coords, dtype=np.float64).tobytes(),
         float(settings.cutoff), -1 if settings.max_neighbors is None else int(settings.max_neighbors),
-        float(settings.tie_tolerance),
+        float(settings.selection_tolerance),
     )
 
 
@@ -231,8 +231,8 @@ def host_neighbors(primitive: "Structure", settings, key: tuple | None = None) -
     order = np.lexsort((neighbor, distance, center))
     center, neighbor, image, distance = center[order], neighbor[order], image[order], distance[order]
     selected = np.zeros(center.shape[0], dtype=bool)
-    selected[select_nearest(center, distance, settings.max_neighbors, settings.tie_tolerance)] = True
-    if _selection_ambiguous(center, distance, settings.max_neighbors, settings.tie_tolerance).size:
+    selected[select_nearest(center, distance, settings.max_neighbors, settings.selection_tolerance)] = True
+    if _selection_ambiguous(center, distance, settings.max_neighbors, settings.selection_tolerance).size:
         ambiguous = True
     ptr = np.zeros(n_prim + 1, dtype=np.int64)
     np.cumsum(np.bincount(center, minlength=n_prim), out=ptr[1:])
@@ -430,9 +430,9 @@ def fast_supercell_graphs(vac: "VacancySupercell", featurizer: "Featurizer"):
     cand_sender = host.neighbor[cand] * n_cells + cosets.cell(cell[owner], cosets.image_residue(host.image[cand]))
     keep = cand_sender != v
     new_receiver, new_sender, new_dist = affected[owner[keep]], cand_sender[keep], host.distance[cand[keep]]
-    if _selection_ambiguous(new_receiver, new_dist, settings.max_neighbors, settings.tie_tolerance).size:
+    if _selection_ambiguous(new_receiver, new_dist, settings.max_neighbors, settings.selection_tolerance).size:
         return None
-    chosen = select_nearest(new_receiver, new_dist, settings.max_neighbors, settings.tie_tolerance)
+    chosen = select_nearest(new_receiver, new_dist, settings.max_neighbors, settings.selection_tolerance)
     new_receiver, new_sender, new_dist = new_receiver[chosen], new_sender[chosen], new_dist[chosen]
     lonely = np.setdiff1d(affected, new_receiver)
     if lonely.size:

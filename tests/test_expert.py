@@ -537,10 +537,13 @@ def test_selections_are_cut_from_the_cached_full_set(tiny, tmp_path, monkeypatch
         assert np.array_equal(getattr(cut, name), getattr(alone, name)), name
 
 
+@pytest.mark.parametrize("shell_width", [0.0, 0.3])
 @pytest.mark.parametrize("pooling", ["vacancy", "neighborhood", "attention"])
-def test_pruning_to_the_receptive_field_is_exact(tiny, pooling) -> None:
-    """Local readouts only see n_conv hops: pruning the rest changes nothing (eval mode)."""
-    fs, sc = FeaturizerSettings(cutoff=3.0, max_neighbors=6), SupercellSettings(min_image_distance=12.0)
+def test_pruning_to_the_receptive_field_is_exact(tiny, pooling, shell_width) -> None:
+    """Local readouts only see n_conv hops: pruning the rest changes nothing (eval mode),
+    also with soft k-NN weights (each kept receiver keeps all its edges)."""
+    fs = FeaturizerSettings(cutoff=3.0, max_neighbors=6, shell_width=shell_width)
+    sc = SupercellSettings(min_image_distance=12.0)
     packed = load_witman(fs, sc, data=tiny.root, ids=tiny.ids[:6], workers=1)
     torch.manual_seed(0)
     model = Expert(fs, ExpertModelConfig(atom_fea_len=8, n_conv=2, pooling=pooling, head_hidden=8), [], 5.0, 2.0)
@@ -551,6 +554,8 @@ def test_pruning_to_the_receptive_field_is_exact(tiny, pooling) -> None:
     full_pred = predict(model, VacancyDataset(packed))
     pruned_pred = predict(model, VacancyDataset(pruned))
     assert np.allclose(full_pred, pruned_pred, atol=1e-5)
+    one_by_one = np.concatenate([predict(model, VacancyDataset(pruned.subset([b]))) for b in range(len(pruned))])
+    np.testing.assert_allclose(one_by_one, pruned_pred, rtol=0, atol=1e-5)  # batched = unbatched
     assert Expert(fs, ExpertModelConfig(n_conv=2, pooling="mean")).prepare(packed) is packed
 
 
