@@ -57,7 +57,8 @@ class ExpertModel:
     """An expert recipe, cross-validated per fold as ``adex cv`` does: the shipped config
     ``config`` (name or YAML path), ``advisors`` (registry refs; ``[]`` = none, ``null`` =
     the config's), ``set`` (``--set`` overrides as a mapping, e.g.
-    ``{augment.min_image_distances: [10.0]}``), ``ensemble`` members, ``seed``."""
+    ``{augment.min_image_distances: [10.0]}``), ``ensemble`` members, ``seed``;
+    ``schemes``: only these of the evaluated schemes (default: all)."""
 
     name: str
     kind: str = "expert"
@@ -66,6 +67,7 @@ class ExpertModel:
     set: dict[str, Any] = field(default_factory=dict)
     ensemble: int = 1
     seed: int = 0
+    schemes: list[str] | None = None
     description: str = ""
 
 
@@ -74,7 +76,8 @@ class BaselineModel:
     """The descriptor baseline as ``adex baseline`` runs it: ``advisors`` (embeddings
     added), ``potential_delta`` (learn dH - dE of the potential among the advisors),
     ``potential_relaxation`` (line-search relaxed dE), ``relaxation_steps`` (FIRE steps
-    instead), ``loss``, ``host_weight_power``, ``seed``."""
+    instead), ``loss``, ``host_weight_power``, ``seed``; ``schemes``: only these of the
+    evaluated schemes (default: all)."""
 
     name: str
     kind: str = "baseline"
@@ -85,6 +88,7 @@ class BaselineModel:
     loss: str = "auto"
     host_weight_power: float = 0.0
     seed: int = 0
+    schemes: list[str] | None = None
     description: str = ""
 
 
@@ -95,7 +99,9 @@ class RunModel:
     folder (``adex report --write-summaries``: ``experiments.csv`` +
     ``heldout_predictions.csv.gz``) with ``experiment`` naming the run in it. The scheme
     is the run's own; ``baseline`` (default: guessed from the run) says whether it competes
-    as a baseline. Several runs may share a name (one model, several schemes)."""
+    as a baseline. A run may share its name with other runs and with a trained model
+    (one table row per scheme: e.g. a model trained on the family folds here and read from
+    an earlier run on the published ones), never for the same scheme."""
 
     name: str
     kind: str = "run"
@@ -166,9 +172,16 @@ def build_spec(data: dict, where: str = "spec") -> EvaluateSpec:
                               f"(valid keys: {', '.join(sorted(valid))})")
         model = build_dataclass(cls, item, here)
         _check_model(model, here)
-        if model.name in owner and (kind != "run" or owner[model.name] != "run"):
+        if model.name in owner and kind != "run" and owner[model.name] != "run":
             raise ConfigError(f"{here}.name: model {model.name!r} is named twice (only runs may share a name)")
-        owner[model.name] = kind
+        owner.setdefault(model.name, kind)
+        if kind != "run":
+            owner[model.name] = kind
+        for j, scheme in enumerate(getattr(model, "schemes", None) or []):
+            try:
+                parse_scheme(scheme)
+            except ConfigError as exc:
+                raise ConfigError(f"{here}.schemes[{j}]: {exc}") from None
         models.append(model)
     spec.models = models
     return spec
@@ -515,8 +528,10 @@ def evaluate(
 
     # finished runs: checked against the folds, then imported as units
     runs, baselines, kinds, seen = [], set(), {}, {}
+    trained = {(m.name, s) for m in spec.models if not isinstance(m, RunModel) for s in model_schemes(m, folds)}
     for model in spec.models:
-        kinds[model.name] = model.kind
+        for scheme in model_schemes(model, folds):
+            kinds[model.name, scheme] = model.kind
         if isinstance(model, BaselineModel):
             baselines.add(model.name)
         if isinstance(model, RunModel):
@@ -534,6 +549,10 @@ def evaluate(
                 if sorted(p["id"] for p in preds) != sorted(known[name].test):
                     raise ConfigError(f"run {model.name}: fold {name} tested other vacancies than the {scheme} "
                                       "fold of that name (other fold seed or number of folds?)")
+            if (model.name, scheme) in trained:
+                raise ConfigError(f"run {model.name} ({model.path}) is of scheme {scheme}, on which a model of that "
+                                  "name is trained: name the run differently")
+            kinds[model.name, scheme] = "run"
             if is_baseline:
                 baselines.add(model.name)
             for name in by_fold:
@@ -572,8 +591,8 @@ def evaluate(
         if isinstance(model, RunModel):
             continue
         record = model_record(model)
-        for scheme, scheme_fold_list in folds.items():
-            for fold in scheme_fold_list:
+        for scheme in model_schemes(model, folds):
+            for fold in folds[scheme]:
                 unit = Unit(model, scheme, fold, is_grouped(scheme), _unit_folder(out_dir, model.name, scheme,
                                                                                   fold.name))
                 units.append(unit)
@@ -587,6 +606,13 @@ def evaluate(
         ran, failed = _execute(tasks, workers, threads, progress, say, out_dir)
     rows, families = write_outputs(out_dir, units, kinds, baselines, spec, folds, root)
     return EvaluateResult(out_dir, rows, ran, reused, failed, families)
+
+
+def model_schemes(model, folds: dict) -> list[str]:
+    """The evaluated schemes a model is trained on (its ``schemes``, default all)."""
+    if isinstance(model, RunModel):
+        return []
+    return [s for s in folds if model.schemes is None or s in model.schemes]
 
 
 def _unit_folder(out_dir: Path, model: str, scheme: str, fold: str) -> Path:
@@ -717,8 +743,8 @@ def table_rows(predictions, kinds: dict[str, str], baselines, schemes: list[str]
       lowest ``mae_mean`` on the scheme (ties are no win; empty for the best baseline
       itself and when the scheme has no baseline).
 
-    ``kinds``: model -> ``expert`` / ``baseline`` / ``run``; ``baselines``: the models that
-    compete as baselines.
+    ``kinds``: (model, scheme) or model -> ``expert`` / ``baseline`` / ``run``;
+    ``baselines``: the models that compete as baselines.
     """
     from adex.studies.cv import fold_errors, host_offset_std, summarize
 
@@ -743,7 +769,8 @@ def table_rows(predictions, kinds: dict[str, str], baselines, schemes: list[str]
                 fold_rows.append({"fold": fold, "n_test": len(sel), **errors})
             m = summarize(fold_rows, records, scheme)
             signed = (part["dH_pred_eV"] - part["dH_eV"]).to_numpy(float)
-            summaries[model] = {"model": model, "kind": kinds.get(model, ""), "scheme": scheme,
+            kind = kinds.get((model, scheme), kinds.get(model, ""))
+            summaries[model] = {"model": model, "kind": kind, "scheme": scheme,
                                 "n_folds": m["n_folds"], "n_predictions": m["pooled"]["n"],
                                 "mae_mean": m["mae_mean"], "mae_std": m["mae_std"], "mae_pooled": m["pooled"]["mae"],
                                 "rmse_pooled": m["pooled"]["rmse"], "mae_O": m["pooled"]["mae_O"],
