@@ -99,9 +99,10 @@ class RunModel:
     folder (``adex report --write-summaries``: ``experiments.csv`` +
     ``heldout_predictions.csv.gz``) with ``experiment`` naming the run in it. The scheme
     is the run's own; ``baseline`` (default: guessed from the run) says whether it competes
-    as a baseline. A run may share its name with other runs and with a trained model
-    (one table row per scheme: e.g. a model trained on the family folds here and read from
-    an earlier run on the published ones), never for the same scheme."""
+    as a baseline. A run may share its name with other runs (of other folds) and with a
+    trained model, which is then not trained on the run's scheme: the run supplies that
+    row (e.g. a baseline trained on the family folds here and read from an earlier run on
+    the published ones)."""
 
     name: str
     kind: str = "run"
@@ -527,11 +528,9 @@ def evaluate(
     say = log or (lambda line: None)
 
     # finished runs: checked against the folds, then imported as units
-    runs, baselines, kinds, seen = [], set(), {}, {}
-    trained = {(m.name, s) for m in spec.models if not isinstance(m, RunModel) for s in model_schemes(m, folds)}
+    # (a trained model is not trained on a scheme that a run of its name supplies)
+    runs, baselines, kinds, seen, supplied = [], set(), {}, {}, set()
     for model in spec.models:
-        for scheme in model_schemes(model, folds):
-            kinds[model.name, scheme] = model.kind
         if isinstance(model, BaselineModel):
             baselines.add(model.name)
         if isinstance(model, RunModel):
@@ -549,10 +548,8 @@ def evaluate(
                 if sorted(p["id"] for p in preds) != sorted(known[name].test):
                     raise ConfigError(f"run {model.name}: fold {name} tested other vacancies than the {scheme} "
                                       "fold of that name (other fold seed or number of folds?)")
-            if (model.name, scheme) in trained:
-                raise ConfigError(f"run {model.name} ({model.path}) is of scheme {scheme}, on which a model of that "
-                                  "name is trained: name the run differently")
             kinds[model.name, scheme] = "run"
+            supplied.add((model.name, scheme))
             if is_baseline:
                 baselines.add(model.name)
             for name in by_fold:
@@ -561,11 +558,15 @@ def evaluate(
                                       f"and {model.path}")
                 seen[model.name, scheme, name] = model.path
             runs.append((model, scheme, by_fold))
+    trained = {m.name: [s for s in model_schemes(m, folds) if (m.name, s) not in supplied] for m in spec.models
+               if not isinstance(m, RunModel)}
+    for name, schemes in trained.items():
+        kinds.update({(name, s): next(m.kind for m in spec.models if m.name == name) for s in schemes})
 
     out_dir.mkdir(parents=True, exist_ok=True)
     resolved = spec.to_dict()
     resolved["models"] = [model_record(m) for m in spec.models]
-    resolved.update({"data": str(root), "limit": limit, "baselines": sorted(baselines),
+    resolved.update({"data": str(root), "limit": limit, "baselines": sorted(baselines), "trained": trained,
                      "fold_names": {s: [f.name for f in fs] for s, fs in folds.items()}})
     atomic_write_text(out_dir / "spec.yaml", yaml.safe_dump(resolved, sort_keys=False))
     _remove_stale_temporaries(out_dir / "runs")
@@ -591,7 +592,7 @@ def evaluate(
         if isinstance(model, RunModel):
             continue
         record = model_record(model)
-        for scheme in model_schemes(model, folds):
+        for scheme in trained[model.name]:
             for fold in folds[scheme]:
                 unit = Unit(model, scheme, fold, is_grouped(scheme), _unit_folder(out_dir, model.name, scheme,
                                                                                   fold.name))

@@ -223,19 +223,16 @@ def test_cli_with_finished_runs_and_summaries(tiny, tmp_path, capsys) -> None:  
     assert_one_line_error(rc, capsys.readouterr().err, "scheme family", "--schemes")
     rc = main(["evaluate", "--run", "noequals", "--data", str(tiny.root), "--out", str(tmp_path / "e3")])
     assert_one_line_error(rc, capsys.readouterr().err, "NAME=RUN_FOLDER")
-    rc = main(["evaluate", str(spec), "--run", f"base={base_run}", "--data", str(tiny.root),
-               "--out", str(tmp_path / "e4")])
-    assert_one_line_error(rc, capsys.readouterr().err, "name the run differently")
 
 
-def test_a_run_and_a_trained_model_share_a_name_on_different_schemes(tiny, tmp_path) -> None:  # noqa: F811
+def test_a_run_supplies_its_scheme_of_a_trained_model(tiny, tmp_path) -> None:  # noqa: F811
     base_run = tmp_path / "baseline-loeo"
     assert main(["baseline", "--cv", "loeo", "--elements", "Ba,Ce", "--data", str(tiny.root),
                  "--out", str(base_run)]) == 0
-    spec = ev.build_spec({"name": "tiny", "schemes": ["family", "loeo"], "folds": 2, "elements": ["Ba", "Ce"],
-                          "models": [{"name": "base", "kind": "baseline", "schemes": ["family"]},
+    spec = ev.build_spec({"name": "tiny", "schemes": ["family", "loeo", "group"], "folds": 2, "elements": ["Ba", "Ce"],
+                          "models": [{"name": "base", "kind": "baseline", "schemes": ["family", "loeo"]},
                                      {"name": "base", "kind": "run", "path": str(base_run)}]})
     result = ev.evaluate(spec, out=tmp_path / "eval", data=tiny.root, progress=False)
-    assert result.ran == 2  # the family folds only: loeo comes from the run
+    assert result.ran == 2  # the family folds only: loeo comes from the run, group is not among its schemes
     kinds = {(r["model"], r["scheme"]): r["kind"] for r in result.rows}
     assert kinds == {("base", "family"): "baseline", ("base", "loeo"): "run"}
