@@ -727,10 +727,11 @@ def fold_maes(predictions) -> dict[tuple[str, str], dict[str, float]]:
     return out
 
 
-def table_rows(predictions, kinds: dict[str, str], baselines, schemes: list[str] | None = None) -> list[dict]:
+def table_rows(predictions, kinds: dict, baselines, schemes: list[str] | None = None,
+               models: list[str] | None = None) -> list[dict]:
     """One row per (model, scheme) of a predictions frame (columns ``model, scheme`` +
-    :data:`PREDICTION_COLUMNS`; energies eV), in the order of ``schemes`` then of first
-    appearance of the model:
+    :data:`PREDICTION_COLUMNS`; energies eV), in the order of ``schemes`` (default: of
+    appearance) then of ``models`` (default: of appearance):
 
     * ``n_folds``, ``n_predictions`` (a vacancy tested in two loeo folds counts twice);
     * ``mae_mean`` / ``mae_std``: MAE over each fold's vacancies, mean and std (ddof=1)
@@ -752,7 +753,7 @@ def table_rows(predictions, kinds: dict[str, str], baselines, schemes: list[str]
     baselines = set(baselines)
     per_fold = fold_maes(predictions)
     order_schemes = list(schemes) if schemes else list(dict.fromkeys(predictions["scheme"]))
-    order_models = list(dict.fromkeys(predictions["model"]))
+    order_models = list(dict.fromkeys([*(models or []), *predictions["model"]]))
     rows = []
     for scheme in order_schemes:
         in_scheme = predictions[predictions["scheme"] == scheme]
@@ -905,7 +906,7 @@ def write_outputs(out_dir: Path, units: list[Unit], kinds: dict, baselines, spec
 
     predictions = collect_predictions(units)
     schemes = list(spec.schemes)
-    rows = table_rows(predictions, kinds, baselines, schemes)
+    rows = table_rows(predictions, kinds, baselines, schemes, [m.name for m in spec.models])
     families = ""
     if "family" in folds:
         write_table(out_dir / "families.csv", family_table(root, folds["family"]))

@@ -118,7 +118,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
                       fmt(r["host_offset_std"]),
                       "–" if r["folds_won"] is None else f"{r['folds_won']}/{r['folds_compared']}",
                       r["best_baseline"] or "–")
-    con.print(table)
+    con.print(table, width=max(con.width, 150))
     if result.families:
         con.print(f"structure families: {result.families}", soft_wrap=True, highlight=False)
     con.print(f"units: {result.ran} run now, {result.reused} reused, {len(result.failed)} failed; "
