@@ -73,7 +73,7 @@ def test_shipped_spec_loads() -> None:
                      "baseline-chgnet-relax": "baseline"}
     assert spec.schemes == ["published_struct", "loeo", "family", "published"]
     vacancy = spec.models[0]
-    assert vacancy.advisors == ["builtin::bandgap:1", "builtin::eform:1", "chgnet"]
+    assert vacancy.advisors == ["builtin::bandgap:1", "builtin::eform:1", "builtin::chgnet:1"]
     assert vacancy.set == {"augment.min_image_distances": [10.0]}
 
 
