@@ -36,8 +36,8 @@ class ExpertEnsemble(nn.Module):
         first = members[0]
 
         def advisor_identity(expert: Expert) -> list:
-            # an advisor is the same one if its weights are (the ref may be spelt builtin::... or not)
-            return [(s.weights_sha256 or s.ref, s.width) for s in expert.advisors]
+            # an advisor is the same one if its weights and architecture are (the ref may be spelt builtin::... or not)
+            return [(s.weights_sha256 or s.ref, s.model_sha256, s.width) for s in expert.advisors]
 
         def advisor_names(expert: Expert) -> str:
             return ", ".join(f"{s.ref} (sha256 {s.weights_sha256[:12]})" for s in expert.advisors)
@@ -232,7 +232,7 @@ def compose_ensemble(refs: list[str], registry, name: str, aliases: tuple[str, .
         "element_embedding": first.entry.card.get("element_embedding"),
         "supercell": ensemble.supercell,
         "target": {"name": "vacancy_formation_enthalpy", "unit": "eV"},
-        "advisors": [{"ref": s.ref, "width": s.width, "weights_sha256": s.weights_sha256} for s in ensemble.advisors],
+        "advisors": [s.to_dict() for s in ensemble.advisors],
         "composed_from": [{"ref": e.entry.ref, "members": len(as_members(e.model)),
                            "config": e.entry.card.get("config"), "metrics": e.entry.card.get("metrics"),
                            "dataset": e.entry.card.get("dataset")} for e in loaded],

@@ -30,7 +30,7 @@ def load_expert(ref: str, registry, lazy_advisors: bool = False) -> LoadedExpert
     models are :class:`adex.checkpoint.LazyModel`: built only if an embedding is not in
     the cache (``predict --cache``).
     """
-    from adex.checkpoint import WEIGHTS, lazy_model, load_model
+    from adex.checkpoint import ARCHITECTURE, WEIGHTS, lazy_model, load_model
 
     entry = registry.resolve(ref, kind="expert")
     if entry.kind != "expert":
@@ -38,11 +38,15 @@ def load_expert(ref: str, registry, lazy_advisors: bool = False) -> LoadedExpert
     model = load_model(entry)
     advisors = []
     for slot in model.advisors:
-        adv_entry = registry.resolve(slot.ref, kind="advisor")
-        sha = adv_entry.files.get(WEIGHTS, {}).get("sha256")
-        if slot.weights_sha256 and sha != slot.weights_sha256:
-            raise RegistryError(f"{entry.ref} needs advisor {slot.ref} with weights sha256 {slot.weights_sha256[:12]}..., "
-                                f"but {adv_entry.ref} has {str(sha)[:12]}...")
+        # a built-in expert reads built-in advisors: a user model of the same name cannot shadow them
+        slot_ref = slot.ref if (entry.store != "builtin" or "::" in slot.ref) else f"builtin::{slot.ref}"
+        adv_entry = registry.resolve(slot_ref, kind="advisor")
+        for what, recorded, filename in (("weights", slot.weights_sha256, WEIGHTS),
+                                         ("model.json", slot.model_sha256, ARCHITECTURE)):
+            sha = adv_entry.files.get(filename, {}).get("sha256")
+            if recorded and sha != recorded:
+                raise RegistryError(f"{entry.ref} needs advisor {slot.ref} with {what} sha256 {recorded[:12]}..., "
+                                    f"but {adv_entry.ref} has {str(sha)[:12]}...")
         advisors.append((adv_entry, lazy_model(adv_entry) if lazy_advisors else load_model(adv_entry)))
     return LoadedExpert(entry, model, advisors)
 

@@ -121,11 +121,25 @@ class OxidationEncoding(nn.Module):
 
 @dataclass
 class AdvisorSlot:
-    """An advisor as the expert sees it: registry ref (exact version) and width."""
+    """An advisor as the expert sees it: registry ref (exact version), width, and the
+    sha256 of its weights and of its ``model.json`` (architecture: featurizer settings,
+    pooling; two advisors can share weights and differ there, e.g. CHGNet's sum and mean
+    crystal readouts). Empty hashes: not recorded (older experts)."""
 
     ref: str
     width: int
     weights_sha256: str = ""
+    model_sha256: str = ""
+
+    def to_dict(self) -> dict:
+        data = {"ref": self.ref, "width": self.width, "weights_sha256": self.weights_sha256}
+        if self.model_sha256:  # older experts' model.json stays byte for byte
+            data["model_sha256"] = self.model_sha256
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "AdvisorSlot":
+        return cls(data["ref"], int(data["width"]), data.get("weights_sha256", ""), data.get("model_sha256", ""))
 
 
 class Expert(nn.Module):
@@ -371,7 +385,7 @@ class Expert(nn.Module):
             "class": "expert",
             "featurizer": self.featurizer_settings.to_dict(),
             "model": to_dict(self.config),
-            "advisors": [{"ref": s.ref, "width": s.width, "weights_sha256": s.weights_sha256} for s in self.advisors],
+            "advisors": [s.to_dict() for s in self.advisors],
             "supercell": self.supercell,
             "training_elements": self.training_elements,
             "target": "vacancy_formation_enthalpy",
@@ -385,7 +399,7 @@ class Expert(nn.Module):
         return cls(
             FeaturizerSettings.from_dict(arch["featurizer"]),
             build_dataclass(ExpertModelConfig, arch["model"], "model"),
-            [AdvisorSlot(a["ref"], int(a["width"]), a.get("weights_sha256", "")) for a in arch.get("advisors", [])],
+            [AdvisorSlot.from_dict(a) for a in arch.get("advisors", [])],
             supercell=arch.get("supercell", {}),
             training_elements=arch.get("training_elements", []),
         )

@@ -112,9 +112,10 @@ def load_advisors(refs: list[str], registry) -> list[tuple[object, object]]:
 
 
 def advisor_slot(entry, model) -> AdvisorSlot:
-    from adex.checkpoint import WEIGHTS
+    from adex.checkpoint import ARCHITECTURE, WEIGHTS
 
-    return AdvisorSlot(entry.ref, model.embedding_width, entry.files[WEIGHTS]["sha256"])
+    return AdvisorSlot(entry.ref, model.embedding_width, entry.files[WEIGHTS]["sha256"],
+                       entry.files.get(ARCHITECTURE, {}).get("sha256", ""))
 
 
 def freeze_schedule(model: Expert, transfer: TransferConfig):
@@ -512,7 +513,7 @@ def register_expert(config: ExpertConfig, model, metrics: dict, prepared: Prepar
         "supercell": config.supercell.to_dict(),
         "target": {"name": "vacancy_formation_enthalpy", "unit": "eV",
                    "normalizer": [m.normalizer.to_dict() for m in members] if len(members) > 1 else first.normalizer.to_dict()},
-        "advisors": [{"ref": s.ref, "width": s.width, "weights_sha256": s.weights_sha256} for s in first.advisors],
+        "advisors": [s.to_dict() for s in first.advisors],
         "config": to_dict(config),
         "dataset": {"name": "witman2023_vacancies", "n_train": int((first_metrics.get("train") or {}).get("n", 0)),
                     "n_val": int((first_metrics.get("val") or {}).get("n", 0)), "n_test": len(prepared.test_idx),

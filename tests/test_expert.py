@@ -14,6 +14,7 @@ import hashlib
 import json
 import os
 import shutil
+import warnings
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -199,6 +200,7 @@ def test_train_with_two_advisors_of_different_widths(expert_two, reg) -> None:
     assert [a["width"] for a in card["advisors"]] == [8, 12]
     for a in card["advisors"]:
         assert a["weights_sha256"] == reg.registry.resolve(a["ref"]).files[WEIGHTS]["sha256"]
+        assert a["model_sha256"] == reg.registry.resolve(a["ref"]).files["model.json"]["sha256"]
     assert card["supercell"]["min_image_distance"] == 6.0 and card["featurizer"]["cutoff"] == 4.0
     assert card["metrics"]["test"]["mae"] > 0
     config = check_run_folder(entry)
@@ -210,6 +212,40 @@ def test_train_with_two_advisors_of_different_widths(expert_two, reg) -> None:
     loaded = load_expert(entry.ref, reg.registry)
     assert [e.ref for e, _ in loaded.advisors] == [reg.refs[8], reg.refs[12]]
     assert [m.embedding_width for _, m in loaded.advisors] == [8, 12]
+
+
+def test_an_advisor_with_the_same_weights_but_another_architecture_is_refused(tmp_path) -> None:
+    """Weights alone do not name an advisor (CHGNet's sum and mean readouts share them):
+    the expert records its advisors' model.json sha256 too and loading checks it."""
+    registry = Registry(tmp_path / "registry")
+    advisor = make_advisor(8, seed=8)
+    entry = registry.register("advisor", "adv", model_files(advisor), {"description": "test", "embedding_width": 8})
+    slot = AdvisorSlot(entry.ref, 8, entry.files[WEIGHTS]["sha256"], entry.files["model.json"]["sha256"])
+    expert = make_expert("vacancy", advisors=[slot])
+    registry.register("expert", "ex", model_files(expert), {"description": "test"})
+    assert [e.ref for e, _ in load_expert("expert/ex", registry).advisors] == [entry.ref]
+    wrong = AdvisorSlot(entry.ref, 8, entry.files[WEIGHTS]["sha256"], "0" * 64)
+    registry.register("expert", "ex", model_files(make_expert("vacancy", advisors=[wrong])), {"description": "test"})
+    with pytest.raises(RegistryError, match="model.json sha256 000000000000"):
+        load_expert("expert/ex:2", registry)
+
+
+def test_a_builtin_expert_reads_builtin_advisors_despite_a_user_shadow(tmp_path) -> None:
+    """The shipped default names its CHGNet advisor ``advisor/chgnet:1``; a user's own
+    ``advisor/chgnet:1`` (same weights, mean readout) must not replace it."""
+    pytest.importorskip("chgnet.model", reason="CHGNet is an optional extra")
+    from conftest import SHIPPED_STORE
+
+    root = tmp_path / "registry"
+    assert main(["advisor", "import", "chgnet", "--crystal-pooling", "mean", "--registry", str(root)]) == 0
+    registry = Registry(root, builtin_root=SHIPPED_STORE)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        shadow = registry.resolve("advisor/chgnet:1")
+    assert shadow.store == "user"  # what an unprefixed ref names for everyone else
+    loaded = load_expert("builtin::expert/vacancy:7", registry, lazy_advisors=True)
+    assert [e.ref for e, _ in loaded.advisors][-1] == "builtin::advisor/chgnet:1"
+    assert json.loads(loaded.advisors[-1][0].read_file("model.json")).get("crystal_pooling", "sum") == "sum"
 
 
 def test_published_split_is_used(expert_two, tiny) -> None:
