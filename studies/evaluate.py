@@ -863,8 +863,9 @@ def markdown_table(rows: list[dict], schemes: list[str], families: str = "") -> 
     return "\n".join(text)
 
 
-def plot_per_fold(path: Path, predictions, schemes: list[str]) -> None:
-    """``per_fold_mae.png``: one panel per scheme, per fold each model's MAE (eV)."""
+def plot_per_fold(path: Path, predictions, schemes: list[str], models: list[str] | None = None) -> None:
+    """``per_fold_mae.png``: one panel per scheme, per fold each model's MAE (eV); a model
+    keeps its colour in every panel (``models``: their order, default of appearance)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -874,7 +875,7 @@ def plot_per_fold(path: Path, predictions, schemes: list[str]) -> None:
     present = [s for s in schemes if any(k[1] == s for k in per_fold)]
     n = max(len(present), 1)
     fig, axes = plt.subplots(n, 1, figsize=(10, 3.2 * n), squeeze=False)
-    models = list(dict.fromkeys(predictions["model"]))
+    models = [m for m in dict.fromkeys([*(models or []), *predictions["model"]]) if m in set(predictions["model"])]
     for ax, scheme in zip(axes[:, 0], present):
         folds = list(dict.fromkeys(predictions.loc[predictions["scheme"] == scheme, "fold"]))
         x = {f: i for i, f in enumerate(folds)}
@@ -884,7 +885,7 @@ def plot_per_fold(path: Path, predictions, schemes: list[str]) -> None:
                 continue
             xs = [x[f] for f in maes]
             order = np.argsort(xs)
-            ax.plot(np.array(xs)[order], np.array(list(maes.values()))[order], marker="o", ms=4, lw=1,
+            ax.plot(np.array(xs)[order], np.array(list(maes.values()))[order], marker="o", ms=4, lw=1, color=f"C{k % 10}",
                     label=f"{model} ({np.mean(list(maes.values())):.3f})")
         ax.set_xticks(range(len(folds)), folds, rotation=60 if len(folds) > 12 else 30, fontsize=6 if len(folds) > 20 else 8)
         ax.set_ylabel("MAE (eV)")
@@ -916,5 +917,5 @@ def write_outputs(out_dir: Path, units: list[Unit], kinds: dict, baselines, spec
                                                "baselines": sorted(baselines), "families": families, "rows": rows})
     atomic_write_text(out_dir / "table.md", markdown_table(rows, schemes, families))
     if not predictions.empty:
-        plot_per_fold(out_dir / "per_fold_mae.png", predictions, schemes)
+        plot_per_fold(out_dir / "per_fold_mae.png", predictions, schemes, [m.name for m in spec.models])
     return rows, families
