@@ -118,7 +118,9 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
                       fmt(r["host_offset_std"]),
                       "–" if r["folds_won"] is None else f"{r['folds_won']}/{r['folds_compared']}",
                       r["best_baseline"] or "–")
-    con.print(table, width=max(con.width, 150))
+    if not con.is_terminal:  # a log file: no wrapping of the table at 80 columns
+        con.width = max(con.width, 150)
+    con.print(table)
     if result.families:
         con.print(f"structure families: {result.families}", soft_wrap=True, highlight=False)
     con.print(f"units: {result.ran} run now, {result.reused} reused, {len(result.failed)} failed; "
