@@ -94,12 +94,14 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from rich.table import Table
 
     from adex.errors import AdexError
-    from adex.paths import cache_dir, check_writable_folder
+    from adex.paths import adex_home, cache_dir, check_writable_folder
     from adex.progress import console
     from adex.studies.evaluate import evaluate
 
     spec = build_spec_from_args(args)
     check_writable_folder(cache_dir(), "the cache folder")
+    if not args.out:
+        check_writable_folder(adex_home() / "evaluations", "the evaluations folder")
     con = console()
     result = evaluate(spec, out=args.out, data=args.data, registry=args.registry, workers=args.workers,
                       threads=args.threads, resume=args.resume, limit=args.limit,
