@@ -8,6 +8,7 @@ cell) must not move the answer either: the smooth experts (soft k-NN graphs,
 undistorted host (issue 25). ``benchmarks/cell_invariance.py`` measures the same up to 504
 atoms for every shipped expert; the older count-cut experts (``vacancy-delta``,
 ``vacancy-mixed`` and versions before the smooth default) move by up to 1.7 eV there.
+"""
 from __future__ import annotations
 
 import numpy as np
