@@ -69,12 +69,13 @@ def test_spec_errors_name_the_key(data, needle) -> None:
 def test_shipped_spec_loads() -> None:
     spec = ev.load_spec("new-materials")
     kinds = {m.name: m.kind for m in spec.models}
-    assert kinds == {"vacancy": "expert", "vacancy-core": "expert", "baseline-chgnet-delta": "baseline",
-                     "baseline-chgnet-relax": "baseline"}
+    assert kinds == {"vacancy": "expert", "vacancy-6": "expert", "vacancy-core": "expert",
+                     "baseline-chgnet-delta": "baseline", "baseline-chgnet-relax": "baseline"}
     assert spec.schemes == ["published_struct", "loeo", "family", "published"]
-    vacancy = spec.models[0]
-    assert vacancy.advisors == ["builtin::bandgap:1", "builtin::eform:1", "builtin::chgnet:1"]
-    assert vacancy.set == {"augment.min_image_distances": [10.0]}
+    vacancy, previous = spec.models[0], spec.models[1]  # the default's recipe (vacancy:8) and vacancy:6's
+    assert vacancy.advisors == ["builtin::advisor/chgnet:2"]
+    assert vacancy.set == {"augment.min_image_distances": [10.0], "featurizer.shell_width": 0.2}
+    assert previous.advisors == ["builtin::bandgap:1", "builtin::eform:1", "builtin::chgnet:1"]
 
 
 def test_a_bad_spec_file_is_a_one_line_error(tmp_path, capsys) -> None:
