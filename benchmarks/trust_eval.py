@@ -291,6 +291,25 @@ def correction_section(table, repeats, seed):
 
 
 # ---------------------------------------------------------------------- context
+def _shown_path(path: Path) -> str:
+    """``path`` relative to the repository when inside it (what a card should name)."""
+    try:
+        return str(Path(path).resolve().relative_to(REPO))
+    except ValueError:
+        return str(path)
+
+
+def _recipe(summaries, experiment: str) -> str:
+    """The experiment's description in the summaries' ``experiments.csv`` (advisors, pooling,
+    augmentation, epochs), as ``adex report --write-summaries`` wrote it; single models."""
+    import pandas as pd
+
+    table = pd.read_csv(Path(summaries) / "experiments.csv", dtype=str, keep_default_na=False)
+    rows = table[table["experiment"] == experiment]
+    described = rows["description"].iloc[0] if len(rows) else "(not in experiments.csv)"
+    return f"{described}; single model per fold, seed {rows['seed'].iloc[0] if len(rows) else '?'}"
+
+
 def std_context(summaries, data):
     """Spearman(|error|, ensemble std) per compound for the CVs that have a std."""
     import pandas as pd
@@ -399,9 +418,9 @@ def main(argv=None) -> int:
     source = {"experiment": args.experiment, "scheme": "published_struct (per compound, no host on both sides)",
               "folds": sorted(residuals["fold"].unique().tolist()), "n": int(len(residuals)),
               "n_hosts": int(residuals["host"].nunique()),
-              "file": "benchmarks/results/experiments/heldout_predictions.csv.gz",
+              "file": _shown_path(summaries / "heldout_predictions.csv.gz"),
               "file_sha256": sha256_file(summaries / "heldout_predictions.csv.gz"),
-              "recipe": "advisors bandgap, eform, chgnet; augment.min_image_distances=[10]; single model, seed 0 per fold"}
+              "recipe": _recipe(summaries, args.experiment)}
     trust, cv = build_trust(loaded, residuals, inputs, everything, nominal=args.nominal, source=source)
     table = cv.table
     trust_dir = Path(args.trust_dir) if args.trust_dir else out_dir / "trust_model"

@@ -84,6 +84,11 @@ def describe(metrics: dict, config: dict | None) -> str:
         bits.append(f"advisors: {', '.join(advisors) or 'none'}")
     if model:
         bits.append(f"pooling {model.get('pooling')}, width {model.get('atom_fea_len')}, {model.get('n_conv')} convolutions")
+    featurizer = config.get("featurizer") or {}
+    if featurizer.get("shell_width"):
+        bits.append(f"soft {featurizer.get('max_neighbors')}-neighbour graphs (shell {featurizer['shell_width']:g} Å)")
+    elif "max_neighbors" in featurizer and featurizer["max_neighbors"] is None:
+        bits.append("radius graphs")
     if model.get("potential_delta"):
         bits.append(_dE(model.get("potential_relaxation"), model.get("potential_relaxation_steps")))
     if augment.get("min_image_distances"):
