@@ -193,7 +193,7 @@ def main() -> int:
                 result["per_host"].append(row)
     for expert in experts:
         for w in workers:
-            name = f"{expert.split('/')[-1].split(':')[0]}-w{w}"
+            name = f"{expert.split('/')[-1].replace(':', '-')}-w{w}"  # versions of one name apart
             row = run_screen(tar_path, expert, w, out / "runs" / name, args.hosts_per_task, env)
             print(json.dumps(row), flush=True)
             result["screens"].append(row)
