@@ -90,8 +90,8 @@ def neighbor_shell_weights(
     within = rank < max_neighbors
     kth = torch.full((n_nodes,), -inf.item(), dtype=distance.dtype, device=distance.device)
     kth = kth.scatter_reduce(0, sorted_receiver[within], bond_distance.index_select(0, order)[within], reduce="amax")
+    # a receiver with fewer than k bonds has d_k = inf: x = -inf, clamped to 0 (weight 1)
     x = ((distance - kth.index_select(0, receiver) - tie_tolerance) / shell_width).clamp(0.0, 1.0)
-    x = torch.nan_to_num(x, nan=0.0)  # receivers with fewer than k bonds: d_k = inf
     weight = 1.0 - x * x * x * (10.0 - 15.0 * x + 6.0 * x * x)
     return torch.where(bond, weight, torch.ones_like(weight))
 
