@@ -188,6 +188,14 @@ def _rocksalt(a: float, species: tuple[str, str]) -> Structure:  # from_spacegro
     return Structure.from_spacegroup("Fm-3m", Lattice.cubic(a), list(species), [[0, 0, 0], [0.5, 0.5, 0.5]])
 
 
+def jittered(structure: Structure, amplitude: float, seed: int = 0) -> Structure:
+    """Every atom moved by exactly ``amplitude`` Å in a random direction."""
+    rng = np.random.default_rng(seed)
+    directions = rng.normal(size=(len(structure), 3))
+    directions *= amplitude / np.linalg.norm(directions, axis=1, keepdims=True)
+    return Structure(structure.lattice, structure.species, structure.cart_coords + directions, coords_are_cartesian=True)
+
+
 def perovskite(a: float = 3.9) -> Structure:
     """Cubic SrTiO3 (5 atoms)."""
     return _perovskite(a).copy()

@@ -16,7 +16,7 @@ import pytest
 from pymatgen.symmetry.analyzer import SpacegroupAnalyzer
 
 import adex
-from conftest import SHIPPED_STORE
+from conftest import SHIPPED_STORE, jittered
 
 SHIPPED_EXPERTS = ("builtin::expert/vacancy", "builtin::expert/vacancy-core", "builtin::expert/vacancy-delta",
                    "builtin::expert/vacancy-mixed")
@@ -61,16 +61,6 @@ def test_primitive_conventional_and_supercell_agree(ref, data_dir) -> None:
 SMOOTH_EXPERTS = ("builtin::expert/vacancy", "builtin::expert/vacancy-core")
 
 
-def displaced(structure, amplitude: float, seed: int = 0):
-    """Every atom moved by exactly ``amplitude`` Å in a random direction."""
-    from pymatgen.core import Structure
-
-    rng = np.random.default_rng(seed)
-    directions = rng.normal(size=(len(structure), 3))
-    directions *= amplitude / np.linalg.norm(directions, axis=1, keepdims=True)
-    return Structure(structure.lattice, structure.species, structure.cart_coords + directions, coords_are_cartesian=True)
-
-
 @pytest.mark.usefixtures("_shipped")
 @pytest.mark.parametrize("ref", SMOOTH_EXPERTS)
 def test_jittered_cells_stay_within_0_15_eV(ref, data_dir) -> None:
@@ -85,8 +75,8 @@ def test_jittered_cells_stay_within_0_15_eV(ref, data_dir) -> None:
     for scale in ((1, 1, 1), (2, 2, 2)):  # 14 and 112 atoms; 252 and 504 in benchmarks/cell_invariance.py
         cell = primitive.copy()
         cell.make_supercell(list(scale))
-        jittered = displaced(cell, 0.02)
-        table = expert.predict(jittered, sites=first_of_each_element(jittered))
+        moved = jittered(cell, 0.02)
+        table = expert.predict(moved, sites=first_of_each_element(moved))
         assert list(table["element"]) == ["Al", "Co", "O"]
         np.testing.assert_allclose(table["dH_pred_eV"].to_numpy(), base, atol=0.15, err_msg=f"{len(cell)} atoms")
 
@@ -114,7 +104,7 @@ def test_the_default_reads_a_mean_readout_chgnet_whose_embedding_moves_smoothly(
     np.testing.assert_allclose(bigger, base, rtol=1e-3, atol=1e-3)  # intensive: a supercell gets the same vector
     previous = 0.0
     for amplitude in (0.001, 0.01, 0.02):
-        _, moved = embed_hosts(chgnet, [displaced(supercell, amplitude)], ["c"])
+        _, moved = embed_hosts(chgnet, [jittered(supercell, amplitude)], ["c"])
         change = float(np.linalg.norm(moved - base) / np.linalg.norm(base))
         assert change < 2.0 * amplitude, (amplitude, change)  # < 2 % per 0.01 Å: no jump
         assert change >= previous - 1e-4

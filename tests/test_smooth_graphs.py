@@ -27,7 +27,7 @@ from adex.expert.model import Expert, ExpertModelConfig
 from adex.expert.predict import featurize_host_sites, predict_packed
 from adex.graphs import FeaturizerSettings
 from adex.nn import cutoff_envelope, neighbor_shell_weights
-from conftest import randomize_batchnorm
+from conftest import jittered, randomize_batchnorm
 
 SMOOTH = FeaturizerSettings(cutoff=5.0, max_neighbors=None)
 COUNTED = FeaturizerSettings(cutoff=5.0, max_neighbors=12)
@@ -41,14 +41,6 @@ def rocksalt_supercell() -> Structure:
                            [0.5, 0, 0], [0, 0.5, 0], [0, 0, 0.5], [0.5, 0.5, 0.5]])
     structure.make_supercell([2, 1, 1])
     return structure
-
-
-def jittered(structure: Structure, amplitude: float, seed: int = 0) -> Structure:
-    """Every atom moved by exactly ``amplitude`` Å in a random direction."""
-    rng = np.random.default_rng(seed)
-    directions = rng.normal(size=(len(structure), 3))
-    directions *= amplitude / np.linalg.norm(directions, axis=1, keepdims=True)
-    return Structure(structure.lattice, structure.species, structure.cart_coords + directions, coords_are_cartesian=True)
 
 
 def advisor(settings: FeaturizerSettings, seed: int = 0) -> Advisor:
