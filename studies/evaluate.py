@@ -422,8 +422,6 @@ def read_run(model: RunModel, root: Path) -> tuple[str, dict[str, list[dict]], b
     Host and vacated element come from ``vacancies.csv`` under ``root`` (the summaries
     keep only ids); an id not in the data set is a ConfigError.
     """
-    import csv
-
     from adex.studies.splits import vacancy_table
 
     path = Path(model.path).expanduser()
@@ -439,8 +437,7 @@ def read_run(model: RunModel, root: Path) -> tuple[str, dict[str, list[dict]], b
         if not (path / PREDICTIONS_FILE).is_file():
             raise ConfigError(f"run {model.name}: {path} holds no {PREDICTIONS_FILE} (an adex cv / baseline run folder, "
                               "or a summaries folder with NAME=FOLDER#EXPERIMENT)")
-        with open(path / PREDICTIONS_FILE, newline="") as handle:
-            records = list(csv.DictReader(handle))
+        records = _read_predictions(path / PREDICTIONS_FILE)
         metrics = json.loads((path / "metrics.json").read_text()) if (path / "metrics.json").is_file() else {}
         scheme = str(metrics.get("scheme") or "")
         baseline = bool(metrics.get("n_features")) and not metrics.get("blend")
