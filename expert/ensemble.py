@@ -81,7 +81,7 @@ class ExpertEnsemble(nn.Module):
         return any(m.config.oxidation_states for m in self.members)
 
     @property
-    def potential_kinds(self) -> list[tuple[bool, int]]:
+    def potential_kinds(self) -> list[tuple[bool, int, float]]:
         """:func:`potential_kinds` of the members (members may differ: prediction computes
         each kind once and gives every member its own)."""
         return potential_kinds(self)
@@ -138,7 +138,7 @@ def as_members(model) -> list:
     return list(model.members) if isinstance(model, ExpertEnsemble) else [model]
 
 
-def potential_kinds(model) -> list[tuple[bool, int]]:
+def potential_kinds(model) -> list[tuple[bool, int, float]]:
     """The distinct ``(relaxation, relaxation_steps)`` of the experts of ``model`` (an
     ensemble or a single expert) that add a potential's vacancy energies (sorted; empty
     if none does): the energies a prediction must compute, once each."""

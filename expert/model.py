@@ -25,6 +25,7 @@ invariant to the input cell and to the choice among symmetry-equivalent sites.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Literal
 
@@ -70,6 +71,15 @@ class ExpertModelConfig:
             instead (:meth:`~adex.advisors.chgnet.CHGNetAdvisor.fire_relaxed_energies`,
             N+1 force evaluations; a closer relaxation, though on the Witman data no
             better a baseline than the line search: README "A closer relaxation").
+        potential_min_image_distance: with ``potential_delta``, the potential's dE is taken in
+            a supercell with at least this distance (Å) between the vacancy and its images,
+            or the graph's supercell if that is larger; 0 (default): the graph's supercell.
+            CHGNet's dE converges slowly with supercell size (its 4 message passings reach
+            ~20 Å): for the spinel 0009491 the O / Al dE is 10.76 / 13.38 eV at 8 Å (56
+            atoms), 10.54 / 12.99 at 12 Å (182) and 10.52 / 12.95 at 18 Å (504). A host too
+            big or too distorted for symmetry to reduce gets its own, larger supercell, so a
+            dE far from converged makes the prediction depend on how the host is written
+            (issue 25); 12 Å keeps the jittered spinel's dE within 0.1 eV.
     """
 
     atom_fea_len: int = 64
@@ -84,6 +94,7 @@ class ExpertModelConfig:
     potential_delta: bool = False
     potential_relaxation: bool = False
     potential_relaxation_steps: int = 0
+    potential_min_image_distance: float = 0.0
 
     def __post_init__(self) -> None:
         for key, least in (("atom_fea_len", 1), ("n_conv", 1), ("adapter_width", 1), ("head_hidden", 1), ("head_layers", 0)):
@@ -98,6 +109,10 @@ class ExpertModelConfig:
             raise ValueError(f"model.potential_relaxation_steps must be >= 0, got {self.potential_relaxation_steps}")
         if self.potential_relaxation_steps and not self.potential_relaxation:
             raise ValueError("model.potential_relaxation_steps needs model.potential_relaxation: true")
+        if not (math.isfinite(self.potential_min_image_distance) and self.potential_min_image_distance >= 0):
+            raise ValueError(f"model.potential_min_image_distance must be a finite number >= 0 (Å), got {self.potential_min_image_distance}")
+        if self.potential_min_image_distance and not self.potential_delta:
+            raise ValueError("model.potential_min_image_distance needs model.potential_delta: true")
 
 
 class OxidationEncoding(nn.Module):
@@ -226,12 +241,13 @@ class Expert(nn.Module):
         return self.config.potential_relaxation_steps
 
     @property
-    def potential_kind(self) -> tuple[bool, int] | None:
+    def potential_kind(self) -> tuple[bool, int, float] | None:
         """Which potential vacancy energies the batches must carry: ``(relaxation,
-        relaxation_steps)`` with ``potential_delta``, else None."""
+        relaxation_steps, min_image_distance)`` with ``potential_delta``, else None."""
         if not self.config.potential_delta:
             return None
-        return (self.config.potential_relaxation, self.config.potential_relaxation_steps)
+        c = self.config
+        return (c.potential_relaxation, c.potential_relaxation_steps, float(c.potential_min_image_distance))
 
     def prepare(self, packed):
         """The packed vacancy graphs this model needs: pruned to its receptive field."""
@@ -381,10 +397,13 @@ class Expert(nn.Module):
     def architecture(self) -> dict:
         from adex.config import to_dict
 
+        model = to_dict(self.config)
+        if not model["potential_min_image_distance"]:  # experts without it keep their model.json byte for byte
+            del model["potential_min_image_distance"]
         return {
             "class": "expert",
             "featurizer": self.featurizer_settings.to_dict(),
-            "model": to_dict(self.config),
+            "model": model,
             "advisors": [s.to_dict() for s in self.advisors],
             "supercell": self.supercell,
             "training_elements": self.training_elements,

@@ -62,6 +62,17 @@ def potential_advisor(advisors: list) -> tuple:
                       f"(e.g. chgnet: adex advisor import chgnet) among the advisors (got: {names})")
 
 
+def potential_supercell(settings, min_image_distance: float = 0.0):
+    """The supercell settings the potential's dE is computed in: ``settings`` (the graph's
+    :class:`adex.supercell.SupercellSettings`) with its image distance raised to
+    ``min_image_distance`` Å when that is larger (``model.potential_min_image_distance``)."""
+    import dataclasses
+
+    if min_image_distance <= settings.min_image_distance:
+        return settings
+    return dataclasses.replace(settings, min_image_distance=float(min_image_distance))
+
+
 def vacancy_energies(entry, advisor, packed, settings, batch_size: int = 16, use_cache: bool = True,
                      description: str = "potential: vacancy energies", relaxation: bool = False,
                      relaxation_steps: int = 0) -> np.ndarray:

@@ -220,13 +220,13 @@ def potential_energies(expert: LoadedExpert, packed: PackedVacancies, cache: boo
     kinds = potential_kinds(expert.model)
     if not kinds:
         return {}
-    from adex.expert.potential import potential_advisor, vacancy_energies
+    from adex.expert.potential import potential_advisor, potential_supercell, vacancy_energies
     from adex.supercell import SupercellSettings
 
     potential = potential_advisor(expert.advisors)
     settings = SupercellSettings.from_dict(expert.model.supercell)
-    return {kind: vacancy_energies(*potential, packed, settings, use_cache=cache, relaxation=kind[0],
-                                   relaxation_steps=kind[1]) for kind in kinds}
+    return {kind: vacancy_energies(*potential, packed, potential_supercell(settings, kind[2]), use_cache=cache,
+                                   relaxation=kind[0], relaxation_steps=kind[1]) for kind in kinds}
 
 
 def member_batch(batch, member, energies: dict, rows: np.ndarray | None = None):

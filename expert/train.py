@@ -19,7 +19,7 @@ from adex.expert.data import AdvisorFeatures
 from adex.expert.data import VacancyDataset
 from adex.expert.witman import load_witman, read_split
 from adex.expert.model import AdvisorSlot, Expert, ExpertModelConfig
-from adex.expert.potential import potential_advisor, vacancy_energies
+from adex.expert.potential import potential_advisor, potential_supercell, vacancy_energies
 from adex.fileio import atomic_write_json, atomic_write_text
 from adex.graphs import FeaturizerSettings, element_table_sha256
 from adex.supercell import SupercellSettings
@@ -227,7 +227,8 @@ def prepare_data(config: ExpertConfig, data, registry, fold=None, grouped: bool 
     potential = potential_advisor(advisors) if config.model.potential_delta else None
     features = [advisor_features(entry, model, packed) for entry, model in advisors]
     relax = {"relaxation": config.model.potential_relaxation, "relaxation_steps": config.model.potential_relaxation_steps}
-    delta = None if potential is None else vacancy_energies(*potential, packed, config.supercell, **relax)
+    potential_distance = config.model.potential_min_image_distance
+    delta = None if potential is None else vacancy_energies(*potential, packed, potential_supercell(config.supercell, potential_distance), **relax)
     advisor_seconds = time.perf_counter() - t1
     views = []
     for distance in config.augment.min_image_distances:
@@ -240,7 +241,7 @@ def prepare_data(config: ExpertConfig, data, registry, fold=None, grouped: bool 
                 raise ValueError("augmented view does not follow the training pool; cannot share potential energies")
             view_delta = delta[pool]
         else:
-            view_delta = vacancy_energies(*potential, view, settings, **relax)
+            view_delta = vacancy_energies(*potential, view, potential_supercell(settings, potential_distance), **relax)
         views.append(VacancyDataset(view, [advisor_features(entry, model, view) for entry, model in advisors],
                                     view_delta))
     init_advisor = None

@@ -90,7 +90,8 @@ def describe(metrics: dict, config: dict | None) -> str:
     elif "max_neighbors" in featurizer and featurizer["max_neighbors"] is None:
         bits.append("radius graphs")
     if model.get("potential_delta"):
-        bits.append(_dE(model.get("potential_relaxation"), model.get("potential_relaxation_steps")))
+        bits.append(_dE(model.get("potential_relaxation"), model.get("potential_relaxation_steps"))
+                    + (f" in >= {model['potential_min_image_distance']:g} Å supercells" if model.get("potential_min_image_distance") else ""))
     if augment.get("min_image_distances"):
         bits.append("augmentation " + ", ".join(f"{d:g}" for d in augment["min_image_distances"]) + " Å"
                     + (" (shared dE)" if augment.get("share_potential_energies") else ""))

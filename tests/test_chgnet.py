@@ -332,6 +332,61 @@ def test_shared_potential_energies_give_views_the_configured_supercells_energies
     assert not np.allclose(own.views[0].potential_delta, prepared.potential_delta[prepared.pool])
 
 
+def test_potential_min_image_distance_takes_de_in_one_larger_supercell_for_graph_and_views(imported, tiny, reg,  # noqa: F811
+                                                                                          monkeypatch, capsys) -> None:
+    """``model.potential_min_image_distance``: dE of the configured graph and of every
+    augmented view is taken in one >= 8 Å supercell (so the views' labels and dE agree), and
+    the trained expert predicts with those energies."""
+    from adex.config import load_config
+    from adex.expert import potential, train
+    from adex.expert.loading import load_expert
+    from adex.expert.predict import potential_energies
+    from adex.expert.witman import load_witman
+    from adex.supercell import SupercellSettings
+
+    overrides = [t for t in TINY if t != "--set"] + [
+        "advisors=[chgnet]", "split=tiny", "model.potential_delta=true", "model.potential_min_image_distance=8.0",
+        "augment.min_image_distances=[7.0]"]
+    config = load_config(train.ExpertConfig, "expert", "default", overrides)
+    calls = []
+    real = potential.vacancy_energies
+
+    def counting(entry, advisor, packed, settings, **kwargs):
+        calls.append(settings.min_image_distance)
+        return real(entry, advisor, packed, settings, **kwargs)
+
+    monkeypatch.setattr(train, "vacancy_energies", counting)
+    prepared = train.prepare_data(config, tiny.root, reg.registry)
+    assert calls == [8.0, 8.0]  # the 6 Å graphs and the 7 Å view both take dE at 8 Å
+    np.testing.assert_allclose(prepared.views[0].potential_delta, prepared.potential_delta[prepared.pool], atol=1e-9)
+    (entry, chg), = prepared.advisors
+    graph_de = real(entry, chg, prepared.packed, config.supercell)
+    assert not np.allclose(graph_de, prepared.potential_delta)  # a larger supercell, another dE
+
+    rc = main(["expert", "train", "--data", str(tiny.root), "--registry", str(reg.root), *TINY, "--advisors", "chgnet",
+               "--split", "tiny", "--epochs", "1", "--set", "name=delta-far", "--set", "model.potential_delta=true",
+               "--set", "model.potential_min_image_distance=8.0"])
+    assert rc == 0, capsys.readouterr().err
+    expert = load_expert("expert/delta-far", reg.registry)
+    assert expert.model.potential_kind == (False, 0, 8.0)
+    packed = load_witman(expert.model.featurizer_settings, SupercellSettings.from_dict(expert.model.supercell), tiny.root)
+    np.testing.assert_allclose(potential_energies(expert, packed)[(False, 0, 8.0)],
+                               real(entry, chg, packed, SupercellSettings(min_image_distance=8.0)), atol=1e-9)
+
+
+@pytest.mark.parametrize("setting,words", [
+    ("model.potential_min_image_distance=12.0", ("potential_min_image_distance", "potential_delta")),
+    ("model.potential_min_image_distance=-1.0", ("potential_min_image_distance", ">= 0")),
+])
+def test_bad_potential_min_image_distance_is_a_one_line_error(imported, tiny, reg, capsys, setting, words) -> None:  # noqa: F811
+    from conftest import assert_one_line_error
+
+    delta = [] if "-1" not in setting else ["--set", "model.potential_delta=true"]
+    rc = main(["expert", "train", "--data", str(tiny.root), "--registry", str(reg.root), *TINY,
+               "--advisors", "chgnet", "--split", "tiny", "--epochs", "1", "--set", "name=baddist", *delta, "--set", setting])
+    assert_one_line_error(rc, capsys.readouterr().err, *words)
+
+
 def test_share_potential_energies_without_potential_delta_is_a_one_line_error(imported, tiny, reg, capsys) -> None:  # noqa: F811
     from conftest import assert_one_line_error
 
@@ -469,7 +524,7 @@ def test_ensemble_members_may_add_different_potential_energies(imported, tiny, r
     refs = [reg.registry.resolve(f"expert/{name}").ref for name in kinds]
     assert main(["expert", "ensemble", *refs, "--name", "mix", "--registry", str(reg.root)]) == 0, capsys.readouterr().err
     composed = load_expert("expert/mix", reg.registry)
-    assert composed.model.potential_kinds == [(False, 0), (True, 0)]
+    assert composed.model.potential_kinds == [(False, 0, 0.0), (True, 0, 0.0)]
     packed = load_witman(composed.model.featurizer_settings, SupercellSettings.from_dict(composed.model.supercell), tiny.root)
     members = predict_packed_members(composed, packed, batch_size=3)
     alone = np.stack([predict_packed(load_expert(ref, reg.registry), packed) for ref in refs])
