@@ -34,12 +34,15 @@ def _key(structure: Structure, numbers: np.ndarray | None = None) -> str:
     return h.hexdigest()
 
 
-def guess_oxidation_states(structure: Structure, numbers: np.ndarray | None = None) -> np.ndarray:
+def guess_oxidation_states(structure: Structure, numbers: np.ndarray | None = None,
+                           orbits: np.ndarray | None = None) -> np.ndarray:
     """Oxidation state of every site: float32 [n_sites] (NaN where unknown).
 
     Deterministic for a given structure (same lattice, coordinates and species order).
     ``numbers`` (int [n_sites], the atomic numbers) may be given when already known: it
-    only saves a pass over the sites for the memo key.
+    only saves a pass over the sites for the memo key. ``orbits`` (int [n_sites]): the
+    site orbits of a tighter symmetry search, passed on to :func:`bond_valence_states`
+    (it may save its symmetry search; the states are the same).
     """
     key = _key(structure, numbers)
     if key in _MEMO:
@@ -48,7 +51,7 @@ def guess_oxidation_states(structure: Structure, numbers: np.ndarray | None = No
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         try:
-            states = bond_valence_states(structure).astype(np.float32)
+            states = bond_valence_states(structure, orbits=orbits).astype(np.float32)
         except Exception:  # no charge-balanced assignment (ValueError), no BV parameters for an element, ...
             species = [site.specie.symbol for site in structure]
             try:
@@ -66,7 +69,8 @@ def guess_oxidation_states(structure: Structure, numbers: np.ndarray | None = No
 
 
 def bond_valence_states(structure: Structure, symprec: float = 0.1, max_radius: float = 4.0,
-                        max_permutations: int = 100_000, distance_scale: float = 1.015) -> np.ndarray:
+                        max_permutations: int = 100_000, distance_scale: float = 1.015,
+                        orbits: np.ndarray | None = None) -> np.ndarray:
     """Integer oxidation state of every site of an ordered structure: int64 [n_sites].
 
     The algorithm and defaults of pymatgen's ``BVAnalyzer().get_valences`` (O'Keefe-Brese
@@ -78,6 +82,16 @@ def bond_valence_states(structure: Structure, symprec: float = 0.1, max_radius: 
     one neighbour-list call, and states are mapped back to sites by index (``BVAnalyzer``
     keys a dict by ``Site``, whose hash is the same for all atoms of an element, which makes
     that step quadratic in the number of atoms).
+
+    ``orbits`` (int [n_sites], optional): orbit ids of the sites under symmetry operations
+    the structure has to a tolerance below ``symprec`` (for the canonical primitive cell of
+    :func:`adex.supercell.analyze_host`: ``HostSymmetry.orbit``, found at 0.01 Å on the
+    symmetrized cell). When they already put all sites of each species in one orbit, the
+    search at ``symprec`` cannot do otherwise (its operations include those; orbits never
+    join two species), so its ``equivalent_atoms`` are known without it: the lowest index
+    of each species (:func:`_equivalent_by_species`). Most Materials Project hosts are such
+    (230 of the first 300); spglib takes 1-25 ms per search on them (cubic F cells are the
+    slowest). Equality with the searched orbits is tested.
 
     Raises:
         ValueError: disordered structure, an element without bond-valence parameters, or no
@@ -96,10 +110,12 @@ def bond_valence_states(structure: Structure, symprec: float = 0.1, max_radius: 
     labels: dict = {}
     cell = (structure.lattice.matrix, structure.frac_coords,
             [labels.setdefault(species, len(labels) + 1) for species in structure.species])
-    dataset = spglib.get_symmetry_dataset(cell, symprec=symprec, angle_tolerance=5)
-    if dataset is None:
-        raise ValueError("spglib could not determine the symmetry")
-    equivalent = np.asarray(dataset.equivalent_atoms)
+    equivalent = _equivalent_by_species(cell[2], orbits)
+    if equivalent is None:
+        dataset = spglib.get_symmetry_dataset(cell, symprec=symprec, angle_tolerance=5)
+        if dataset is None:
+            raise ValueError("spglib could not determine the symmetry")
+        equivalent = np.asarray(dataset.equivalent_atoms)
     _, orbit_of_site = np.unique(equivalent, return_inverse=True)
     orbit_of_site = np.atleast_1d(orbit_of_site)
     orbits: list[list[int]] = [[] for _ in range(int(orbit_of_site.max()) + 1)]
@@ -148,6 +164,22 @@ def bond_valence_states(structure: Structure, symprec: float = 0.1, max_radius: 
     for state, members in zip(best, orbits):
         states[members] = int(state)
     return states
+
+
+def _equivalent_by_species(labels, orbits) -> np.ndarray | None:
+    """spglib's ``equivalent_atoms`` (lowest index of each site's orbit) when ``orbits``
+    [n] hold exactly one orbit per species label, else None (a search is needed)."""
+    if orbits is None:
+        return None
+    labels = np.asarray(labels, dtype=np.int64)
+    orbits = np.asarray(orbits, dtype=np.int64)
+    if orbits.shape != labels.shape or labels.size == 0:
+        return None
+    n_labels = len(np.unique(labels))
+    if len(np.unique(orbits)) != n_labels or np.unique(np.stack([labels, orbits]), axis=1).shape[1] != n_labels:
+        return None
+    _, first, inverse = np.unique(labels, return_index=True, return_inverse=True)
+    return first[inverse.ravel()].astype(np.int64)
 
 
 @functools.lru_cache(maxsize=1)

@@ -70,6 +70,8 @@ class CanonicalVacancy:
         input_to_primitive: int64 [n_input], primitive atom of each input atom.
         space_group: international symbol of the host.
         space_group_number: 1..230.
+        orbit: int64 [n_prim], lowest primitive index of each primitive atom's orbit
+            (read-only, shared; ``HostSymmetry.orbit``), or None.
     """
 
     primitive: Structure
@@ -82,6 +84,7 @@ class CanonicalVacancy:
     input_to_primitive: np.ndarray
     space_group: str
     space_group_number: int
+    orbit: np.ndarray | None = None
 
 
 @dataclass(frozen=True)
@@ -380,6 +383,7 @@ def _canonical_vacancy(sym: HostSymmetry, site: int) -> CanonicalVacancy:
         input_to_primitive=sym.input_to_primitive,
         space_group=sym.space_group,
         space_group_number=sym.space_group_number,
+        orbit=sym.orbit,
     )
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from dataclasses import dataclass, field
-from functools import cached_property
+from functools import cached_property, lru_cache
 
 import numpy as np
 from pymatgen.core import Lattice, Structure
@@ -162,9 +162,24 @@ def build_vacancy(
         vacancy_index=int(vacancy_index),
         defected_to_pristine=np.flatnonzero(keep).astype(np.int64),
         pristine_to_primitive=np.repeat(np.arange(len(primitive), dtype=np.int64), n_cells),
-        image_distance=min_image_distance(primitive.lattice, matrix),
+        image_distance=_image_distance(primitive.lattice.matrix, matrix),
         settings=settings,
     )
+
+
+def _image_distance(lattice: np.ndarray, matrix: np.ndarray) -> float:
+    """:func:`min_image_distance` of ``matrix @ lattice``, memoised (the distinct vacancies
+    of a host share its primitive lattice and supercell matrix)."""
+    lattice = np.ascontiguousarray(lattice, dtype=np.float64)
+    matrix = np.ascontiguousarray(matrix, dtype=np.int64)
+    return _image_distance_cached(lattice.tobytes(), matrix.tobytes())
+
+
+@lru_cache(maxsize=1024)
+def _image_distance_cached(lattice_bytes: bytes, matrix_bytes: bytes) -> float:
+    lattice = np.frombuffer(lattice_bytes, dtype=np.float64).reshape(3, 3)
+    matrix = np.frombuffer(matrix_bytes, dtype=np.int64).reshape(3, 3)
+    return min_image_distance(lattice, matrix)
 
 
 def _species(structure: Structure) -> np.ndarray:
