@@ -110,18 +110,18 @@ def successive_minima(lattice) -> np.ndarray:
     vectors = coeffs @ reduced
     norms = np.linalg.norm(vectors, axis=1)
     nonzero = norms > LENGTH_TOL
-    vectors, norms = vectors[nonzero], norms[nonzero]
+    coeffs, norms = coeffs[nonzero], norms[nonzero]
     order = np.argsort(norms, kind="stable")
-    minima: list[float] = []
-    chosen: list[np.ndarray] = []
-    for idx in order:
-        trial = np.array(chosen + [vectors[idx]])
-        if np.linalg.matrix_rank(trial, tol=1e-8 * max(1.0, norms[idx]) ** len(trial)) == len(trial):
-            chosen.append(vectors[idx])
-            minima.append(float(norms[idx]))
-            if len(chosen) == 3:
-                break
-    return np.array(minima)
+    # Greedy: the shortest vector, the shortest one independent of it, the shortest one
+    # independent of both. Independence of lattice vectors is that of their integer
+    # coefficients (``reduced`` is nonsingular), tested exactly with integer cross products
+    # and determinants, for all candidates at once.
+    c = coeffs[order].astype(np.int64)
+    cross = np.cross(c[0], c)
+    second = int(np.argmax(np.any(cross != 0, axis=1)))
+    det = c @ cross[second]
+    third = int(np.argmax(det != 0))
+    return np.array([float(norms[order[0]]), float(norms[order[second]]), float(norms[order[third]])])
 
 
 def shortest_vector_length(lattice) -> float:
@@ -239,6 +239,14 @@ def _valid_hnfs(n: int, short: np.ndarray) -> list[tuple[int, ...]]:
     return found
 
 
+@lru_cache(maxsize=4096)
+def _valid_hnfs_cached(n: int, short_bytes: bytes) -> tuple[tuple[int, ...], ...]:
+    """:func:`_valid_hnfs` (sorted) of ``n`` and the int64 [m, 3] vectors ``short_bytes``,
+    memoised: it depends on the lattice only through these integer vectors, which hosts
+    of one structure type (and close lattice parameters) share."""
+    return tuple(sorted(_valid_hnfs(n, np.frombuffer(short_bytes, dtype=np.int64).reshape(-1, 3))))
+
+
 def _hnf_matrix(entries: tuple[int, ...]) -> np.ndarray:
     a, b, c, d, e, f = entries
     return np.array([[a, b, c], [0, d, e], [0, 0, f]], dtype=np.int64)
@@ -308,11 +316,13 @@ def _find_supercell_matrix(matrix: np.ndarray, target: float, max_det: int) -> n
     short = _canonical_half(coeffs[(norms > LENGTH_TOL) & (norms < need)])
 
     for n in range(n_low, min(n_fallback, max_det) + 1):
-        candidates = _valid_hnfs(n, short)
+        candidates = _valid_hnfs_cached(n, np.ascontiguousarray(short, dtype=np.int64).tobytes())
         if not candidates:
             continue
+        if len(candidates) == 1:  # nothing to break a tie with
+            return _reduce_supercell(_hnf_matrix(candidates[0]) @ u, matrix)
         best_key, best = None, None
-        for entries in sorted(candidates):
+        for entries in candidates:  # sorted
             hnf = _hnf_matrix(entries)
             minima = successive_minima(hnf @ reduced)
             key = (-round(minima[0], 4), round(minima[2], 4), -round(minima[1], 4))
