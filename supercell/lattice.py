@@ -322,14 +322,69 @@ def _find_supercell_matrix(matrix: np.ndarray, target: float, max_det: int) -> n
         if len(candidates) == 1:  # nothing to break a tie with
             return _reduce_supercell(_hnf_matrix(candidates[0]) @ u, matrix)
         best_key, best = None, None
-        for entries in candidates:  # sorted
+        all_minima = _sublattice_minima(reduced, candidates, n * volume, need)
+        for entries, minima in zip(candidates, all_minima):  # sorted
             hnf = _hnf_matrix(entries)
-            minima = successive_minima(hnf @ reduced)
+            if minima is None:
+                minima = successive_minima(hnf @ reduced)
             key = (-round(minima[0], 4), round(minima[2], 4), -round(minima[1], 4))
             if best_key is None or key < best_key:
                 best_key, best = key, hnf
         return _reduce_supercell(best @ u, matrix)
     return _reduce_supercell(fallback, matrix)
+
+
+def _sublattice_minima(reduced: np.ndarray, candidates, volume: float, shortest: float) -> list:
+    """:func:`successive_minima` of the sublattices ``hnf @ reduced`` of every candidate HNF
+    (all of volume ``volume`` Å^3, shortest vector >= ``shortest`` Å), from one enumeration
+    of the parent lattice instead of an LLL reduction and an enumeration per candidate.
+
+    By Minkowski's second theorem (λ1 λ2 λ3 <= sqrt(2) V in 3-D), λ3 <= sqrt(2) V / shortest^2,
+    so the parent vectors within that radius hold the three minima of every candidate. A
+    parent vector ``k`` (integer coefficients in ``reduced``) is in the row lattice of the
+    upper-triangular HNF ``[[a, b, c], [0, d, e], [0, 0, f]]`` iff ``a | k1``, ``d | k2 - b k1/a``
+    and ``f | k3 - c k1/a - e (k2 - b k1/a)/d``. The minima are then picked as in
+    :func:`successive_minima` (shortest, shortest independent of it, shortest independent of
+    both; exact integer tests). The lengths are the same vectors' lengths computed in
+    another basis (equal to ~1e-15 Å; the tie-break rounds them to 1e-4 Å). None for a
+    candidate whose three minima are not found (then :func:`successive_minima` decides).
+    """
+    radius = math.sqrt(2.0) * volume / (shortest * shortest) * (1 + 1e-9) + LENGTH_TOL
+    coeffs = _lattice_vectors_within(reduced, radius)
+    norms = np.linalg.norm(coeffs @ reduced, axis=1)
+    nonzero = norms > LENGTH_TOL
+    coeffs, norms = coeffs[nonzero], norms[nonzero]
+    order = np.argsort(norms, kind="stable")
+    coeffs, norms = coeffs[order], norms[order]
+    if len(coeffs) > 200_000:  # pathological cell: per-candidate search
+        return [None] * len(candidates)
+    hnf = np.array(candidates, dtype=np.int64)  # [c, 6]: a, b, c, d, e, f
+    a, b, c, d, e, f = (hnf[:, i, None] for i in range(6))
+    k1, k2, k3 = coeffs[None, :, 0], coeffs[None, :, 1], coeffs[None, :, 2]
+    member = k1 % a == 0
+    q1 = k1 // a
+    r2 = k2 - q1 * b
+    member &= r2 % d == 0
+    member &= (k3 - q1 * c - (r2 // d) * e) % f == 0  # [c, m]
+    out: list = []
+    for row in member:
+        vectors, lengths = coeffs[row], norms[row]
+        if len(vectors) < 3:
+            out.append(None)
+            continue
+        cross = np.cross(vectors[0], vectors)
+        parallel = ~np.any(cross != 0, axis=1)
+        if parallel.all():
+            out.append(None)
+            continue
+        second = int(np.argmin(parallel))
+        det = vectors @ cross[second]
+        if not np.any(det != 0):
+            out.append(None)
+            continue
+        third = int(np.argmax(det != 0))
+        out.append(np.array([float(lengths[0]), float(lengths[second]), float(lengths[third])]))
+    return out
 
 
 def lattice_points_in_supercell(supercell_matrix: np.ndarray) -> np.ndarray:

@@ -110,3 +110,24 @@ def test_image_distance_memo_equals_the_direct_computation(mgo) -> None:
         vac = build_vacancy(mgo, site)
         direct = min_image_distance(vac.canonical.primitive.lattice, vac.supercell_matrix)
         assert vac.image_distance == direct
+
+
+def test_sublattice_minima_equal_successive_minima(real_lattices) -> None:
+    """The one-enumeration minima of every candidate equal the per-candidate LLL ones."""
+    checked = 0
+    for basis in real_lattices[:20] + _hand_built_lattices():
+        reduced, _ = lll_reduce(basis)
+        volume = abs(float(np.linalg.det(reduced)))
+        coeffs = lattice._lattice_vectors_within(reduced, 10.0)
+        norms = np.linalg.norm(coeffs @ reduced, axis=1)
+        short = lattice._canonical_half(coeffs[(norms > LENGTH_TOL) & (norms < 10.0 - LENGTH_TOL)])
+        for n in range(max(1, int(1000 / (np.sqrt(2) * volume))), 200):
+            candidates = sorted(lattice._valid_hnfs(n, short))
+            if candidates:
+                break
+        fast = lattice._sublattice_minima(reduced, candidates, n * volume, 10.0 - LENGTH_TOL)
+        for entries, minima in zip(candidates, fast):
+            expected = successive_minima(lattice._hnf_matrix(entries) @ reduced)
+            assert minima is not None and np.allclose(minima, expected, rtol=0, atol=1e-9)
+            checked += 1
+    assert checked > 50
