@@ -299,8 +299,10 @@ def _analyze_sorted_cell(cell, symprec: float) -> HostSymmetry:
     """:func:`analyze_host` of a cell whose atoms are already in canonical order;
     ``input_to_primitive`` refers to that order."""
     dataset, prim_cell, mapping = _standardize(cell, symprec, "host")
-    for _ in range(4):
-        prim_dataset = _dataset(prim_cell, symprec, "primitive cell")
+    for attempt in range(4):
+        prim_dataset = _certified_primitive_dataset(cell, dataset, prim_cell, symprec) if attempt == 0 else None
+        if prim_dataset is None:
+            prim_dataset = _dataset(prim_cell, symprec, "primitive cell")
         if prim_dataset.number == dataset.number and len(prim_dataset.mapping_to_primitive) == len(prim_cell[2]) \
                 and len(set(prim_dataset.mapping_to_primitive)) == len(prim_cell[2]):
             break
@@ -344,6 +346,92 @@ def _analyze_sorted_cell(cell, symprec: float) -> HostSymmetry:
         space_group=str(prim_dataset.international),
         space_group_number=int(prim_dataset.number),
     )
+
+
+#: Let :func:`_analyze_sorted_cell` take the primitive cell's dataset from the input's when
+#: :func:`_certified_primitive_dataset` proves the search cannot find another (tests turn
+#: it off to compare with the search).
+CERTIFY_PRIMITIVE_SEARCH = True
+#: Point-group order of the holohedry m-3m: no lattice has more rotations.
+_MAX_POINT_GROUP_ORDER = 48
+#: The m-3m space groups with two origin choices (Pn-3n, Pn-3m, Fd-3m, Fd-3c): spglib's
+#: search on the standardized primitive cell can settle on the other origin, and so on
+#: other Wyckoff letters (a/d instead of b/c in Fd-3m spinels), than on the input.
+_TWO_ORIGINS = frozenset({222, 224, 227, 228})
+
+
+@dataclass(frozen=True)
+class _DerivedDataset:
+    """The fields of a spglib dataset :func:`_analyze_sorted_cell` reads from the primitive
+    cell's own search, derived from the input cell's (:func:`_certified_primitive_dataset`)."""
+
+    number: int
+    international: str
+    equivalent_atoms: np.ndarray
+    wyckoffs: list
+    std_types: np.ndarray
+    mapping_to_primitive: np.ndarray
+
+
+def _certified_primitive_dataset(cell, dataset, prim_cell, symprec: float):
+    """The primitive cell's dataset without its spglib search, or None (search it).
+
+    The primitive cell is the input's standardized primitive cell, its atoms moved onto
+    exact positions of the input's space group G, so its own search at the same tolerance
+    finds all of G's operations again, and possibly more: the loop of
+    :func:`_analyze_sorted_cell` exists for that case. It cannot find more when G already
+    has the 48 rotations of m-3m (no lattice has more) and the cell has no pure translation
+    (each rotation then has one translation, so 48 operations are all there can be): checked
+    here, with a 10x margin on the tolerance (:func:`_near_pure_translation`). Then the
+    search would return G, and its orbits, space group and conventional cell size are
+    those of the input's dataset carried to the primitive atoms. So are its Wyckoff letters
+    (which also depend on the origin spglib settles on) except in the four m-3m groups with
+    two origin choices (:data:`_TWO_ORIGINS`), left to the search. These are
+    the hosts whose search is slowest here (cubic F/I/P: 12 ms against 0.4-3 ms for lower
+    symmetry with spglib 2.8). Equal to the search on the first 12,000 Materials Project
+    hosts (1,586 of them certified; scratch check) and tested (``tests/test_screen_speed_symmetry.py``).
+    """
+    if not CERTIFY_PRIMITIVE_SEARCH:
+        return None
+    lattice, positions, types = (np.asarray(x) for x in prim_cell)
+    n_input, n_prim = len(cell[2]), len(types)
+    if len(dataset.rotations) * n_prim != _MAX_POINT_GROUP_ORDER * n_input or int(dataset.number) in _TWO_ORIGINS:
+        return None
+    mapping = np.asarray(dataset.mapping_to_primitive, dtype=np.int64)
+    if mapping.shape != (n_input,) or len(np.unique(mapping)) != n_prim:
+        return None
+    if _near_pure_translation(lattice, positions, types, 10.0 * symprec):
+        return None
+    representative = np.empty(n_prim, dtype=np.int64)
+    representative[mapping] = np.arange(n_input)  # an input atom of each primitive atom
+    equivalent = mapping[np.asarray(dataset.equivalent_atoms, dtype=np.int64)[representative]]
+    wyckoffs = [dataset.wyckoffs[i] for i in representative]
+    return _DerivedDataset(int(dataset.number), str(dataset.international), equivalent, wyckoffs,
+                           np.asarray(dataset.std_types), np.arange(n_prim))
+
+
+def _near_pure_translation(lattice: np.ndarray, positions: np.ndarray, types: np.ndarray, threshold: float) -> bool:
+    """Whether some translation between two atoms of one species carries every atom to
+    within ``threshold`` Å of an atom of its species (27 images around the nearest: exact
+    for the reduced bases of the standardized cubic primitive cells this is used on).
+    True also when the cell is too large to check cheaply."""
+    types = np.asarray(types)
+    species, counts = np.unique(types, return_counts=True)
+    same = np.flatnonzero(types == species[np.argmin(counts)])
+    n, m = len(types), len(same) - 1
+    if m == 0:
+        return False
+    if m * n * n * 27 > 2_000_000:
+        return True
+    shifts = positions[same[1:]] - positions[same[0]]  # [m, 3]
+    delta = positions[None, :, None, :] + shifts[:, None, None, :] - positions[None, None, :, :]  # [m, n, n, 3]
+    delta -= np.round(delta)
+    images = np.stack(np.meshgrid(*[np.arange(-1, 2)] * 3, indexing="ij"), axis=-1).reshape(-1, 3)
+    cart = (delta[..., None, :] + images) @ lattice  # [m, n, n, 27, 3]
+    dist = np.sqrt((cart * cart).sum(-1)).min(-1)  # [m, n, n]
+    dist[:, types[:, None] != types[None, :]] = np.inf
+    worst = dist.min(axis=2).max(axis=1)  # [m]: farthest atom from an atom of its species
+    return bool((worst < threshold).any())
 
 
 def canonical_host(structure: Structure, site: int, symprec: float = 0.01) -> CanonicalVacancy:
