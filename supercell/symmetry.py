@@ -352,8 +352,9 @@ def _analyze_sorted_cell(cell, symprec: float) -> HostSymmetry:
 #: :func:`_certified_primitive_dataset` proves the search cannot find another (tests turn
 #: it off to compare with the search).
 CERTIFY_PRIMITIVE_SEARCH = True
-#: Point-group order of the holohedry m-3m: no lattice has more rotations.
-_MAX_POINT_GROUP_ORDER = 48
+#: The space groups of point group 6/mmm (order 24): like m-3m (order 48), a maximal
+#: crystallographic point group (in no other), so no lattice that has it has more rotations.
+_HEXAGONAL_HOLOHEDRY = frozenset(range(191, 195))
 #: The m-3m space groups with two origin choices (Pn-3n, Pn-3m, Fd-3m, Fd-3c): spglib's
 #: search on the standardized primitive cell can settle on the other origin, and so on
 #: other Wyckoff letters (a/d instead of b/c in Fd-3m spinels), than on the input.
@@ -380,22 +381,27 @@ def _certified_primitive_dataset(cell, dataset, prim_cell, symprec: float):
     exact positions of the input's space group G, so its own search at the same tolerance
     finds all of G's operations again, and possibly more: the loop of
     :func:`_analyze_sorted_cell` exists for that case. It cannot find more when G already
-    has the 48 rotations of m-3m (no lattice has more) and the cell has no pure translation
-    (each rotation then has one translation, so 48 operations are all there can be): checked
+    has the 48 rotations of m-3m or the 24 of 6/mmm (maximal point groups: no lattice
+    with them has more) and the cell has no pure translation (each rotation then has one
+    translation, so G's operations are all there can be): checked
     here, with a 10x margin on the tolerance (:func:`_near_pure_translation`). Then the
     search would return G, and its orbits, space group and conventional cell size are
     those of the input's dataset carried to the primitive atoms. So are its Wyckoff letters
     (which also depend on the origin spglib settles on) except in the four m-3m groups with
-    two origin choices (:data:`_TWO_ORIGINS`), left to the search. These are
-    the hosts whose search is slowest here (cubic F/I/P: 12 ms against 0.4-3 ms for lower
-    symmetry with spglib 2.8). Equal to the search on the first 12,000 Materials Project
-    hosts (1,586 of them certified; scratch check) and tested (``tests/test_screen_speed_symmetry.py``).
+    two origin choices (:data:`_TWO_ORIGINS`), left to the search (an observation, not a
+    proof: equal to the search on the first 12,000 Materials Project hosts, 2,389 of them
+    certified, scratch check; tested in ``tests/test_screen_speed_symmetry.py``). The cubic
+    hosts are those whose search is slowest here (cubic F/I/P: 12 ms against 0.4-3 ms for
+    lower symmetry with spglib 2.8).
     """
     if not CERTIFY_PRIMITIVE_SEARCH:
         return None
     lattice, positions, types = (np.asarray(x) for x in prim_cell)
     n_input, n_prim = len(cell[2]), len(types)
-    if len(dataset.rotations) * n_prim != _MAX_POINT_GROUP_ORDER * n_input or int(dataset.number) in _TWO_ORIGINS:
+    number = int(dataset.number)
+    order = len(dataset.rotations) * n_prim  # rotations per primitive cell, times n_input
+    maximal = order == 48 * n_input or (order == 24 * n_input and number in _HEXAGONAL_HOLOHEDRY)
+    if not maximal or number in _TWO_ORIGINS:
         return None
     mapping = np.asarray(dataset.mapping_to_primitive, dtype=np.int64)
     if mapping.shape != (n_input,) or len(np.unique(mapping)) != n_prim:
@@ -413,7 +419,8 @@ def _certified_primitive_dataset(cell, dataset, prim_cell, symprec: float):
 def _near_pure_translation(lattice: np.ndarray, positions: np.ndarray, types: np.ndarray, threshold: float) -> bool:
     """Whether some translation between two atoms of one species carries every atom to
     within ``threshold`` Å of an atom of its species (27 images around the nearest: exact
-    for the reduced bases of the standardized cubic primitive cells this is used on).
+    for the reduced bases of the standardized cubic and hexagonal primitive cells this is
+    used on).
     True also when the cell is too large to check cheaply."""
     types = np.asarray(types)
     species, counts = np.unique(types, return_counts=True)

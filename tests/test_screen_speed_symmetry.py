@@ -1,5 +1,5 @@
 """Issue 28 (screen throughput): :func:`adex.supercell.analyze_host` takes the primitive
-cell's dataset from the input's when no other can exist (m-3m point group, no pure
+cell's dataset from the input's when no other can exist (m-3m or 6/mmm point group, no pure
 translation); the result must equal the one with the primitive cell's own spglib search."""
 from __future__ import annotations
 
@@ -22,8 +22,13 @@ def _hand_built() -> list[Structure]:
     fluorite = Structure.from_spacegroup("Fm-3m", Lattice.cubic(5.46), ["Ca", "F"], [[0, 0, 0], [0.25, 0.25, 0.25]])
     spinel = Structure.from_spacegroup("Fd-3m", Lattice.cubic(8.08), ["Mg", "Al", "O"],
                                        [[0, 0, 0], [0.625, 0.625, 0.625], [0.387, 0.387, 0.387]])  # origin choice 1
+    hcp = Structure.from_spacegroup("P6_3/mmc", Lattice.hexagonal(3.21, 5.21), ["Mg"], [[1 / 3, 2 / 3, 0.25]])
+    nias = Structure.from_spacegroup("P6_3/mmc", Lattice.hexagonal(3.62, 5.03), ["Ni", "As"],
+                                     [[0, 0, 0], [1 / 3, 2 / 3, 0.25]])
+    wurtzite = Structure.from_spacegroup("P6_3mc", Lattice.hexagonal(3.25, 5.21), ["Zn", "O"],
+                                         [[1 / 3, 2 / 3, 0], [1 / 3, 2 / 3, 0.382]])
     return [rocksalt(), rocksalt(4.18, ("Ni", "O")).get_primitive_structure(), perovskite(), cscl, bcc, fluorite,
-            spinel, rutile(), rattled(rocksalt(), 0.02)]
+            hcp, nias, spinel, rutile(), wurtzite, rattled(rocksalt(), 0.02)]
 
 
 @pytest.fixture(scope="module")
@@ -70,9 +75,10 @@ def _compare(hosts, monkeypatch) -> int:
 
 
 def test_certified_analysis_equals_the_search_on_hand_built_hosts(monkeypatch) -> None:
-    # rocksalt (conventional and primitive), perovskite, CsCl, bcc, fluorite: certified;
-    # spinel (Fd-3m, two origins), rutile (4/mmm) and rattled rock salt: searched
-    assert _compare(_hand_built(), monkeypatch) == 6
+    # rocksalt (conventional and primitive), perovskite, CsCl, bcc, fluorite (m-3m), hcp
+    # and NiAs (6/mmm): certified; spinel (Fd-3m, two origins), rutile (4/mmm), wurtzite
+    # (6mm) and rattled rock salt: searched
+    assert _compare(_hand_built(), monkeypatch) == 8
 
 
 def test_certified_analysis_equals_the_search_on_real_hosts(real_hosts, monkeypatch) -> None:
