@@ -14,11 +14,17 @@ recorded with every number):
 2. the real command, ``python -m adex screen SUBSET.tar --workers W``, wall time from
    process start to exit (cluster start, expert loading and Parquet writing included).
 
+With ``--base-root DIR`` (another checkout of the repository, e.g. ``git worktree add
+/tmp/wt_base HEAD~3``), measurement 1 compares the screen's chunk pipeline of that checkout
+("base") with this one's ("after"), alternating fresh processes ``--repeat`` times: a
+before/after of code changes in one invocation.
+
 Writes ``screen_throughput.json`` and ``.md`` to ``--out`` (default
 ``$ADEX_HOME/benchmarks/screen_throughput-<time>``; never into the repository unless asked).
 
     python benchmarks/screen_throughput.py [--hosts 500] [--compare-hosts 200] [--workers 1,2]
         [--experts builtin::expert/vacancy-core,builtin::expert/vacancy] [--out DIR]
+        [--base-root DIR [--repeat 2]]
 """
 from __future__ import annotations
 
@@ -66,9 +72,38 @@ def make_subset(archive: Path, n: int, dest: Path) -> tuple[Path, Path]:
 
 
 # --------------------------------------------------------------------------- in-process paths
-def run_path(path: str, expert_ref: str, folder: Path, n: int, warmup: Path) -> dict:
-    """One path over the first ``n`` hosts of ``folder`` in this process (1 thread)."""
+def use_checkout(root: Path) -> None:
+    """Import the ``adex`` packages of another checkout ``root`` in this process (its
+    ``pyproject.toml`` package-dir layout), ahead of the installed ones."""
+    import importlib.abc
+    import importlib.util
+    import tomllib
+
+    dirs = tomllib.loads((root / "pyproject.toml").read_text())["tool"]["setuptools"]["package-dir"]
+    mapping = {name: (root / path).resolve() for name, path in dirs.items()}
+
+    class CheckoutFinder(importlib.abc.MetaPathFinder):
+        def find_spec(self, fullname, path=None, target=None):
+            folder = mapping.get(fullname)
+            if folder is None:
+                return None  # submodules follow their package's __path__
+            return importlib.util.spec_from_file_location(fullname, folder / "__init__.py",
+                                                          submodule_search_locations=[str(folder)])
+
+    sys.meta_path.insert(0, CheckoutFinder())
+    import adex
+
+    if not Path(adex.__file__).resolve().is_relative_to(root.resolve()):
+        raise RuntimeError(f"adex imported from {adex.__file__}, not from {root}")
+
+
+def run_path(path: str, expert_ref: str, folder: Path, n: int, warmup: Path, root: Path | None = None) -> dict:
+    """One path over the first ``n`` hosts of ``folder`` in this process (1 thread);
+    ``root``: the checkout whose code runs (None: the installed one)."""
     import warnings
+
+    if root is not None:
+        use_checkout(root)
 
     warnings.simplefilter("ignore")
     import torch
@@ -122,7 +157,8 @@ def run_path(path: str, expert_ref: str, folder: Path, n: int, warmup: Path) -> 
         t0 = time.perf_counter()
         vacancies, stages = one_pass(files)
         seconds = time.perf_counter() - t0
-    return {"path": path, "expert": expert.entry.ref, "hosts": len(files), "vacancies": vacancies,
+    return {"path": path, "root": str(root) if root else None, "expert": expert.entry.ref, "hosts": len(files),
+            "vacancies": vacancies,
             "seconds": round(seconds, 3), "vacancies_per_s": round(vacancies / seconds, 2),
             "ms_per_host": round(1000 * seconds / len(files), 2), "stages_s": {k: round(v, 3) for k, v in stages.items()},
             "load_before": load, "load_after": os.getloadavg()[0]}
@@ -167,10 +203,16 @@ def main() -> int:
     parser.add_argument("--_path", help=argparse.SUPPRESS)
     parser.add_argument("--_expert", help=argparse.SUPPRESS)
     parser.add_argument("--_folder", help=argparse.SUPPRESS)
+    parser.add_argument("--base-root", default=None,
+                        help="another checkout: compare its screen pipeline with this one's (measurement 1)")
+    parser.add_argument("--repeat", type=int, default=2, help="alternations of base/after with --base-root (default 2)")
     parser.add_argument("--_warmup", help=argparse.SUPPRESS)
+    parser.add_argument("--_root", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args._path:  # child process of the before/after comparison
-        print(json.dumps(run_path(args._path, args._expert, Path(args._folder), args.compare_hosts, Path(args._warmup))))
+        root = Path(args._root) if args._root else None
+        print(json.dumps(run_path(args._path, args._expert, Path(args._folder), args.compare_hosts, Path(args._warmup),
+                                  root)))
         return 0
 
     from adex.paths import adex_home
@@ -185,10 +227,14 @@ def main() -> int:
               "archive": args.archive, "hosts": args.hosts, "hosts_per_task": args.hosts_per_task,
               "started": time.strftime("%Y-%m-%dT%H:%M:%S"), "per_host": [], "screens": []}
     if args.compare_hosts:
+        runs = [("old", None), ("new", None)]
+        if args.base_root:
+            runs = [("new", str(Path(args.base_root).resolve())), ("new", None)] * max(1, args.repeat)
         for expert in experts:
-            for path in ("old", "new"):
+            for path, root in runs:
                 row = _subprocess_json(["--_path", path, "--_expert", expert, "--_folder", str(folder), "--_warmup",
-                                        str(out / "warmup.cif"), "--compare-hosts", str(args.compare_hosts)], env)
+                                        str(out / "warmup.cif"), "--compare-hosts", str(args.compare_hosts)]
+                                       + (["--_root", root] if root else []), env)
                 print(json.dumps(row), flush=True)
                 result["per_host"].append(row)
     for expert in experts:
@@ -214,7 +260,9 @@ def markdown(result: dict) -> str:
                   "|---|---|---:|---:|---:|---:|---:|---|---|"]
         for r in result["per_host"]:
             stages = ", ".join(f"{k.replace('_seconds', '')} {v:.2f}" for k, v in r["stages_s"].items())
-            lines.append(f"| {r['expert']} | {'before (predict path)' if r['path'] == 'old' else 'after (screen chunk)'} | "
+            label = f"base (screen chunk, {r['root']})" if r.get("root") else \
+                "before (predict path)" if r["path"] == "old" else "after (screen chunk)"
+            lines.append(f"| {r['expert']} | {label} | "
                          f"{r['hosts']} | {r['vacancies']} | {r['seconds']:.1f} | {r['vacancies_per_s']:.1f} | "
                          f"{r['ms_per_host']:.1f} | {stages} | {r['load_before']:.2f}/{r['load_after']:.2f} |")
         lines.append("")
