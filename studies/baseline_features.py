@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import math
 import os
 import time
 from dataclasses import dataclass
@@ -118,18 +119,20 @@ def add_advisor_features(table: FeatureTable, root: Path, advisors: list[tuple[o
 
 
 def add_potential_delta(table: FeatureTable, data, advisors: list[tuple[object, object]], supercell=None,
-                        relaxation: bool = False, relaxation_steps: int = 0) -> FeatureTable:
+                        relaxation: bool = False, relaxation_steps: int = 0, min_image_distance: float = 0.0) -> FeatureTable:
     """The table with ``offset`` = the unrelaxed vacancy energies E(defected) - E(pristine)
     (eV) of the potential among ``advisors`` (CHGNet) in the canonical supercells of
     ``supercell`` (default: those of the default expert config), as the expert's
     ``model.potential_delta`` uses them (:mod:`adex.expert.potential`, cached); with
     ``relaxation`` the defected supercell is relaxed first: one line search, or
-    ``relaxation_steps`` FIRE steps (``model.potential_relaxation[_steps]``)."""
+    ``relaxation_steps`` FIRE steps (``model.potential_relaxation[_steps]``); the energies
+    are taken in supercells of at least ``min_image_distance`` Å between images when that
+    is larger (``model.potential_min_image_distance``)."""
     import dataclasses
 
     from adex.config import load_config
     from adex.expert.witman import load_witman
-    from adex.expert.potential import potential_advisor, vacancy_energies
+    from adex.expert.potential import potential_advisor, potential_supercell, vacancy_energies
     from adex.expert.train import ExpertConfig
 
     entry, model = potential_advisor(advisors)
@@ -137,7 +140,8 @@ def add_potential_delta(table: FeatureTable, data, advisors: list[tuple[object, 
     supercell = supercell or expert.supercell
     t0 = time.perf_counter()
     packed = load_witman(expert.featurizer, supercell, data, ids=[str(i) for i in table.ids])
-    offset = vacancy_energies(entry, model, packed, supercell, relaxation=relaxation, relaxation_steps=relaxation_steps)
+    offset = vacancy_energies(entry, model, packed, potential_supercell(supercell, min_image_distance), relaxation=relaxation,
+                              relaxation_steps=relaxation_steps)
     return dataclasses.replace(table, offset=offset, featurize_seconds=table.featurize_seconds + time.perf_counter() - t0)
 
 
@@ -253,6 +257,7 @@ def baseline_table(
     potential_delta: bool = False,
     relaxation: bool = False,
     relaxation_steps: int = 0,
+    potential_min_image_distance: float = 0.0,
     settings: BaselineSettings | None = None,
     workers: int = 1,
     use_cache: bool = True,
@@ -262,7 +267,9 @@ def baseline_table(
     (:func:`load_witman_features`), plus the embeddings of ``advisors``
     (:func:`add_advisor_features`), plus with ``potential_delta`` the potential's vacancy
     energies as the offset (:func:`add_potential_delta`, relaxed with ``relaxation``: one
-    line search, or ``relaxation_steps`` FIRE steps).
+    line search, or ``relaxation_steps`` FIRE steps), taken in supercells of at least
+    ``potential_min_image_distance`` Å between images (0: the default expert's supercells;
+    as the expert's ``model.potential_min_image_distance``).
 
     Args:
         advisors: ``(registry entry, frozen model)`` pairs (:func:`adex.expert.train.load_advisors`).
@@ -283,6 +290,10 @@ def baseline_table(
         raise ConfigError("relaxation steps need potential relaxation")
     if relaxation_steps < 0:
         raise ConfigError(f"relaxation steps must be >= 0, got {relaxation_steps}")
+    if potential_min_image_distance and not potential_delta:
+        raise ConfigError("a potential supercell distance needs potential_delta")
+    if not (math.isfinite(potential_min_image_distance) and potential_min_image_distance >= 0):
+        raise ConfigError(f"potential supercell distance must be a finite number >= 0 (Å), got {potential_min_image_distance}")
     log = log or (lambda line: None)
     table = load_witman_features(data, settings or BaselineSettings(), workers=workers, use_cache=use_cache)
     log(f"descriptors: {len(table.ids)} vacancies x {len(table.names)} features "
@@ -292,9 +303,11 @@ def baseline_table(
         table = add_advisor_features(table, dataset_root("witman2023_vacancies", data), advisors)
         log(f"+ advisor embeddings of {', '.join(str(entry.ref) for entry, _ in advisors)}: {len(table.names)} features")
     if potential_delta:
-        table = add_potential_delta(table, data, advisors, relaxation=relaxation, relaxation_steps=relaxation_steps)
+        table = add_potential_delta(table, data, advisors, relaxation=relaxation, relaxation_steps=relaxation_steps,
+                                    min_image_distance=potential_min_image_distance)
         kind = (f"{relaxation_steps}-FIRE-step relaxed" if relaxation_steps else "line-search relaxed") if relaxation else "unrelaxed"
-        log(f"learning dH minus the potential's {kind} vacancy energies")
+        where = f" in >= {potential_min_image_distance:g} Å supercells" if potential_min_image_distance else ""
+        log(f"learning dH minus the potential's {kind} vacancy energies{where}")
     return table
 
 

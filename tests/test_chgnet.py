@@ -434,6 +434,23 @@ def test_baseline_with_potential_delta_learns_dh_minus_the_vacancy_energy(import
     assert yaml.safe_load((out / "config.yaml").read_text())["potential_delta"] is True
 
 
+def test_baseline_potential_min_image_distance_takes_de_in_larger_supercells(imported, tiny, reg) -> None:  # noqa: F811
+    from adex.config import load_config
+    from adex.expert.potential import potential_supercell, vacancy_energies
+    from adex.expert.train import ExpertConfig, load_advisors
+    from adex.expert.witman import load_witman
+    from adex.studies.baseline_features import baseline_table
+
+    advisors = load_advisors(["chgnet"], reg.registry)
+    far = baseline_table(tiny.root, advisors, potential_delta=True, potential_min_image_distance=10.0)
+    config = load_config(ExpertConfig, "expert", "default")
+    packed = load_witman(config.featurizer, config.supercell, tiny.root, ids=list(far.ids))
+    expected = vacancy_energies(*advisors[0], packed, potential_supercell(config.supercell, 10.0))
+    np.testing.assert_allclose(far.offset, expected, atol=1e-9)
+    assert potential_supercell(config.supercell, 10.0).min_image_distance == 10.0 > config.supercell.min_image_distance
+    assert not np.allclose(far.offset, vacancy_energies(*advisors[0], packed, config.supercell))
+
+
 def test_predict_cli_with_a_potential_delta_expert_and_cache(imported, tiny, reg, capsys, monkeypatch,
                                                             tmp_path) -> None:  # noqa: F811
     import csv
@@ -473,6 +490,7 @@ def test_predict_cli_with_a_potential_delta_expert_and_cache(imported, tiny, reg
     (["--potential-relaxation"], ("--potential-relaxation", "--potential-delta")),
     (["--potential-delta", "--relaxation-steps", "3"], ("--relaxation-steps", "--potential-relaxation")),
     (["--potential-delta", "--potential-relaxation", "--relaxation-steps", "-2"], ("--relaxation-steps", ">= 0")),
+    (["--potential-min-image-distance", "12"], ("--potential-min-image-distance", "--potential-delta")),
 ])
 def test_baseline_relaxation_flags_are_checked(imported, tiny, reg, capsys, tmp_path, flags, words) -> None:  # noqa: F811
     from conftest import assert_one_line_error

@@ -41,6 +41,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--relaxation-steps", type=int, default=0, metavar="N",
                    help="with --potential-relaxation: N FIRE steps instead of the line search (as the expert's "
                         "model.potential_relaxation_steps; ~N+1 force evaluations per vacancy, cached)")
+    p.add_argument("--potential-min-image-distance", type=float, default=0.0, metavar="A",
+                   help="with --potential-delta: take the vacancy energies in supercells of at least A Å between "
+                        "images (as the expert's model.potential_min_image_distance; default 0: the expert's supercells)")
     p.add_argument("--registry", help="user registry root (default: $ADEX_HOME/registry)")
     p.set_defaults(func=cmd_baseline)
 
@@ -73,6 +76,8 @@ def cmd_baseline(args: argparse.Namespace) -> int:
         raise ConfigError("--relaxation-steps needs --potential-relaxation")
     if args.relaxation_steps < 0:
         raise ConfigError(f"--relaxation-steps must be >= 0, got {args.relaxation_steps}")
+    if args.potential_min_image_distance and not args.potential_delta:
+        raise ConfigError("--potential-min-image-distance needs --potential-delta")
     if args.host_weight_power < 0:
         raise ConfigError(f"--host-weight-power must be >= 0, got {args.host_weight_power}")
     model = ModelSettings(loss=args.loss, host_weight_power=args.host_weight_power)
@@ -101,12 +106,13 @@ def cmd_baseline(args: argparse.Namespace) -> int:
         advisor_refs = [entry.ref for entry, _ in advisors]
     table = baseline_table(args.data, advisors, potential_delta=args.potential_delta,
                            relaxation=args.potential_relaxation, relaxation_steps=args.relaxation_steps,
-                           settings=settings, workers=args.workers,
+                           potential_min_image_distance=args.potential_min_image_distance, settings=settings, workers=args.workers,
                            use_cache=not args.no_cache, log=lambda line: con.print(line, soft_wrap=True))
     config = {"command": "baseline", "cv": None if args.split else scheme, "split": args.split, "n_folds": args.folds,
               "elements": args.elements, "data": str(root), "features": settings.to_dict(), "workers": args.workers,
               "advisors": advisor_refs, "potential_delta": bool(args.potential_delta),
-              "potential_relaxation": bool(args.potential_relaxation), "relaxation_steps": args.relaxation_steps}
+              "potential_relaxation": bool(args.potential_relaxation), "relaxation_steps": args.relaxation_steps,
+              "potential_min_image_distance": args.potential_min_image_distance}
 
     def report(k, row, val_mae) -> None:
         chosen = row["loss"] + (f" (validation MAE {', '.join(f'{l} {v:.3f}' for l, v in val_mae.items())})"
