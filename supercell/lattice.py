@@ -359,15 +359,19 @@ def _sublattice_minima(reduced: np.ndarray, candidates, volume: float, shortest:
     if len(coeffs) > 200_000:  # pathological cell: per-candidate search
         return [None] * len(candidates)
     hnf = np.array(candidates, dtype=np.int64)  # [c, 6]: a, b, c, d, e, f
-    a, b, c, d, e, f = (hnf[:, i, None] for i in range(6))
     k1, k2, k3 = coeffs[None, :, 0], coeffs[None, :, 1], coeffs[None, :, 2]
-    member = k1 % a == 0
-    q1 = k1 // a
-    r2 = k2 - q1 * b
-    member &= r2 % d == 0
-    member &= (k3 - q1 * c - (r2 // d) * e) % f == 0  # [c, m]
+    block = max(1, 1_000_000 // max(len(coeffs), 1))  # candidates per block: bounded memory
+    rows = []
+    for start in range(0, len(hnf), block):
+        a, b, c, d, e, f = (hnf[start:start + block, i, None] for i in range(6))
+        member = k1 % a == 0
+        q1 = k1 // a
+        r2 = k2 - q1 * b
+        member &= r2 % d == 0
+        member &= (k3 - q1 * c - (r2 // d) * e) % f == 0  # [block, m]
+        rows.extend(member)
     out: list = []
-    for row in member:
+    for row in rows:
         vectors, lengths = coeffs[row], norms[row]
         if len(vectors) < 3:
             out.append(None)
