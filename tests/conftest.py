@@ -183,7 +183,7 @@ def rocksalt(a: float = 4.21, species: tuple[str, str] = ("Mg", "O")) -> Structu
     return _rocksalt(a, tuple(species)).copy()
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _rocksalt(a: float, species: tuple[str, str]) -> Structure:  # from_spacegroup is slow-ish
     return Structure.from_spacegroup("Fm-3m", Lattice.cubic(a), list(species), [[0, 0, 0], [0.5, 0.5, 0.5]])
 
@@ -201,7 +201,7 @@ def perovskite(a: float = 3.9) -> Structure:
     return _perovskite(a).copy()
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _perovskite(a: float) -> Structure:
     return Structure.from_spacegroup("Pm-3m", Lattice.cubic(a), ["Sr", "Ti", "O"], [[0, 0, 0], [0.5, 0.5, 0.5], [0.5, 0.5, 0]])
 
@@ -211,7 +211,7 @@ def rutile() -> Structure:
     return _rutile().copy()
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _rutile() -> Structure:
     return Structure.from_spacegroup("P4_2/mnm", Lattice.tetragonal(4.59, 2.96), ["Ti", "O"], [[0, 0, 0], [0.305, 0.305, 0]])
 
@@ -234,3 +234,17 @@ def mgo() -> Structure:
 def witman_cif(data_dir: Path) -> Path:
     """A low-symmetry (P1) 10-atom host CIF whose atom 0 (the vacated O) pymatgen reorders."""
     return data_dir / "witman2023_vacancies" / "structures" / "0141559-O1.cif"
+
+
+def first_mp_hosts(data_dir: Path, n: int) -> list[Structure]:
+    """The first ``n`` crystals of the Materials Project archive of the shared data."""
+    from adex.io import structure_from_text
+
+    hosts = []
+    with tarfile.open(data_dir / "mp_formation_energy" / "structures.tar.gz", "r|*") as archive:
+        for member in archive:
+            if member.isfile() and member.name.endswith(".cif"):
+                hosts.append(structure_from_text(archive.extractfile(member).read().decode(), "cif", source=member.name))
+                if len(hosts) == n:
+                    break
+    return hosts

@@ -3,7 +3,6 @@ host's own symmetry analysis already puts every species in one orbit. The shortc
 give exactly the orbits, and so the states, of the search it replaces."""
 from __future__ import annotations
 
-import tarfile
 import warnings
 
 import numpy as np
@@ -12,10 +11,9 @@ import spglib
 from pymatgen.core import Lattice, Structure
 
 from adex import oxidation
-from adex.io import structure_from_text
 from adex.oxidation import _equivalent_by_species, bond_valence_states, guess_oxidation_states
 from adex.supercell import analyze_host
-from conftest import perovskite, rattled, rocksalt, rutile
+from conftest import first_mp_hosts, perovskite, rattled, rocksalt, rutile
 
 N_REAL = 40
 
@@ -39,14 +37,7 @@ def _hand_built() -> list[Structure]:
 @pytest.fixture(scope="module")
 def real_hosts(data_dir) -> list[Structure]:
     """The first N_REAL crystals of the Materials Project archive."""
-    hosts = []
-    with tarfile.open(data_dir / "mp_formation_energy" / "structures.tar.gz", "r|*") as archive:
-        for member in archive:
-            if member.isfile() and member.name.endswith(".cif"):
-                hosts.append(structure_from_text(archive.extractfile(member).read().decode(), "cif", source=member.name))
-                if len(hosts) == N_REAL:
-                    break
-    return hosts
+    return first_mp_hosts(data_dir, N_REAL)
 
 
 def _bv_cell(structure: Structure):

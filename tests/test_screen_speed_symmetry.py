@@ -3,15 +3,12 @@ cell's dataset from the input's when no other can exist (m-3m or 6/mmm point gro
 translation); the result must equal the one with the primitive cell's own spglib search."""
 from __future__ import annotations
 
-import tarfile
-
 import numpy as np
 import pytest
 from pymatgen.core import Lattice, Structure
 
-from adex.io import structure_from_text
 from adex.supercell import symmetry
-from conftest import perovskite, rattled, rocksalt, rutile
+from conftest import first_mp_hosts, perovskite, rattled, rocksalt, rutile
 
 N_REAL = 40
 
@@ -33,14 +30,8 @@ def _hand_built() -> list[Structure]:
 
 @pytest.fixture(scope="module")
 def real_hosts(data_dir) -> list[Structure]:
-    hosts = []
-    with tarfile.open(data_dir / "mp_formation_energy" / "structures.tar.gz", "r|*") as archive:
-        for member in archive:
-            if member.isfile() and member.name.endswith(".cif"):
-                hosts.append(structure_from_text(archive.extractfile(member).read().decode(), "cif", source=member.name))
-                if len(hosts) == N_REAL:
-                    break
-    return hosts
+    """The first N_REAL crystals of the Materials Project archive."""
+    return first_mp_hosts(data_dir, N_REAL)
 
 
 def _analyze(host: Structure, certify: bool, monkeypatch) -> tuple:
