@@ -300,18 +300,13 @@ def test_potential_delta_expert_predicts_potential_plus_reference_plus_network(i
     assert np.abs(reference).max() < np.abs(packed.targets).max() + np.abs(delta).max()
 
 
-@pytest.mark.parametrize("relaxation", [False, True])
-def test_shared_potential_energies_give_views_the_configured_supercells_energies(imported, tiny, reg,  # noqa: F811
-                                                                                   monkeypatch, relaxation) -> None:
-    from adex.config import load_config
+def count_potential_supercells(monkeypatch) -> list[float]:
+    """The image distance (Å) of every supercell training asks the potential for, in call
+    order (``vacancy_energies`` wrapped where :mod:`adex.expert.train` and
+    :mod:`adex.expert.potential` see it)."""
     from adex.expert import potential, train
 
-    overrides = [t for t in TINY if t != "--set"] + [
-        "advisors=[chgnet]", "split=tiny", "model.potential_delta=true", f"model.potential_relaxation={str(relaxation).lower()}",
-        "augment.min_image_distances=[7.0]", "augment.share_potential_energies=true"]
-    config = load_config(train.ExpertConfig, "expert", "default", overrides)
-    calls = []
-    real = potential.vacancy_energies
+    calls, real = [], potential.vacancy_energies
 
     def counting(entry, advisor, packed, settings, **kwargs):
         calls.append(settings.min_image_distance)
@@ -319,6 +314,20 @@ def test_shared_potential_energies_give_views_the_configured_supercells_energies
 
     monkeypatch.setattr(potential, "vacancy_energies", counting)
     monkeypatch.setattr(train, "vacancy_energies", counting)
+    return calls
+
+
+@pytest.mark.parametrize("relaxation", [False, True])
+def test_shared_potential_energies_give_views_the_configured_supercells_energies(imported, tiny, reg,  # noqa: F811
+                                                                                   monkeypatch, relaxation) -> None:
+    from adex.config import load_config
+    from adex.expert import train
+
+    overrides = [t for t in TINY if t != "--set"] + [
+        "advisors=[chgnet]", "split=tiny", "model.potential_delta=true", f"model.potential_relaxation={str(relaxation).lower()}",
+        "augment.min_image_distances=[7.0]", "augment.share_potential_energies=true"]
+    config = load_config(train.ExpertConfig, "expert", "default", overrides)
+    calls = count_potential_supercells(monkeypatch)
     prepared = train.prepare_data(config, tiny.root, reg.registry)
     assert calls == [6.0]  # the configured supercell only: the 7 Å view ran no potential
     (view,) = prepared.views
@@ -348,14 +357,8 @@ def test_potential_min_image_distance_takes_de_in_one_larger_supercell_for_graph
         "advisors=[chgnet]", "split=tiny", "model.potential_delta=true", "model.potential_min_image_distance=8.0",
         "augment.min_image_distances=[7.0]"]
     config = load_config(train.ExpertConfig, "expert", "default", overrides)
-    calls = []
     real = potential.vacancy_energies
-
-    def counting(entry, advisor, packed, settings, **kwargs):
-        calls.append(settings.min_image_distance)
-        return real(entry, advisor, packed, settings, **kwargs)
-
-    monkeypatch.setattr(train, "vacancy_energies", counting)
+    calls = count_potential_supercells(monkeypatch)
     prepared = train.prepare_data(config, tiny.root, reg.registry)
     assert calls == [8.0, 8.0]  # the 6 Å graphs and the 7 Å view both take dE at 8 Å
     np.testing.assert_allclose(prepared.views[0].potential_delta, prepared.potential_delta[prepared.pool], atol=1e-9)
