@@ -69,7 +69,8 @@ def describe(metrics: dict, config: dict | None) -> str:
                     else f"{metrics['n_features']} matminer descriptors")
         bits = [f"descriptor baseline ({features}, scikit-learn HistGradientBoostingRegressor)"]
         if config.get("potential_delta"):
-            bits.append(_dE(config.get("potential_relaxation"), config.get("relaxation_steps")))
+            bits.append(_dE(config.get("potential_relaxation"), config.get("relaxation_steps"),
+                            config.get("potential_min_image_distance")))
         if (config.get("model") or {}).get("host_weight_power"):
             bits.append(f"host weights n_host^-{config['model']['host_weight_power']:g}")
         if config.get("seed"):
@@ -90,8 +91,8 @@ def describe(metrics: dict, config: dict | None) -> str:
     elif "max_neighbors" in featurizer and featurizer["max_neighbors"] is None:
         bits.append("radius graphs")
     if model.get("potential_delta"):
-        bits.append(_dE(model.get("potential_relaxation"), model.get("potential_relaxation_steps"))
-                    + (f" in >= {model['potential_min_image_distance']:g} Å supercells" if model.get("potential_min_image_distance") else ""))
+        bits.append(_dE(model.get("potential_relaxation"), model.get("potential_relaxation_steps"),
+                        model.get("potential_min_image_distance")))
     if augment.get("min_image_distances"):
         bits.append("augmentation " + ", ".join(f"{d:g}" for d in augment["min_image_distances"]) + " Å"
                     + (" (shared dE)" if augment.get("share_potential_energies") else ""))
@@ -110,10 +111,11 @@ def describe(metrics: dict, config: dict | None) -> str:
     return "; ".join(bits)
 
 
-def _dE(relaxation, steps) -> str:
+def _dE(relaxation, steps, min_image_distance=None) -> str:
+    where = f" in >= {min_image_distance:g} Å supercells" if min_image_distance else ""
     if not relaxation:
-        return "learns dH - CHGNet dE (unrelaxed)"
-    return f"learns dH - CHGNet dE ({f'{steps} FIRE steps' if steps else 'one line search'})"
+        return f"learns dH - CHGNet dE (unrelaxed){where}"
+    return f"learns dH - CHGNet dE ({f'{steps} FIRE steps' if steps else 'one line search'}){where}"
 
 
 def section(run: Path, out_dir: Path) -> list[str]:
