@@ -22,7 +22,8 @@ from pathlib import Path
 
 import numpy as np
 
-SHIPPED = ("builtin::expert/vacancy", "builtin::expert/vacancy-core", "builtin::expert/vacancy-delta")
+SHIPPED = ("builtin::expert/vacancy", "builtin::expert/vacancy-core", "builtin::expert/vacancy-delta",
+           "builtin::expert/vacancy-mixed")
 SCALES = ((1, 1, 1), (2, 2, 2), (3, 3, 2), (4, 3, 3))  # 14, 112, 252, 504 atoms for the spinel
 DISPLACEMENT = 0.02  # Å
 
