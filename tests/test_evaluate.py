@@ -69,12 +69,14 @@ def test_spec_errors_name_the_key(data, needle) -> None:
 def test_shipped_spec_loads() -> None:
     spec = ev.load_spec("new-materials")
     kinds = {m.name: m.kind for m in spec.models}
-    assert kinds == {"vacancy": "expert", "vacancy-6": "expert", "vacancy-core": "expert",
+    assert kinds == {"vacancy": "expert", "vacancy-delta": "expert", "vacancy-6": "expert", "vacancy-core": "expert",
                      "baseline-chgnet-delta": "baseline", "baseline-chgnet-relax": "baseline"}
     assert spec.schemes == ["published_struct", "loeo", "family", "published"]
-    vacancy, previous = spec.models[0], spec.models[1]  # the default's recipe (vacancy:8) and vacancy:6's
-    assert vacancy.advisors == ["builtin::advisor/chgnet:2"]
-    assert vacancy.set == {"augment.min_image_distances": [10.0], "featurizer.shell_width": 0.2}
+    vacancy, delta, previous = spec.models[:3]  # the recipes of the default (vacancy:9), vacancy-delta:2 and vacancy:6
+    assert vacancy.advisors == delta.advisors == ["builtin::advisor/chgnet:2"]
+    assert vacancy.set == {"augment.min_image_distances": [10.0], "featurizer.shell_width": 0.2,
+                           "training.ema_decay": 0.999, "training.val_fraction": 0.0}
+    assert delta.set["model.potential_min_image_distance"] == 12.0 and delta.set["model.potential_delta"] is True
     assert previous.advisors == ["builtin::bandgap:1", "builtin::eform:1", "builtin::chgnet:1"]
 
 
