@@ -76,8 +76,8 @@ def test_default_expert_predicts_without_flags(shipped: Registry, data_dir, caps
 
 
 def test_shipped_mixed_expert_is_the_mean_of_its_two_parents(shipped: Registry, data_dir, capsys) -> None:
-    """builtin::expert/vacancy-mixed: the 6 members of vacancy:6 (no potential energies) and
-    vacancy-delta (CHGNet's vacancy energy added), each fed its own inputs."""
+    """builtin::expert/vacancy-mixed: the 6 members of the default vacancy:9 (no potential
+    energies) and vacancy-delta:2 (CHGNet's vacancy energy added), each fed its own inputs."""
     pytest.importorskip("chgnet.model", reason="vacancy-delta needs the optional CHGNet package")
     try:
         entry = shipped.resolve("builtin::expert/vacancy-mixed")
@@ -90,7 +90,7 @@ def test_shipped_mixed_expert_is_the_mean_of_its_two_parents(shipped: Registry, 
         return json.loads(capsys.readouterr().out)["predictions"][0]["dH_pred_eV"]
 
     parents = entry.card["parents"][:2]
-    assert parents == ["builtin::expert/vacancy:6", "builtin::expert/vacancy-delta:1"]
+    assert parents == ["builtin::expert/vacancy:9", "builtin::expert/vacancy-delta:2"]
     assert predict(entry.ref) == pytest.approx((predict(parents[0]) + predict(parents[1])) / 2, abs=2e-4)
 
 
