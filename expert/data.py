@@ -303,7 +303,7 @@ def pack_vacancy(graph, vac, vacancy_id: str, target: float | None) -> PackedVac
         prim_lattice=prim.lattice.matrix[None].astype(np.float64),
         prim_numbers=np.array(can.numbers, dtype=np.int64),
         prim_frac=prim.frac_coords.astype(np.float64),
-        prim_oxidation=guess_oxidation_states(prim, can.numbers, getattr(can, "orbit", None)),
+        prim_oxidation=guess_oxidation_states(prim, can.numbers, can.orbit),
         prim_ptr=np.array([0, len(prim)], dtype=np.int64),
         info=np.array([[can.element, can.wyckoff, str(n_nodes)]], dtype=str),
     )

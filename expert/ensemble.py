@@ -139,9 +139,10 @@ def as_members(model) -> list:
 
 
 def potential_kinds(model) -> list[tuple[bool, int, float]]:
-    """The distinct ``(relaxation, relaxation_steps)`` of the experts of ``model`` (an
-    ensemble or a single expert) that add a potential's vacancy energies (sorted; empty
-    if none does): the energies a prediction must compute, once each."""
+    """The distinct ``(relaxation, relaxation_steps, min_image_distance)``
+    (``Expert.potential_kind``) of the experts of ``model`` (an ensemble or a single expert)
+    that add a potential's vacancy energies (sorted; empty if none does): the energies a
+    prediction must compute, once each."""
     return sorted({m.potential_kind for m in as_members(model) if m.potential_kind is not None})
 
 
