@@ -299,15 +299,30 @@ def _shown_path(path: Path) -> str:
         return str(path)
 
 
-def _recipe(summaries, experiment: str) -> str:
-    """The experiment's description in the summaries' ``experiments.csv`` (advisors, pooling,
-    augmentation, epochs), as ``adex report --write-summaries`` wrote it; single models."""
+#: How the trust record names the fold scheme of its calibration experiment.
+SCHEME_LABELS = {"published_struct": "published_struct (per compound, no host on both sides)",
+                 "family": "family (leave structure families out: no family on both sides)"}
+
+
+def _experiment_row(summaries, experiment: str) -> dict:
+    """The experiment's row of the summaries' ``experiments.csv`` ({} when absent)."""
     import pandas as pd
 
     table = pd.read_csv(Path(summaries) / "experiments.csv", dtype=str, keep_default_na=False)
     rows = table[table["experiment"] == experiment]
-    described = rows["description"].iloc[0] if len(rows) else "(not in experiments.csv)"
-    return f"{described}; single model per fold, seed {rows['seed'].iloc[0] if len(rows) else '?'}"
+    return rows.iloc[0].to_dict() if len(rows) else {}
+
+
+def _recipe(row: dict) -> str:
+    """The experiment's description (advisors, pooling, augmentation, epochs), as ``adex
+    report --write-summaries`` wrote it; single models."""
+    described = row.get("description", "(not in experiments.csv)")
+    return f"{described}; single model per fold, seed {row.get('seed', '?')}"
+
+
+def _scheme(row: dict) -> str:
+    scheme = row.get("scheme", "")
+    return SCHEME_LABELS.get(scheme, scheme or "(not in experiments.csv)")
 
 
 def std_context(summaries, data):
@@ -415,12 +430,13 @@ def main(argv=None) -> int:
     position = {vid: k for k, vid in enumerate(all_ids)}
     inputs = everything.subset([position[v] for v in residuals["id"]])
     summaries = Path(args.summaries)
-    source = {"experiment": args.experiment, "scheme": "published_struct (per compound, no host on both sides)",
+    row = _experiment_row(summaries, args.experiment)
+    source = {"experiment": args.experiment, "scheme": _scheme(row),
               "folds": sorted(residuals["fold"].unique().tolist()), "n": int(len(residuals)),
               "n_hosts": int(residuals["host"].nunique()),
               "file": _shown_path(summaries / "heldout_predictions.csv.gz"),
               "file_sha256": sha256_file(summaries / "heldout_predictions.csv.gz"),
-              "recipe": _recipe(summaries, args.experiment)}
+              "recipe": _recipe(row)}
     trust, cv = build_trust(loaded, residuals, inputs, everything, nominal=args.nominal, source=source)
     table = cv.table
     trust_dir = Path(args.trust_dir) if args.trust_dir else out_dir / "trust_model"
